@@ -1,0 +1,83 @@
+"""Pure lifecycle rules: deadlines, what an observation means for a job, ETA. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from gpubot.models import InstanceObservation, JobState, ProviderStatus
+
+BOOT_DEADLINE = timedelta(minutes=15)
+"""A rental not running with SSH by then is given up (vast: stuck in loading / scheduling)."""
+CONNECT_DEADLINE = timedelta(minutes=5)
+"""SSH must accept us within this after the instance reports running."""
+SETUP_DEADLINE = timedelta(hours=1)
+DESTROY_RETRY_INTERVAL = timedelta(seconds=30)
+"""vast.ai destroys asynchronously; we re-ask at this interval until the row is gone."""
+CHECKPOINT_POLL_INTERVAL = timedelta(seconds=30)
+
+FAST_STATES = frozenset(
+    {
+        JobState.QUEUED,
+        JobState.RENTING,
+        JobState.RE_RENTING,
+        JobState.CONNECTING,
+        JobState.DEPLOYING,
+        JobState.RESTORING,
+        JobState.COLLECTING,
+        JobState.INTERRUPTED,
+    }
+)
+"""States whose next step can run at once (no waiting on the outside world)."""
+
+
+class InstanceVerdict(str, Enum):
+    """What the provider's view of our instance means for the job."""
+
+    PENDING = "pending"
+    READY = "ready"
+    LOST = "lost"
+    """Outbid, offline, failed or vanished: the job must move to another instance."""
+    STOPPED = "stopped"
+
+
+def instance_verdict(obs: InstanceObservation | None, *, listed_ok: bool) -> InstanceVerdict:
+    """Classify ``obs`` (None = not in a *successful* listing).
+
+    A failed listing is never evidence that the instance is gone: callers pass
+    ``listed_ok=False`` and get PENDING.
+    """
+    if obs is None:
+        return InstanceVerdict.LOST if listed_ok else InstanceVerdict.PENDING
+    match obs.status:
+        case ProviderStatus.RUNNING:
+            return InstanceVerdict.READY if obs.ssh_ready else InstanceVerdict.PENDING
+        case ProviderStatus.PROVISIONING | ProviderStatus.UNKNOWN:
+            return InstanceVerdict.PENDING
+        case ProviderStatus.OUTBID | ProviderStatus.OFFLINE | ProviderStatus.FAILED:
+            return InstanceVerdict.LOST
+        case ProviderStatus.EXITED:
+            return InstanceVerdict.LOST
+        case ProviderStatus.STOPPED:
+            return InstanceVerdict.STOPPED
+    return InstanceVerdict.PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressPoint:
+    step: int
+    at: datetime
+
+
+def estimate_eta_seconds(
+    first: ProgressPoint | None, latest: ProgressPoint | None, total_steps: int | None
+) -> float | None:
+    """Seconds left at the average rate between ``first`` and ``latest``; None if unknown."""
+    if first is None or latest is None or not total_steps:
+        return None
+    steps = latest.step - first.step
+    seconds = (latest.at - first.at).total_seconds()
+    if steps <= 0 or seconds <= 0:
+        return None
+    return max(0.0, (total_steps - latest.step) * seconds / steps)

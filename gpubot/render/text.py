@@ -1,0 +1,118 @@
+"""Console/plain-text and Block Kit renderings of job cards and events. Pure."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from gpubot.render.views import JobView
+
+PHASE_LABELS = {
+    "awaiting_approval": "waiting for approval",
+    "queued": "queued",
+    "renting": "renting an instance",
+    "booting": "instance booting",
+    "connecting": "connecting over SSH",
+    "deploying": "deploying code",
+    "setting_up": "setting up the environment",
+    "running": "running",
+    "interrupted": "interrupted",
+    "re_renting": "renting a replacement",
+    "restoring": "restoring checkpoint",
+    "collecting": "collecting results",
+    "tearing_down": "destroying instance",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+STATE_EMOJI = {"succeeded": ":white_check_mark:", "failed": ":x:", "cancelled": ":no_entry:"}
+
+
+def usd(amount: Decimal | None) -> str:
+    """``$1.23``; amounts below one cent keep four places (``$0.0042``)."""
+    if amount is None:
+        return "-"
+    if Decimal(0) < abs(amount) < Decimal("0.01"):
+        return f"${amount.quantize(Decimal('0.0001'), rounding=ROUND_HALF_UP)}"
+    return f"${amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)}"
+
+
+def progress_bar(step: int | None, total: int | None, width: int = 20) -> str:
+    if not step or not total:
+        return ""
+    frac = max(0.0, min(1.0, step / total))
+    filled = int(round(frac * width))
+    return "█" * filled + "░" * (width - filled) + f" {frac * 100:.0f}%"
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} m"
+    if minutes:
+        return f"{minutes} m {secs} s"
+    return f"{secs} s"
+
+
+def card_lines(view: JobView) -> list[str]:
+    """The status card as lines of text (console front; also the Slack fallback text)."""
+    phase = PHASE_LABELS.get(view.state, view.state)
+    head = f"{STATE_EMOJI.get(view.state, ':gear:')} {view.job_id} {view.template}: {phase}"
+    if view.phase_detail:
+        head += f" ({view.phase_detail})"
+    lines = [head]
+    if view.step is not None:
+        bar = progress_bar(view.step, view.total_steps)
+        of = f"/{view.total_steps}" if view.total_steps else ""
+        eta = eta_text(view.eta_seconds)
+        lines.append(f"step {view.step}{of} {bar}" + (f" ETA {eta}" if eta else ""))
+    if view.metrics:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(view.metrics.items())[:6])
+        lines.append(f"metrics: {shown}")
+    money = f"spent {usd(view.spent_usd)}"
+    if view.price_per_hour_usd is not None:
+        money += f" at {usd(view.price_per_hour_usd)}/h"
+    if view.budget_usd is not None:
+        money += f" of budget {usd(view.budget_usd)}"
+    lines.append(money)
+    if view.provider_id:
+        kind = (view.rental_type or "").replace("_", "-")
+        lines.append(f"instance {view.provider_id} {view.gpu_name} {kind}".rstrip())
+    if view.ssh_command:
+        lines.append(f"ssh: {view.ssh_command}")
+    if view.reason and view.state in {"failed", "cancelled", "interrupted"}:
+        lines.append(f"reason: {view.reason}")
+    return lines
+
+
+def card_blocks(view: JobView, *, buttons: bool = True) -> list[dict[str, Any]]:
+    """The status card as Block Kit."""
+    lines = card_lines(view)
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{lines[0]}*"}},
+    ]
+    if len(lines) > 1:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[1:])}}
+        )
+    if buttons and view.state not in {"succeeded", "failed", "cancelled"}:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"job:{view.job_id}",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": "job.cancel",
+                        "text": {"type": "plain_text", "text": "Cancel"},
+                        "style": "danger",
+                        "value": view.job_id,
+                    }
+                ],
+            }
+        )
+    return blocks

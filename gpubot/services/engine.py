@@ -1,0 +1,618 @@
+"""The job engine: advance one claimed job by one idempotent step.
+
+Contract of every step:
+- it starts from the stored state only (nothing in memory survives between ticks);
+- it makes a bounded number of provider/SSH/S3 calls, with no database session open;
+- it applies its result with a guarded update (``lock_token``); a stale lock drops it;
+- a crash anywhere costs at most one tick: re-running the step from the same stored state is
+  safe (creates are de-duplicated by the instance label, the detached start is idempotent,
+  uploads overwrite, destroys are idempotent).
+
+A rental is recorded (``InstanceRow`` in state ``requested`` with its label) *before* the
+create call, and its provider id right after it; if the worker dies between the two, the next
+tick finds the instance by label in the listing. Nothing the bot rents can bill unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpubot.db.engine import session_scope
+from gpubot.db.queries import apply_job_update, release_lock
+from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.errors import (
+    GpubotError,
+    NoCapacityError,
+    NoOfferError,
+    ProviderError,
+    RemoteError,
+    StaleLockError,
+    StorageError,
+    TransientProviderError,
+)
+from gpubot.lifecycle import (
+    BOOT_DEADLINE,
+    CONNECT_DEADLINE,
+    DESTROY_RETRY_INTERVAL,
+    FAST_STATES,
+    InstanceVerdict,
+)
+from gpubot.models import JobState, LaunchSpec, ProviderStatus, RentalType
+from gpubot.redact import redact
+from gpubot.services import events, planning, remote_job
+from gpubot.services.deps import EngineDeps
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 8
+"""Unexpected step errors in a row before the job is failed (and its instance destroyed)."""
+
+
+@dataclass
+class StepResult:
+    """What a step decided. Applied atomically with the job's guarded update."""
+
+    changes: dict[str, Any] = field(default_factory=dict)
+    instance_changes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    new_instance: InstanceRow | None = None
+    notes: list[Callable[[Session, JobRow], None]] = field(default_factory=list)
+    """Outbox writes (events) run inside the applying transaction."""
+    immediate: bool = False
+    """Run the next step at once instead of waiting for the next tick."""
+
+
+def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
+    """Run the step of ``job_id``'s current state. Safe to call twice with the same token."""
+    with session_scope(deps.sessions) as session:
+        job = session.get(JobRow, job_id)
+        if job is None or job.lock_token != lock_token:
+            return
+        session.expunge(job)
+        instance = current_instance(session, job_id)
+        if instance is not None:
+            session.expunge(instance)
+    state = JobState(job.state)
+    step = _STEPS.get(state)
+    if step is None:
+        with session_scope(deps.sessions) as session:
+            release_lock(session, job_id, lock_token)
+        return
+    try:
+        result = _pre_checks(deps, job, instance) or step(deps, job, instance)
+        job.progress = dict(job.progress or {}) | {"error_count": 0}
+        result.changes.setdefault("progress", job.progress)
+    except (TransientProviderError, RemoteError, StorageError) as exc:
+        result = _retry_later(deps, job, exc)
+    except StaleLockError:
+        return
+    except Exception as exc:  # noqa: BLE001 - a step must never wedge a job
+        logger.exception("job %s: unexpected error in %s", job_id, state.value)
+        result = _retry_later(deps, job, exc)
+    _apply(deps, job, lock_token, result)
+    if result.immediate:
+        deps.enqueuer.kick()
+
+
+def current_instance(session: Session, job_id: str) -> InstanceRow | None:
+    """The job's newest rental that is not verified destroyed."""
+    return session.scalars(
+        select(InstanceRow)
+        .where(InstanceRow.job_id == job_id, InstanceRow.destroyed_at.is_(None))
+        .where(InstanceRow.destroy_requested_at.is_(None))
+        .order_by(InstanceRow.id.desc())
+    ).first()
+
+
+# -- application ------------------------------------------------------------------------------
+
+
+def _apply(deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult) -> None:
+    now = deps.clock()
+    changes = dict(result.changes)
+    changes.setdefault("updated_at", now)
+    changes["last_processed_at"] = now
+    if "state" in changes and changes["state"] != job.state:
+        changes["step_started_at"] = now
+    if "due_at" not in changes:
+        new_state = JobState(changes.get("state", job.state))
+        fast = result.immediate or new_state in FAST_STATES
+        changes["due_at"] = now if fast else now + timedelta(seconds=deps.settings.tick_seconds)
+    if result.immediate:
+        changes["due_at"] = now
+    with session_scope(deps.sessions) as session:
+        for instance_id, instance_changes in result.instance_changes.items():
+            row = session.get(InstanceRow, instance_id)
+            if row is not None:
+                for key, value in instance_changes.items():
+                    setattr(row, key, value)
+        if result.new_instance is not None:
+            session.add(result.new_instance)
+        session.flush()
+        fresh = session.get(JobRow, job.id)
+        assert fresh is not None
+        for key, value in changes.items():
+            setattr(fresh, key, value)
+        for note in result.notes:
+            note(session, fresh)
+        # Guarded apply: the whole transaction (instances, outbox, job) commits only if we
+        # still hold the lock.
+        session.flush()
+        try:
+            apply_job_update(session, job.id, lock_token, {"updated_at": changes["updated_at"]})
+        except StaleLockError:
+            logger.warning("job %s: lock lost, step result dropped", job.id)
+
+
+def _retry_later(deps: EngineDeps, job: JobRow, exc: BaseException) -> StepResult:
+    progress = dict(job.progress or {})
+    errors = int(progress.get("error_count", 0)) + 1
+    progress["error_count"] = errors
+    message = redact(str(exc)) or type(exc).__name__
+    logger.warning("job %s: step %s will retry (%d): %s", job.id, job.state, errors, message)
+    if errors >= MAX_CONSECUTIVE_ERRORS and not JobState(job.state).is_finished():
+        if job.state == JobState.TEARING_DOWN.value:
+            return StepResult(changes={"progress": progress, "phase_detail": message[:300]})
+        return _teardown(
+            job,
+            outcome=JobState.FAILED,
+            reason=f"gave up after {errors} errors in {job.state}: {message}"[:1000],
+            extra={"progress": progress},
+        )
+    return StepResult(
+        changes={"progress": progress, "phase_detail": f"retrying: {message}"[:300]},
+    )
+
+
+def _teardown(
+    job: JobRow,
+    *,
+    outcome: JobState,
+    reason: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> StepResult:
+    changes: dict[str, Any] = {
+        "state": JobState.TEARING_DOWN.value,
+        "outcome": outcome.value,
+        "phase_detail": "",
+    }
+    if reason:
+        changes["reason"] = reason
+    changes.update(extra or {})
+    return StepResult(changes=changes, immediate=True)
+
+
+def _pre_checks(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult | None:
+    """Cancellation and budget stops, checked before any step."""
+    state = JobState(job.state)
+    if state in {JobState.TEARING_DOWN} or state.is_finished():
+        return None
+    if job.cancel_requested:
+        return _teardown(job, outcome=JobState.CANCELLED, reason=job.reason or "cancelled")
+    if job.stop_requested_reason:
+        if state is JobState.RUNNING and instance is not None:
+            try:
+                _backup_checkpoints(deps, job, instance, final=True)
+            except GpubotError as exc:
+                logger.warning("job %s: final checkpoint before stop failed: %s", job.id, exc)
+        return _teardown(job, outcome=JobState.FAILED, reason=job.stop_requested_reason)
+    return None
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def _step_queued(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
+
+
+def _label(deps: EngineDeps, job: JobRow) -> str:
+    return f"{deps.settings.label_prefix}:{job.id}"
+
+
+def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    """Rent (or find the rental of a crashed earlier attempt, by label)."""
+    label = _label(deps, job)
+    if instance is not None and instance.provider_id:
+        return StepResult(changes={"state": JobState.BOOTING.value})
+    if instance is not None and instance.provider_id is None:
+        # A create may have happened before a crash: look for our label first.
+        found = [o for o in deps.provider.list_instances() if o.label == label]
+        if found:
+            return StepResult(
+                changes={"state": JobState.BOOTING.value},
+                instance_changes={
+                    instance.id: {"provider_id": found[0].provider_id, "status": "provisioning"}
+                },
+            )
+        # The create never happened: forget the placeholder and rent afresh below.
+        with session_scope(deps.sessions) as session:
+            row = session.get(InstanceRow, instance.id)
+            if row is not None:
+                row.destroy_requested_at = deps.clock()
+                row.destroyed_at = deps.clock()
+                row.status = "abandoned"
+    template = deps.config.templates[job.template] if job.kind == "job" else None
+    requirements = planning.requirements_from_job(deps.config, job)
+    excluded = job.failed_offer_ids or {}
+    blocked_hosts = frozenset(excluded.get("hosts", [])) | requirements.blocked_host_ids
+    requirements = planning.with_blocked_hosts(requirements, blocked_hosts)
+    mode = planning.interruptible_mode_of(job)
+    interruptible_search = mode.value != "no"
+    market = deps.provider.search_offers(requirements, interruptible=interruptible_search)
+    market = [o for o in market if o.offer_id not in set(excluded.get("offers", []))]
+    try:
+        choice = planning.choose_rental(
+            market,
+            requirements,
+            mode=mode,
+            expected_hours=planning.expected_hours_of(deps.config, job),
+            checkpoints=bool(template.checkpoints) if template else False,
+        )
+    except NoOfferError as exc:
+        waited = deps.clock() - job.step_started_at
+        if waited > BOOT_DEADLINE:
+            return _teardown(job, outcome=JobState.FAILED, reason=f"no offer: {exc}")
+        return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300]})
+    # Record the rental BEFORE renting.
+    placeholder = InstanceRow(
+        job_id=job.id,
+        label=label,
+        offer=planning.offer_snapshot(choice.offer),
+        gpu_name=choice.offer.gpu_name,
+        price_per_hour_usd=choice.price_per_hour_usd,
+        storage_per_gb_month_usd=choice.offer.storage_per_gb_month_usd,
+        upload_per_gb_usd=choice.offer.upload_per_gb_usd,
+        download_per_gb_usd=choice.offer.download_per_gb_usd,
+        disk_gb=requirements.disk_gb,
+        rental_type=choice.rental_type.value,
+        bid_per_hour_usd=choice.bid_per_hour_usd,
+        status="requested",
+        created_at=deps.clock(),
+    )
+    with session_scope(deps.sessions) as session:
+        session.add(placeholder)
+        session.flush()
+        placeholder_id = placeholder.id
+    spec = LaunchSpec(
+        image=planning.image_of(deps.config, job),
+        disk_gb=requirements.disk_gb,
+        label=label,
+        ssh_public_key=deps.ssh_public_key,
+        bid_per_hour_usd=choice.bid_per_hour_usd,
+        env={"GPUBOT_JOB_ID": job.id},
+    )
+    try:
+        provider_id = deps.provider.create_instance(choice.offer, spec)
+    except NoCapacityError as exc:
+        excluded_offers = list(excluded.get("offers", [])) + [choice.offer.offer_id]
+        return StepResult(
+            changes={
+                "failed_offer_ids": {**excluded, "offers": excluded_offers[-50:]},
+                "phase_detail": f"offer {choice.offer.offer_id} gone, trying the next one",
+            },
+            instance_changes={
+                placeholder_id: {
+                    "status": "abandoned",
+                    "destroy_requested_at": deps.clock(),
+                    "destroyed_at": deps.clock(),
+                }
+            },
+            immediate=True,
+            notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({exc}); trying another.")],
+        )
+    except BaseException:
+        # Unknown outcome (e.g. timeout after the request left): the label finds it next tick.
+        raise
+    try:
+        deps.provider.attach_ssh_key(provider_id, deps.ssh_public_key)
+    except ProviderError as exc:
+        logger.info("job %s: attach_ssh on %s failed, will retry: %s", job.id, provider_id, exc)
+    attempts = job.attempts + 1
+    return StepResult(
+        changes={
+            "state": JobState.BOOTING.value,
+            "attempts": attempts,
+            "rental_type": choice.rental_type.value,
+            "phase_detail": "",
+        },
+        instance_changes={
+            placeholder_id: {"provider_id": provider_id, "status": "provisioning"},
+        },
+        notes=[lambda s, j: events.rented(s, j, choice, provider_id)],
+    )
+
+
+def _step_booting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None:
+        return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
+    verdict = remote_job.verdict_of(instance)
+    if verdict is InstanceVerdict.READY:
+        return StepResult(changes={"state": JobState.CONNECTING.value}, immediate=True)
+    if verdict is InstanceVerdict.LOST:
+        return _lost(deps, job, instance, f"instance {instance.provider_id} failed to start")
+    if deps.clock() - job.step_started_at > BOOT_DEADLINE:
+        return _lost(deps, job, instance, f"instance {instance.provider_id} did not boot in time")
+    detail = f"instance {instance.provider_id}: {instance.provider_status or 'requested'}"
+    return StepResult(changes={"phase_detail": detail})
+
+
+def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None:
+        return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
+    verdict = remote_job.verdict_of(instance)
+    if verdict is InstanceVerdict.LOST:
+        return _lost(deps, job, instance, f"instance {instance.provider_id} lost while connecting")
+    try:
+        with remote_job.connect(deps, instance) as session:
+            root = session.discover_root()
+            session.prepare(job.id)
+            host_key = session.host_key
+    except RemoteError as exc:
+        if deps.clock() - job.step_started_at > CONNECT_DEADLINE:
+            return _lost(deps, job, instance, f"SSH never accepted us: {exc}")
+        return StepResult(changes={"phase_detail": f"waiting for SSH: {exc}"[:300]})
+    return StepResult(
+        changes={"state": JobState.DEPLOYING.value, "remote_root": root, "phase_detail": ""},
+        instance_changes={instance.id: {"host_key": host_key, "status": "running"}},
+        immediate=True,
+    )
+
+
+def _step_deploying(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None:
+        return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
+    if job.kind == "interactive":
+        return StepResult(
+            changes={"state": JobState.RUNNING.value, "phase_detail": ""},
+            notes=[lambda s, j: events.interactive_ready(s, j, instance)],
+        )
+    template = deps.config.templates[job.template]
+    with remote_job.connect(deps, instance) as session:
+        session.deploy(job, template)
+    next_state = JobState.RESTORING if job.checkpoint_key else JobState.SETTING_UP
+    return StepResult(changes={"state": next_state.value}, immediate=True)
+
+
+def _step_restoring(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None or not job.checkpoint_key:
+        return StepResult(changes={"state": JobState.SETTING_UP.value}, immediate=True)
+    with remote_job.connect(deps, instance) as session:
+        resume_from = session.restore_checkpoint(job, job.checkpoint_key)
+    progress = dict(job.progress or {}) | {"resume_from": resume_from}
+    return StepResult(
+        changes={"state": JobState.SETTING_UP.value, "progress": progress},
+        immediate=True,
+        notes=[lambda s, j: events.restored(s, j, job.checkpoint_key or "")],
+    )
+
+
+def _step_setting_up(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    """Start setup+run detached (idempotent), then wait for the run phase."""
+    if instance is None:
+        return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
+    if remote_job.verdict_of(instance) is InstanceVerdict.LOST:
+        return _interrupted(job, instance, "instance lost during setup")
+    template = deps.config.templates[job.template]
+    with remote_job.connect(deps, instance) as session:
+        session.start(job, template)
+        status = session.status(job)
+    if status.phase == "run" or status.exit_code is not None:
+        return StepResult(
+            changes={"state": JobState.RUNNING.value, "phase_detail": ""},
+            notes=[lambda s, j: events.started(s, j)],
+            immediate=status.exit_code is not None,
+        )
+    return StepResult(changes={"phase_detail": "setup running"})
+
+
+def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None:
+        return StepResult(changes={"state": JobState.INTERRUPTED.value}, immediate=True)
+    verdict = remote_job.verdict_of(instance)
+    if verdict in {InstanceVerdict.LOST, InstanceVerdict.STOPPED}:
+        return _interrupted(job, instance, remote_job.loss_reason(instance))
+    if job.kind == "interactive":
+        return _running_interactive(deps, job, instance)
+    with remote_job.connect(deps, instance) as session:
+        status = session.status(job)
+        new_checkpoint = _backup_checkpoints_with(session, deps, job)
+        tail = session.tail(job, 40) if status.exit_code not in (None, 0) else ""
+    changes: dict[str, Any] = {"phase_detail": ""}
+    notes: list[Callable[[Session, JobRow], None]] = []
+    progress = remote_job.merge_progress(job, status, deps.clock())
+    changes["progress"] = progress
+    changes["metrics_history"] = remote_job.merge_history(job, status)
+    if new_checkpoint and new_checkpoint != job.checkpoint_key:
+        changes["checkpoint_key"] = new_checkpoint
+        notes.append(lambda s, j: events.checkpoint_saved(s, j, new_checkpoint))
+    changes.update(remote_job.idle_changes(deps, job, instance, status))
+    if status.exit_code is not None:
+        changes["exit_code"] = status.exit_code
+        if status.exit_code == 0:
+            changes.update(state=JobState.COLLECTING.value)
+            return StepResult(changes=changes, notes=notes, immediate=True)
+        reason = remote_job.failure_reason(status, tail)
+        result = _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
+        result.notes = notes
+        return result
+    if status.vanished:
+        reason = "the job's process is gone without an exit code (killed or the host rebooted)"
+        return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
+    stop = remote_job.idle_stop_reason(deps, job, changes)
+    if stop:
+        return _teardown(job, outcome=JobState.FAILED, reason=stop, extra=changes)
+    return StepResult(changes=changes, notes=notes)
+
+
+def _running_interactive(
+    deps: EngineDeps, job: JobRow, instance: InstanceRow
+) -> StepResult:
+    changes = remote_job.idle_changes(deps, job, instance, None)
+    stop = remote_job.idle_stop_reason(deps, job, changes)
+    if stop:
+        return _teardown(job, outcome=JobState.CANCELLED, reason=stop, extra=changes)
+    return StepResult(changes=changes)
+
+
+def _step_collecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    if instance is None:
+        return _teardown(job, outcome=JobState.FAILED, reason="instance gone before collection")
+    with remote_job.connect(deps, instance) as session:
+        _backup_checkpoints_with(session, deps, job)
+        results = session.collect_results(job)
+    return _teardown(
+        job,
+        outcome=JobState.SUCCEEDED,
+        extra={"results": {"files": results}},
+    )
+
+
+def _step_interrupted(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    """The instance was lost: destroy it (recorded), then rent another or give up."""
+    changes: dict[str, Any] = {}
+    instance_changes: dict[int, dict[str, Any]] = {}
+    if instance is not None:
+        remote_job.request_destroy(deps, instance)
+        instance_changes[instance.id] = {
+            "destroy_requested_at": deps.clock(),
+            "status": "destroying",
+        }
+        excluded = dict(job.failed_offer_ids or {})
+        hosts = list(excluded.get("hosts", []))
+        host = str((instance.offer or {}).get("host_id", ""))
+        if host:
+            hosts.append(host)
+        changes["failed_offer_ids"] = {**excluded, "hosts": hosts[-50:]}
+    max_attempts = deps.config.engine.max_attempts
+    if job.attempts >= max_attempts:
+        result = _teardown(
+            job,
+            outcome=JobState.FAILED,
+            reason=f"interrupted {job.attempts} times (limit {max_attempts}): {job.reason}",
+            extra=changes,
+        )
+        result.instance_changes = instance_changes
+        return result
+    changes["state"] = JobState.RE_RENTING.value
+    return StepResult(
+        changes=changes,
+        instance_changes=instance_changes,
+        immediate=True,
+        notes=[lambda s, j: events.interrupted(s, j)],
+    )
+
+
+def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    """Kill, destroy and verify every rental of the job; then the terminal state."""
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        rows = list(
+            session.scalars(
+                select(InstanceRow).where(
+                    InstanceRow.job_id == job.id, InstanceRow.destroyed_at.is_(None)
+                )
+            )
+        )
+        for row in rows:
+            session.expunge(row)
+    instance_changes: dict[int, dict[str, Any]] = {}
+    pending = []
+    for row in rows:
+        if row.provider_id is None:
+            instance_changes[row.id] = {"status": "abandoned", "destroyed_at": now}
+            continue
+        if row.provider_status == "gone" and row.destroy_requested_at is not None:
+            instance_changes[row.id] = {"status": "destroyed", "destroyed_at": now}
+            continue
+        due = row.destroy_requested_at is None or (
+            now - row.destroy_requested_at >= DESTROY_RETRY_INTERVAL
+        )
+        if due:
+            if row.destroy_requested_at is None and row.status == "running":
+                remote_job.kill_quietly(deps, row, job)
+            remote_job.request_destroy(deps, row)
+            instance_changes[row.id] = {
+                "destroy_requested_at": row.destroy_requested_at or now,
+                "status": "destroying",
+            }
+        pending.append(row)
+    if pending:
+        deadline = timedelta(minutes=deps.config.engine.destroy_deadline_minutes)
+        first = min((r.destroy_requested_at or now) for r in pending)
+        notes: list[Callable[[Session, JobRow], None]] = []
+        if now - first > deadline:
+            for row in pending:
+                if row.escalated_at is None:
+                    instance_changes.setdefault(row.id, {})["escalated_at"] = now
+                    notes.append(lambda s, j, r=row: events.destroy_escalation(s, j, r))
+        return StepResult(
+            changes={"phase_detail": "waiting for the provider to confirm destruction"},
+            instance_changes=instance_changes,
+            notes=notes,
+        )
+    outcome = JobState(job.outcome or JobState.FAILED.value)
+    return StepResult(
+        changes={"state": outcome.value, "finished_at": now, "phase_detail": ""},
+        instance_changes=instance_changes,
+        notes=[lambda s, j: events.finished(s, j)],
+    )
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _lost(deps: EngineDeps, job: JobRow, instance: InstanceRow, reason: str) -> StepResult:
+    return _interrupted(job, instance, reason)
+
+
+def _interrupted(job: JobRow, instance: InstanceRow, reason: str) -> StepResult:
+    return StepResult(
+        changes={"state": JobState.INTERRUPTED.value, "reason": reason},
+        immediate=True,
+    )
+
+
+def _backup_checkpoints(
+    deps: EngineDeps, job: JobRow, instance: InstanceRow, *, final: bool = False
+) -> str | None:
+    with remote_job.connect(deps, instance) as session:
+        return _backup_checkpoints_with(session, deps, job, final=final)
+
+
+def _backup_checkpoints_with(
+    session: remote_job.RemoteSession, deps: EngineDeps, job: JobRow, *, final: bool = False
+) -> str | None:
+    template = deps.config.templates.get(job.template)
+    if template is None or not template.checkpoints:
+        return None
+    return session.backup_checkpoints(job, final=final)
+
+
+def _noop(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
+    return StepResult()
+
+
+_STEPS: dict[JobState, Callable[[EngineDeps, JobRow, InstanceRow | None], StepResult]] = {
+    JobState.QUEUED: _step_queued,
+    JobState.RENTING: _step_renting,
+    JobState.RE_RENTING: _step_renting,
+    JobState.BOOTING: _step_booting,
+    JobState.CONNECTING: _step_connecting,
+    JobState.DEPLOYING: _step_deploying,
+    JobState.RESTORING: _step_restoring,
+    JobState.SETTING_UP: _step_setting_up,
+    JobState.RUNNING: _step_running,
+    JobState.INTERRUPTED: _step_interrupted,
+    JobState.COLLECTING: _step_collecting,
+    JobState.TEARING_DOWN: _step_tearing_down,
+}
+
+_ = (Decimal, datetime, ProviderStatus, RentalType)
