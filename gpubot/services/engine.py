@@ -42,6 +42,7 @@ from gpubot.lifecycle import (
     BOOT_DEADLINE,
     CONNECT_DEADLINE,
     DESTROY_RETRY_INTERVAL,
+    SETUP_DEADLINE,
     FAST_STATES,
     InstanceVerdict,
 )
@@ -142,6 +143,7 @@ def _apply(deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult) -
             setattr(fresh, key, value)
         for note in result.notes:
             note(session, fresh)
+        events.refresh_card(session, fresh)
         # Guarded apply: the whole transaction (instances, outbox, job) commits only if we
         # still hold the lock.
         session.flush()
@@ -254,7 +256,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
             requirements,
             mode=mode,
             expected_hours=planning.expected_hours_of(deps.config, job),
-            checkpoints=bool(template.checkpoints) if template else False,
+            checkpoints=bool(template.resources.checkpoints) if template else False,
         )
     except NoOfferError as exc:
         waited = deps.clock() - job.step_started_at
@@ -402,14 +404,16 @@ def _step_setting_up(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
         return _interrupted(job, instance, "instance lost during setup")
     template = deps.config.templates[job.template]
     with remote_job.connect(deps, instance) as session:
-        session.start(job, template)
-        status = session.status(job)
-    if status.phase == "run" or status.exit_code is not None:
+        started = session.start(job, template)
+    if started.phase == "failed":
+        return _teardown(job, outcome=JobState.FAILED, reason=started.message)
+    if started.phase == "run":
         return StepResult(
             changes={"state": JobState.RUNNING.value, "phase_detail": ""},
             notes=[lambda s, j: events.started(s, j)],
-            immediate=status.exit_code is not None,
         )
+    if deps.clock() - job.step_started_at > SETUP_DEADLINE:
+        return _teardown(job, outcome=JobState.FAILED, reason="setup did not finish in time")
     return StepResult(changes={"phase_detail": "setup running"})
 
 
@@ -591,7 +595,7 @@ def _backup_checkpoints_with(
     session: remote_job.RemoteSession, deps: EngineDeps, job: JobRow, *, final: bool = False
 ) -> str | None:
     template = deps.config.templates.get(job.template)
-    if template is None or not template.checkpoints:
+    if template is None or not template.resources.checkpoints:
         return None
     return session.backup_checkpoints(job, final=final)
 

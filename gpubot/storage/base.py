@@ -20,8 +20,12 @@ class StoredObject:
 class ObjectStore(Protocol):
     """A bucket below a prefix. Keys passed in and returned are relative to the prefix."""
 
-    def presign_put(self, key: str, *, expires_seconds: int = 3600) -> str:
-        """A URL the instance can PUT bytes to (Content-Type: application/octet-stream)."""
+    def presign_put(
+        self, key: str, *, expires_seconds: int = 3600, sha256: str | None = None
+    ) -> str:
+        """A URL the instance can PUT bytes to (Content-Type: application/octet-stream).
+
+        With ``sha256`` the upload must send ``x-amz-meta-sha256`` with that value."""
         ...
 
     def presign_get(self, key: str, *, expires_seconds: int = 3600) -> str:

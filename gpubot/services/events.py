@@ -1,0 +1,175 @@
+"""Job events as outbox messages: the status card and the replies that matter.
+
+Called inside the engine's applying transaction, so a message exists exactly when the state
+change it reports was committed.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
+from gpubot.models import RentalChoice
+from gpubot.render.text import card_blocks, card_lines, usd
+from gpubot.render.views import JobView
+from gpubot.services import outbox
+
+
+def spent_usd(session: Session, job_id: str) -> Decimal:
+    """Money the ledger holds for the job (all its rentals)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)).where(
+            LedgerEntryRow.job_id == job_id
+        )
+    )
+    return Decimal(str(total or 0))
+
+
+def job_view(session: Session, job: JobRow) -> JobView:
+    instance = session.scalars(
+        select(InstanceRow)
+        .where(InstanceRow.job_id == job.id, InstanceRow.provider_id.is_not(None))
+        .order_by(InstanceRow.id.desc())
+    ).first()
+    progress = job.progress or {}
+    first = progress.get("first")
+    latest = progress.get("latest")
+    eta = None
+    if first and latest:
+        from datetime import datetime
+
+        eta = estimate_eta_seconds(
+            ProgressPoint(int(first[0]), datetime.fromisoformat(first[1])),
+            ProgressPoint(int(latest[0]), datetime.fromisoformat(latest[1])),
+            progress.get("total_steps"),
+        )
+    ssh_command = None
+    if job.kind == "interactive" and instance is not None and instance.ssh_host:
+        if instance.destroy_requested_at is None:
+            ssh_command = f"ssh -p {instance.ssh_port} root@{instance.ssh_host}"
+    return JobView(
+        job_id=job.id,
+        template=job.template,
+        kind=job.kind,
+        state=job.state,
+        requester=job.requester,
+        params=dict(job.params or {}),
+        phase_detail=job.phase_detail or "",
+        reason=job.reason or "",
+        step=progress.get("step"),
+        total_steps=progress.get("total_steps"),
+        metrics={k: float(v) for k, v in (progress.get("metrics") or {}).items()},
+        eta_seconds=eta,
+        spent_usd=spent_usd(session, job.id),
+        price_per_hour_usd=instance.price_per_hour_usd if instance else None,
+        budget_usd=job.budget_usd,
+        gpu_name=instance.gpu_name if instance else "",
+        provider_id=instance.provider_id if instance else None,
+        rental_type=job.rental_type,
+        attempts=job.attempts,
+        ssh_command=ssh_command,
+        results=list((job.results or {}).get("files", [])),
+        updated_at=job.updated_at,
+    )
+
+
+def refresh_card(session: Session, job: JobRow) -> None:
+    """Bring the job's status card up to date (no-op when nothing visible changed)."""
+    view = job_view(session, job)
+    outbox.upsert_card(
+        session,
+        job_id=job.id,
+        channel=job.channel,
+        thread_key=job.id,
+        text="\n".join(card_lines(view)),
+        blocks=card_blocks(view),
+        group_id=job.group_id,
+    )
+
+
+def note(session: Session, job: JobRow, text: str) -> None:
+    outbox.reply(session, channel=job.channel, thread_key=job.id, text=text, job_id=job.id)
+
+
+def rented(session: Session, job: JobRow, choice: RentalChoice, provider_id: str) -> None:
+    kind = "interruptible" if choice.bid_per_hour_usd is not None else "on-demand"
+    note(
+        session,
+        job,
+        f"Rented instance {provider_id}: {choice.offer.num_gpus}x {choice.offer.gpu_name}, "
+        f"{kind} at {usd(choice.price_per_hour_usd)}/h (attempt {job.attempts + 1}).",
+    )
+
+
+def started(session: Session, job: JobRow) -> None:
+    note(session, job, f":rocket: {job.id} is running.")
+
+
+def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> None:
+    note(
+        session,
+        job,
+        f":computer: Your box is ready: `ssh -p {instance.ssh_port} root@{instance.ssh_host}` "
+        f"({instance.gpu_name}, {usd(instance.price_per_hour_usd)}/h). "
+        "It is destroyed when idle; `/gpu keep <job> <hours>` keeps it.",
+    )
+
+
+def checkpoint_saved(session: Session, job: JobRow, key: str) -> None:
+    note(session, job, f":floppy_disk: Checkpoint saved: {key.rstrip('/').rsplit('/', 1)[-1]}")
+
+
+def interrupted(session: Session, job: JobRow) -> None:
+    note(
+        session,
+        job,
+        f":warning: Instance lost ({job.reason}). Renting a replacement and resuming from the "
+        "newest checkpoint." if job.checkpoint_key else
+        f":warning: Instance lost ({job.reason}). Renting a replacement.",
+    )
+
+
+def restored(session: Session, job: JobRow, key: str) -> None:
+    name = key.rstrip("/").rsplit("/", 1)[-1]
+    note(session, job, f":arrows_counterclockwise: Resumed from checkpoint {name}.")
+
+
+def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> None:
+    text = (
+        f":rotating_light: Could not confirm destruction of instance {instance.provider_id} "
+        f"(job {job.id}). Destroy it by hand: `vastai destroy instance {instance.provider_id}`."
+    )
+    note(session, job, text)
+    from gpubot.services import ops
+
+    ops.escalate(session, text)
+
+
+def finished(session: Session, job: JobRow) -> None:
+    spent = spent_usd(session, job.id)
+    if job.state == "succeeded":
+        files = (job.results or {}).get("files", [])
+        lines = [f":white_check_mark: {job.id} succeeded. Final cost {usd(spent)}."]
+        for item in files[:20]:
+            lines.append(
+                f"• <{item.get('url')}|{item.get('name')}> "
+                f"({item.get('size_bytes')} B, sha256 {str(item.get('sha256', ''))[:12]}…)"
+            )
+        metrics = (job.progress or {}).get("metrics") or {}
+        if metrics:
+            lines.append(
+                "Final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            )
+        note(session, job, "\n".join(lines))
+    else:
+        verb = "was cancelled" if job.state == "cancelled" else "failed"
+        note(
+            session,
+            job,
+            f":x: {job.id} {verb}: {job.reason or 'no reason recorded'}. "
+            f"Instance destroyed. Final cost {usd(spent)}.",
+        )

@@ -1,0 +1,202 @@
+"""Launching: a command becomes a plan (offer, $/h, estimate, rental type and why), and an
+accepted plan becomes a queued job with its thread (parent message + status card).
+
+``plan_launch`` makes one provider search and no writes; ``submit`` makes only database
+writes (no provider call), so a slash command can be answered within Slack's 3 s.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from gpubot.commands.types import LaunchCommand, RentCommand, ResourceOverrides
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import AuditEventRow, JobRow, ProcessedRequestRow
+from gpubot.errors import CommandError
+from gpubot.models import InterruptibleMode, JobState, RentalChoice, RentalType, Requirements
+from gpubot.render.text import usd
+from gpubot.services import events, outbox, planning
+from gpubot.services.deps import EngineDeps
+from gpubot.templates import ParamValue
+
+
+def new_job_id() -> str:
+    return "j-" + secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the bot intends to rent for a command, and what it will cost."""
+
+    kind: str
+    """``job`` or ``interactive``."""
+    template: str
+    params: dict[str, ParamValue]
+    overrides: ResourceOverrides
+    requirements: Requirements
+    choice: RentalChoice
+    mode: InterruptibleMode
+    expected_hours: float
+    estimate_usd: Decimal
+    budget_usd: Decimal | None
+    approval_reason: str | None = None
+
+    @property
+    def price_per_hour_usd(self) -> Decimal:
+        return self.choice.price_per_hour_usd
+
+    def summary_lines(self) -> list[str]:
+        offer = self.choice.offer
+        kind = (
+            "interruptible" if self.choice.rental_type is RentalType.INTERRUPTIBLE else "on-demand"
+        )
+        what = "interactive box" if self.kind == "interactive" else self.template
+        params = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        lines = [
+            f"Plan for {what}{(' ' + params) if params else ''}:",
+            f"• {offer.num_gpus}x {offer.gpu_name} ({offer.gpu_ram_gb:.0f} GB), "
+            f"reliability {offer.reliability:.1%}, offer {offer.offer_id}",
+            f"• {kind} at {usd(self.price_per_hour_usd)}/h; about {self.expected_hours:g} h "
+            f"≈ {usd(self.estimate_usd)}",
+            f"• {self.choice.reason}",
+        ]
+        if self.budget_usd is not None:
+            lines.append(f"• budget cap for this job: {usd(self.budget_usd)}")
+        if self.approval_reason:
+            lines.append(f"• needs an admin's approval: {self.approval_reason}")
+        return lines
+
+
+def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
+    """Search the market and choose; raises NoOfferError / CommandError. No writes."""
+    if isinstance(command, LaunchCommand):
+        kind, template_name = "job", command.template
+        params = dict(command.params)
+        if template_name not in deps.config.templates:
+            raise CommandError(f"unknown template {template_name!r}")
+    else:
+        kind, template_name, params = "interactive", "rent", {}
+    overrides = command.resources
+    tpl = template_name if kind == "job" else None
+    requirements = planning.requirements_for(deps.config, tpl, overrides)
+    mode = planning.mode_for(deps.config, tpl, overrides)
+    hours = planning.hours_for(deps.config, tpl, overrides)
+    if isinstance(command, RentCommand) and command.hours is not None:
+        hours = float(command.hours)
+    market = deps.provider.search_offers(requirements, interruptible=mode is not InterruptibleMode.NO)
+    choice = planning.choose_rental(
+        market,
+        requirements,
+        mode=mode,
+        expected_hours=hours,
+        checkpoints=planning.checkpoints_for(deps.config, tpl),
+        ranking=planning.ranking_for(deps.config, tpl),
+    )
+    estimate = planning.estimate(choice, requirements.disk_gb, hours)
+    budget = overrides.budget_usd
+    if budget is None and kind == "job":
+        budget = deps.config.budgets.job_default_usd
+    return Plan(
+        kind=kind,
+        template=template_name,
+        params=params,
+        overrides=overrides,
+        requirements=requirements,
+        choice=choice,
+        mode=mode,
+        expected_hours=hours,
+        estimate_usd=estimate.total_usd,
+        budget_usd=budget,
+    )
+
+
+def submit(
+    deps: EngineDeps,
+    plan: Plan,
+    *,
+    requester: str,
+    channel: str,
+    request_key: str | None,
+    group_id: str | None = None,
+) -> tuple[str, bool]:
+    """Create the job row, its thread parent and card, and an audit entry.
+
+    Returns ``(job_id, created)``. A ``request_key`` already used returns the earlier job
+    with ``created=False``: a redelivered Slack request never launches twice.
+    """
+    state = JobState.AWAITING_APPROVAL if plan.approval_reason else JobState.QUEUED
+    with session_scope(deps.sessions) as session:
+        if request_key:
+            existing = session.scalars(
+                select(JobRow).where(JobRow.request_key == request_key)
+            ).first()
+            if existing is not None:
+                return existing.id, False
+        job_id = new_job_id()
+        plan_json: dict[str, Any] = {
+            "offer": planning.offer_snapshot(plan.choice.offer),
+            "rental_type": plan.choice.rental_type.value,
+            "bid_per_hour_usd": str(plan.choice.bid_per_hour_usd)
+            if plan.choice.bid_per_hour_usd is not None
+            else None,
+            "price_per_hour_usd": str(plan.price_per_hour_usd),
+            "reason": plan.choice.reason,
+            "estimate_usd": str(plan.estimate_usd),
+            "expected_hours": plan.expected_hours,
+            "mode": plan.mode.value,
+            "approval_reason": plan.approval_reason,
+        }
+        job = JobRow(
+            id=job_id,
+            kind=plan.kind,
+            template=plan.template,
+            params={k: v for k, v in plan.params.items()},
+            resources=planning.overrides_to_json(plan.overrides),
+            plan=plan_json,
+            requester=requester,
+            channel=channel,
+            request_key=request_key,
+            group_id=group_id,
+            state=state.value,
+            budget_usd=plan.budget_usd,
+            created_at=deps.clock(),
+            updated_at=deps.clock(),
+            due_at=deps.clock(),
+            step_started_at=deps.clock(),
+        )
+        session.add(job)
+        if request_key:
+            session.add(ProcessedRequestRow(key=request_key, result={"job_id": job_id}))
+        session.add(
+            AuditEventRow(
+                at=deps.clock(),
+                actor=requester,
+                action="launch",
+                target=job_id,
+                reason=plan.approval_reason or "",
+                detail={
+                    "template": plan.template,
+                    "params": {k: str(v) for k, v in plan.params.items()},
+                    "channel": channel,
+                    "price_per_hour_usd": str(plan.price_per_hour_usd),
+                    "estimate_usd": str(plan.estimate_usd),
+                },
+            )
+        )
+        session.flush()
+        outbox.post_parent(
+            session,
+            thread_key=job_id,
+            channel=channel,
+            text=f"<@{requester}> {job_id}\n" + "\n".join(plan.summary_lines()),
+            job_id=job_id,
+            group_id=group_id,
+        )
+        events.refresh_card(session, job)
+    deps.enqueuer.kick()
+    return job_id, True

@@ -1,0 +1,169 @@
+"""From a stored job (or a launch command) to requirements, an offer choice and an estimate.
+
+Glue between the pure decision core (``gpubot.offers``, ``gpubot.costs``) and job rows; the
+overrides a user typed are stored on the job as JSON (:func:`overrides_to_json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from gpubot import costs, offers
+from gpubot.commands.types import ResourceOverrides
+from gpubot.config import BotConfig
+from gpubot.db.tables import JobRow
+from gpubot.models import InterruptibleMode, Offer, OfferRanking, RentalChoice, Requirements
+
+DEFAULT_RENT_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel"
+DEFAULT_RENT_DISK_GB = 30
+DEFAULT_RENT_HOURS = 2.0
+
+
+def overrides_to_json(overrides: ResourceOverrides) -> dict[str, Any]:
+    """JSON-safe form of the user's resource keys (None values dropped)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(overrides):
+        value = getattr(overrides, f.name)
+        if value is None:
+            continue
+        if isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, InterruptibleMode):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def overrides_from_json(data: dict[str, Any]) -> ResourceOverrides:
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(ResourceOverrides)}
+    for key, value in (data or {}).items():
+        if key not in names or value is None:
+            continue
+        if key in {"max_price_per_hour_usd", "budget_usd"}:
+            value = Decimal(str(value))
+        elif key == "interruptible":
+            value = InterruptibleMode(value)
+        elif key == "gpu_names":
+            value = tuple(value)
+        kwargs[key] = value
+    return ResourceOverrides(**kwargs)
+
+
+def requirements_for(
+    config: BotConfig, template_name: str | None, overrides: ResourceOverrides
+) -> Requirements:
+    """Requirements of a templated job or (template None) of an interactive rental."""
+    if template_name is not None and template_name in config.templates:
+        req = offers.requirements_from(config.templates[template_name], overrides)
+    else:
+        req = Requirements(
+            gpu_names=tuple(overrides.gpu_names or ()),
+            num_gpus=overrides.num_gpus or 1,
+            min_gpu_ram_gb=overrides.min_gpu_ram_gb or 0.0,
+            max_price_per_hour_usd=overrides.max_price_per_hour_usd,
+            disk_gb=overrides.disk_gb or DEFAULT_RENT_DISK_GB,
+        )
+    blocked = frozenset(config.engine.blocked_host_ids)
+    return with_blocked_hosts(req, blocked)
+
+
+def requirements_from_job(config: BotConfig, job: JobRow) -> Requirements:
+    template = job.template if job.kind == "job" else None
+    return requirements_for(config, template, overrides_from_json(job.resources))
+
+
+def with_blocked_hosts(req: Requirements, hosts: frozenset[str]) -> Requirements:
+    return dataclasses.replace(req, blocked_host_ids=req.blocked_host_ids | hosts)
+
+
+def mode_for(
+    config: BotConfig, template_name: str | None, overrides: ResourceOverrides
+) -> InterruptibleMode:
+    if overrides.interruptible is not None:
+        return overrides.interruptible
+    if template_name is not None and template_name in config.templates:
+        return config.templates[template_name].resources.interruptible
+    return InterruptibleMode.NO  # an interactive box is never preempted unless asked
+
+
+def interruptible_mode_of(job: JobRow, config: BotConfig | None = None) -> InterruptibleMode:
+    overrides = overrides_from_json(job.resources)
+    if overrides.interruptible is not None:
+        return overrides.interruptible
+    stored = (job.plan or {}).get("mode")
+    if stored:
+        return InterruptibleMode(stored)
+    return InterruptibleMode.NO if job.kind == "interactive" else InterruptibleMode.AUTO
+
+
+def hours_for(config: BotConfig, template_name: str | None, overrides: ResourceOverrides) -> float:
+    if overrides.hours is not None:
+        return float(overrides.hours)
+    if template_name is not None and template_name in config.templates:
+        return float(config.templates[template_name].resources.expected_hours)
+    return DEFAULT_RENT_HOURS
+
+
+def expected_hours_of(config: BotConfig, job: JobRow) -> float:
+    template = job.template if job.kind == "job" else None
+    return hours_for(config, template, overrides_from_json(job.resources))
+
+
+def image_of(config: BotConfig, job: JobRow) -> str:
+    overrides = overrides_from_json(job.resources)
+    if overrides.image:
+        return overrides.image
+    if job.kind == "job" and job.template in config.templates:
+        return config.templates[job.template].image
+    return DEFAULT_RENT_IMAGE
+
+
+def ranking_for(config: BotConfig, template_name: str | None) -> OfferRanking:
+    if template_name is not None and template_name in config.templates:
+        return config.templates[template_name].resources.ranking
+    return OfferRanking.PRICE
+
+
+def checkpoints_for(config: BotConfig, template_name: str | None) -> bool:
+    if template_name is not None and template_name in config.templates:
+        return bool(config.templates[template_name].resources.checkpoints)
+    return False
+
+
+def choose_rental(
+    market: Sequence[Offer],
+    requirements: Requirements,
+    *,
+    mode: InterruptibleMode,
+    expected_hours: float,
+    checkpoints: bool,
+    ranking: OfferRanking = OfferRanking.PRICE,
+) -> RentalChoice:
+    """The core's offer choice (raises NoOfferError)."""
+    return offers.choose_rental(
+        market,
+        requirements,
+        mode=mode,
+        expected_hours=expected_hours,
+        checkpoints=checkpoints,
+        ranking=ranking,
+    )
+
+
+def offer_snapshot(offer: Offer) -> dict[str, Any]:
+    """The offer as rented, JSON-safe (Decimals as strings)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(offer):
+        value = getattr(offer, f.name)
+        out[f.name] = str(value) if isinstance(value, Decimal) else value
+    return out
+
+
+def estimate(choice: RentalChoice, disk_gb: int, hours: float) -> Any:
+    return costs.estimate_job_cost(choice, disk_gb, hours)

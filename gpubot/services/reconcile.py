@@ -1,0 +1,193 @@
+"""The level-triggered reconcile tick.
+
+Every ``GPUBOT_TICK_SECONDS`` the tick:
+1. lists the account's instances once (all pages) — a failed listing is an error, never
+   evidence that nothing exists;
+2. writes what it saw onto our instance rows and meters the ledger (compute while running,
+   storage until the destroy was requested, bandwidth from the provider's counters);
+3. verifies requested destroys (the instance left the listing);
+4. every few ticks, sweeps orphans (labelled instances without a live record);
+5. claims due jobs with lock tokens and hands each to ``advance_job``.
+
+A lost message or a killed worker costs at most one tick: everything is derived again from
+the stored state and the provider's listing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpubot import costs
+from gpubot.db.engine import session_scope
+from gpubot.db.queries import claim_due_jobs
+from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.errors import ProviderError
+from gpubot.models import InstanceObservation
+from gpubot.services.deps import EngineDeps
+
+logger = logging.getLogger(__name__)
+
+GONE = "gone"
+"""provider_status of a row whose instance was absent from a successful listing."""
+
+
+@dataclass
+class TickReport:
+    listed_ok: bool
+    instances_seen: int = 0
+    ledger_entries: int = 0
+    destroys_verified: int = 0
+    claimed: list[tuple[str, str]] = field(default_factory=list)
+    orphans_destroyed: list[str] = field(default_factory=list)
+
+
+def reconcile_tick(
+    deps: EngineDeps,
+    *,
+    dispatch: Callable[[str, str], None],
+    sweep: bool = False,
+) -> TickReport:
+    """One tick. ``dispatch(job_id, lock_token)`` runs or enqueues the job's step."""
+    now = deps.clock()
+    try:
+        listing = deps.provider.list_instances()
+        listed_ok = True
+    except ProviderError as exc:
+        logger.warning("tick: instance listing failed, nothing is presumed gone: %s", exc)
+        listing = []
+        listed_ok = False
+    report = TickReport(listed_ok=listed_ok, instances_seen=len(listing))
+    with session_scope(deps.sessions) as session:
+        entries, verified = observe_and_meter(session, listing, listed_ok=listed_ok, now=now)
+        report.ledger_entries = entries
+        report.destroys_verified = verified
+    if sweep and listed_ok:
+        from gpubot.services import sweep as sweeper
+
+        report.orphans_destroyed = sweeper.sweep_orphans(deps, listing, now=now)
+    with session_scope(deps.sessions) as session:
+        report.claimed = claim_due_jobs(session, now=now)
+    for job_id, token in report.claimed:
+        dispatch(job_id, token)
+    return report
+
+
+def observe_and_meter(
+    session: Session,
+    listing: Iterable[InstanceObservation],
+    *,
+    listed_ok: bool,
+    now: datetime,
+) -> tuple[int, int]:
+    """Apply the listing to our rows and append ledger entries. Returns (entries, verified)."""
+    by_id = {obs.provider_id: obs for obs in listing}
+    rows = session.scalars(
+        select(InstanceRow).where(
+            InstanceRow.provider_id.is_not(None), InstanceRow.destroyed_at.is_(None)
+        )
+    ).all()
+    jobs: dict[str, JobRow] = {}
+    entries = 0
+    verified = 0
+    for row in rows:
+        assert row.provider_id is not None
+        obs = by_id.get(row.provider_id)
+        if obs is None and not listed_ok:
+            continue
+        job = jobs.get(row.job_id) or session.get(JobRow, row.job_id)
+        if job is not None:
+            jobs[row.job_id] = job
+        entries += _meter(session, row, job, obs, now)
+        if obs is None:
+            row.provider_status = GONE
+            if row.destroy_requested_at is not None:
+                row.destroyed_at = now
+                row.status = "destroyed"
+                verified += 1
+            continue
+        row.provider_status = obs.status.value
+        row.ssh_host = obs.ssh_host
+        row.ssh_port = obs.ssh_port
+        row.gpu_util_pct = obs.gpu_util_pct
+        row.last_seen_at = now
+        if obs.price_per_hour_usd:
+            row.price_per_hour_usd = obs.price_per_hour_usd
+        if obs.status.value == "running" and row.running_since is None:
+            row.running_since = now
+    return entries, verified
+
+
+def _meter(
+    session: Session,
+    row: InstanceRow,
+    job: JobRow | None,
+    obs: InstanceObservation | None,
+    now: datetime,
+) -> int:
+    """Ledger entries for ``row`` from ``metered_until`` to now (or the destroy request).
+
+    Compute is charged for the interval when the instance was running at its start (the
+    previous observation); storage for the whole life until the destroy request; bandwidth
+    from the growth of the provider's billed-bytes counters.
+    """
+    start = row.metered_until or row.created_at
+    end = now
+    if row.destroy_requested_at is not None:
+        end = min(end, row.destroy_requested_at)
+    amounts: list[tuple[str, Decimal]] = []
+    seconds = (end - start).total_seconds()
+    if seconds > 0:
+        if row.provider_status == "running":
+            amounts.append(
+                ("compute", costs.compute_cost_usd(row.price_per_hour_usd, seconds))
+            )
+        amounts.append(
+            (
+                "storage",
+                costs.storage_cost_usd(row.storage_per_gb_month_usd, row.disk_gb, seconds),
+            )
+        )
+    if obs is not None:
+        up = int(obs.raw_status.get("inet_up_billed") or 0)
+        down = int(obs.raw_status.get("inet_down_billed") or 0)
+        delta_up = max(0, up - row.bytes_up_billed)
+        delta_down = max(0, down - row.bytes_down_billed)
+        if delta_up or delta_down:
+            amounts.append(
+                (
+                    "bandwidth",
+                    costs.bandwidth_cost_usd(
+                        delta_up, delta_down, row.upload_per_gb_usd, row.download_per_gb_usd
+                    ),
+                )
+            )
+            row.bytes_up_billed = max(row.bytes_up_billed, up)
+            row.bytes_down_billed = max(row.bytes_down_billed, down)
+    added = 0
+    for kind, amount in amounts:
+        if amount <= 0:
+            continue
+        session.add(
+            LedgerEntryRow(
+                instance_id=row.id,
+                job_id=row.job_id,
+                requester=job.requester if job else "",
+                channel=job.channel if job else "",
+                kind=kind,
+                amount_usd=amount,
+                period_start=start,
+                period_end=max(start, end),
+                created_at=now,
+            )
+        )
+        added += 1
+    if end > start:
+        row.metered_until = end
+    return added

@@ -1,0 +1,431 @@
+"""The job's life on its instance: what the engine asks of SSH and the object store.
+
+Each method makes a few short SSH commands and returns; long work (setup, the job itself)
+runs detached on the instance and is polled on later ticks. Cloud credentials never reach the
+instance: it gets presigned URLs only, per file, valid for an hour.
+
+Object-store layout below ``GPUBOT_S3_PREFIX``::
+
+    jobs/<job_id>/checkpoints/<checkpoint-N>/...     files + MANIFEST.jsonl (written last)
+    jobs/<job_id>/results/...                        files + MANIFEST.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.errors import RemoteCommandFailed, RemoteError, StorageError
+from gpubot.lifecycle import InstanceVerdict, instance_verdict
+from gpubot.models import InstanceObservation, ProviderStatus
+from gpubot.remote import control, parsing
+from gpubot.remote.runner import Runner, SSHTarget
+from gpubot.services.deps import EngineDeps
+from gpubot.templates import Template, param_env
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.jsonl"
+RESULT_LINK_TTL_SECONDS = 7 * 24 * 3600
+"""SigV4 presigned URLs live at most 7 days."""
+MAX_HISTORY_POINTS = 500
+
+
+def verdict_of(instance: InstanceRow) -> InstanceVerdict:
+    """What the newest listing says about the instance (see lifecycle.instance_verdict)."""
+    if instance.provider_status == "gone":
+        return InstanceVerdict.LOST
+    if instance.provider_status is None:
+        return InstanceVerdict.PENDING
+    try:
+        status = ProviderStatus(instance.provider_status)
+    except ValueError:
+        status = ProviderStatus.UNKNOWN
+    obs = InstanceObservation(
+        provider_id=instance.provider_id or "",
+        status=status,
+        label=instance.label,
+        is_bid=instance.rental_type == "interruptible",
+        price_per_hour_usd=instance.price_per_hour_usd,
+        ssh_host=instance.ssh_host,
+        ssh_port=instance.ssh_port,
+    )
+    return instance_verdict(obs, listed_ok=True)
+
+
+def loss_reason(instance: InstanceRow) -> str:
+    status = instance.provider_status or "unknown"
+    if status == "outbid":
+        return f"instance {instance.provider_id} was outbid"
+    if status == "gone":
+        return f"instance {instance.provider_id} disappeared from the provider"
+    if status == "offline":
+        return f"instance {instance.provider_id}'s host went offline"
+    return f"instance {instance.provider_id} is {status}"
+
+
+def request_destroy(deps: EngineDeps, instance: InstanceRow) -> None:
+    """Ask the provider to destroy (idempotent); verification happens on later ticks."""
+    if instance.provider_id:
+        deps.provider.destroy(instance.provider_id)
+
+
+def kill_quietly(deps: EngineDeps, instance: InstanceRow, job: JobRow) -> None:
+    """Best effort: stop the job's processes before the destroy (logs flushed)."""
+    if not (instance.ssh_host and instance.ssh_port and job.remote_root):
+        return
+    try:
+        with connect(deps, instance, timeout_seconds=5) as session:
+            session.kill(job)
+    except RemoteError as exc:
+        logger.info("job %s: kill before destroy skipped: %s", job.id, exc)
+
+
+@contextmanager
+def connect(
+    deps: EngineDeps, instance: InstanceRow, *, timeout_seconds: float = 10
+) -> Iterator[RemoteSession]:
+    """An SSH session to the instance, with its host key pinned after first use."""
+    if not instance.ssh_host or not instance.ssh_port:
+        raise RemoteError(f"instance {instance.provider_id} has no SSH address yet")
+    target = SSHTarget(
+        host=instance.ssh_host,
+        port=int(instance.ssh_port),
+        user="root",
+        private_key_path=deps.ssh_key_path,
+    )
+    runner = deps.connect(target, known_host_key=instance.host_key)
+    try:
+        yield RemoteSession(runner, deps)
+    finally:
+        runner.close()
+
+
+@dataclass
+class JobStatus:
+    running: bool
+    exit_code: int | None
+    vanished: bool
+    progress: parsing.Progress | None
+    trainer_metrics: dict[str, float] | None
+    diagnosis: str | None
+    disk_free_mb: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StartResult:
+    phase: str
+    """``setup`` (running), ``run`` (the job started), or ``failed`` (setup failed)."""
+    message: str = ""
+
+
+class RemoteSession:
+    """Commands for one job over one SSH connection."""
+
+    def __init__(self, runner: Runner, deps: EngineDeps) -> None:
+        self.runner = runner
+        self.deps = deps
+
+    @property
+    def host_key(self) -> str | None:
+        return getattr(self.runner, "host_key", None)
+
+    def _run(self, script: str, what: str, *, timeout_seconds: float = 120) -> str:
+        result = self.runner.exec(script, timeout_seconds=timeout_seconds)
+        if not result.ok:
+            tail = (result.stderr or result.stdout)[-800:]
+            raise RemoteCommandFailed(
+                f"{what} failed with exit status {result.exit_status}",
+                exit_status=result.exit_status,
+                stderr_tail=tail,
+            )
+        return result.stdout
+
+    def discover_root(self) -> str:
+        root = self._run(control.DISCOVER_ROOT_COMMAND, "discovering the remote root").strip()
+        return root or "/workspace"
+
+    def layout(self, job: JobRow) -> control.RemoteLayout:
+        if not job.remote_root:
+            job.remote_root = self.discover_root()
+        return control.remote_layout(job.remote_root, job.id)
+
+    def prepare(self, job_id: str) -> None:
+        root = self.discover_root()
+        self._run(control.prepare_dirs_script(control.remote_layout(root, job_id)), "mkdir")
+
+    # -- deploy -------------------------------------------------------------------------
+
+    def deploy(self, job: JobRow, template: Template) -> None:
+        layout = self.layout(job)
+        if template.repo:
+            self._run(
+                control.git_clone_script(layout, template.repo, template.ref or "HEAD"),
+                "git clone",
+                timeout_seconds=600,
+            )
+            return
+        workdir = template.resolve_workdir()
+        if workdir is None:
+            return
+        archive = control.pack_workdir(workdir, tuple(template.exclude))
+        self.runner.put_bytes(archive, layout.archive_path())
+        self._run(
+            control.unpack_archive_script(layout, layout.archive_path()), "unpacking the code"
+        )
+
+    def restore_checkpoint(self, job: JobRow, key_prefix: str) -> str:
+        """Download the checkpoint under ``key_prefix`` (verified); return its remote path."""
+        layout = self.layout(job)
+        name = key_prefix.rstrip("/").rsplit("/", 1)[-1]
+        store = self.deps.store
+        manifest = store.get_bytes(key_prefix.rstrip("/") + "/" + MANIFEST).decode()
+        items = []
+        for line in manifest.splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            key = key_prefix.rstrip("/") + "/" + entry["path"]
+            items.append(
+                control.DownloadItem(
+                    url=store.presign_get(key, expires_seconds=3600),
+                    remote_path=f"{layout.checkpoint_dir}/{name}/{entry['path']}",
+                    sha256=entry["sha256"],
+                )
+            )
+        if items:
+            self._run(
+                control.download_files_script(items),
+                "restoring the checkpoint",
+                timeout_seconds=1800,
+            )
+        return f"{layout.checkpoint_dir}/{name}"
+
+    # -- run ----------------------------------------------------------------------------
+
+    def _env(self, job: JobRow, template: Template) -> str:
+        layout = self.layout(job)
+        params = param_env(template, dict(job.params or {}))
+        plain = {
+            k[len("GPUBOT_PARAM_") :].lower(): v for k, v in params.items()
+        }
+        resume = (job.progress or {}).get("resume_from")
+        return control.env_exports(layout, plain, resume)
+
+    def start(self, job: JobRow, template: Template) -> StartResult:
+        """Advance setup → run, detached and idempotent; never blocks on setup."""
+        layout = self.layout(job)
+        env = self._env(job, template)
+        setup_commands = template.rendered_setup()
+        if setup_commands:
+            setup = parsing.parse_status(
+                self._run(control.status_script(layout, stage="setup"), "setup status")
+            )
+            if setup.exit_code is None and not setup.running:
+                script = env + control.setup_script(layout, setup_commands)
+                self._run(
+                    control.start_detached_script(layout, script, env, stage="setup"),
+                    "starting setup",
+                )
+                return StartResult("setup")
+            if setup.running:
+                return StartResult("setup")
+            if setup.exit_code != 0:
+                tail = self._run(
+                    control.tail_log_script(layout, 20, stage="setup"), "setup log"
+                )
+                message = parsing.diagnose(tail, setup.exit_code, False, stage="setup")
+                return StartResult("failed", message or f"setup failed:\n{tail}")
+        self._run(
+            control.start_detached_script(layout, template.rendered_run(), env),
+            "starting the job",
+        )
+        return StartResult("run")
+
+    def status(self, job: JobRow) -> JobStatus:
+        layout = self.layout(job)
+        raw = parsing.parse_status(self._run(control.status_script(layout), "job status"))
+        tail = self._run(control.tail_log_script(layout, 60), "job log")
+        diagnosis = parsing.diagnose(tail, raw.exit_code, raw.running)
+        vanished = not raw.running and raw.exit_code is None and raw.pid is not None
+        return JobStatus(
+            running=raw.running,
+            exit_code=raw.exit_code,
+            vanished=vanished,
+            progress=raw.progress,
+            trainer_metrics=parsing.latest_trainer_metrics(tail),
+            diagnosis=diagnosis,
+            disk_free_mb=raw.disk_free_mb,
+        )
+
+    def tail(self, job: JobRow, lines: int) -> str:
+        return self._run(control.tail_log_script(self.layout(job), lines), "job log")
+
+    def kill(self, job: JobRow) -> None:
+        self._run(control.kill_script(self.layout(job), grace_seconds=3), "stopping the job")
+
+    # -- checkpoints and results -----------------------------------------------------------
+
+    def backup_checkpoints(self, job: JobRow, *, final: bool = False) -> str | None:
+        """Upload the newest complete checkpoint if it is new; returns its key prefix."""
+        layout = self.layout(job)
+        files = parsing.parse_checkpoint_listing(
+            self._run(control.list_checkpoints_script(layout), "listing checkpoints")
+        )
+        newest = parsing.newest_complete_checkpoint(files, job_exited=final)
+        if newest is None:
+            return job.checkpoint_key
+        prefix = f"jobs/{job.id}/checkpoints/{newest}/"
+        if job.checkpoint_key == prefix:
+            return prefix
+        members = parsing.checkpoint_files(files, newest)
+        self._upload(
+            [(f"{layout.checkpoint_dir}/{f.path}", prefix + _relative(f.path, newest), f.sha256)
+             for f in members]
+        )
+        entries = [
+            {"path": _relative(f.path, newest), "size": f.size, "sha256": f.sha256}
+            for f in members
+        ]
+        self._verify_and_manifest(prefix, entries)
+        return prefix
+
+    def collect_results(self, job: JobRow) -> list[dict[str, Any]]:
+        """Upload every file under the results dir; return links with sizes and checksums."""
+        layout = self.layout(job)
+        listing = self._run(_list_files_script(layout.results_dir), "listing results")
+        files = parsing.parse_checkpoint_listing(listing)
+        prefix = f"jobs/{job.id}/results/"
+        self._upload([(f"{layout.results_dir}/{f.path}", prefix + f.path, f.sha256) for f in files])
+        entries = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
+        self._verify_and_manifest(prefix, entries)
+        store = self.deps.store
+        return [
+            {
+                "name": e["path"],
+                "key": prefix + e["path"],
+                "size_bytes": e["size"],
+                "sha256": e["sha256"],
+                "url": store.presign_get(
+                    prefix + e["path"], expires_seconds=RESULT_LINK_TTL_SECONDS
+                ),
+                "location": store.url_for_display(prefix + e["path"]),
+            }
+            for e in entries
+        ]
+
+    def _upload(self, items: list[tuple[str, str, str]]) -> None:
+        if not items:
+            return
+        store = self.deps.store
+        uploads = [
+            control.UploadItem(
+                remote_path=path,
+                url=store.presign_put(key, expires_seconds=3600, sha256=sha),
+                sha256=sha,
+            )
+            for path, key, sha in items
+        ]
+        self._run(control.upload_files_script(uploads), "uploading files", timeout_seconds=1800)
+
+    def _verify_and_manifest(self, prefix: str, entries: list[dict[str, Any]]) -> None:
+        """Check sizes in the store, then write the manifest (its presence marks completeness)."""
+        store = self.deps.store
+        stored = {o.key: o for o in store.list(prefix)}
+        for entry in entries:
+            obj = stored.get(prefix + entry["path"])
+            if obj is None or obj.size_bytes != entry["size"]:
+                raise StorageError(f"upload of {prefix}{entry['path']} did not arrive intact")
+        body = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode()
+        store.put_bytes(prefix + MANIFEST, body)
+
+
+def _relative(path: str, name: str) -> str:
+    parts = path.strip("/").split("/", 1)
+    return parts[1] if len(parts) == 2 and parts[0] == name else parts[0]
+
+
+def _list_files_script(directory: str) -> str:
+    layout = control.RemoteLayout(root="/", job_id="x")
+    script = control.list_checkpoints_script(layout)
+    return script.replace(control.q(layout.checkpoint_dir), control.q(directory), 1)
+
+
+# -- progress bookkeeping (pure helpers over the stored JSON) ----------------------------------
+
+
+def merge_progress(job: JobRow, status: JobStatus, now: datetime) -> dict[str, Any]:
+    progress = dict(job.progress or {})
+    metrics = dict(progress.get("metrics") or {})
+    if status.trainer_metrics:
+        metrics.update(status.trainer_metrics)
+    p = status.progress
+    if p is not None:
+        metrics.update(p.metrics)
+        if p.step is not None:
+            if progress.get("step") != p.step:
+                progress["last_advance_at"] = now.isoformat()
+                progress["polls_with_advance"] = int(progress.get("polls_with_advance", 0)) + 1
+            progress["step"] = p.step
+            point = [p.step, now.isoformat()]
+            if "first" not in progress or (progress.get("first") or [0])[0] > p.step:
+                progress["first"] = point
+            progress["latest"] = point
+        if p.total_steps is not None:
+            progress["total_steps"] = p.total_steps
+        if p.epoch is not None:
+            progress["epoch"] = p.epoch
+    progress["metrics"] = metrics
+    progress["diagnosis"] = status.diagnosis
+    progress["running"] = status.running
+    return progress
+
+
+def merge_history(job: JobRow, status: JobStatus) -> dict[str, Any]:
+    history = dict(job.metrics_history or {})
+    points = list(history.get("points") or [])
+    p = status.progress
+    loss = None
+    if p is not None:
+        loss = p.metrics.get("loss", p.metrics.get("train_loss"))
+    if loss is None and status.trainer_metrics:
+        loss = status.trainer_metrics.get("loss")
+    if p is not None and p.step is not None and loss is not None:
+        if not points or points[-1][0] != p.step:
+            points.append([p.step, float(loss)])
+    if len(points) > MAX_HISTORY_POINTS:
+        points = points[:: max(2, len(points) // MAX_HISTORY_POINTS)]
+    history["points"] = points
+    return history
+
+
+def failure_reason(status: JobStatus, tail: str) -> str:
+    if status.diagnosis:
+        return status.diagnosis
+    last = "\n".join(tail.strip().splitlines()[-10:])
+    return f"the job exited with status {status.exit_code}. Last log lines:\n{last}"
+
+
+def idle_changes(
+    deps: EngineDeps, job: JobRow, instance: InstanceRow, status: JobStatus | None
+) -> dict[str, Any]:
+    """Update ``idle_since`` from GPU utilisation and progress (see services.idle)."""
+    from gpubot.services import idle
+
+    return idle.idle_changes(deps, job, instance, status)
+
+
+def idle_stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> str | None:
+    from gpubot.services import idle
+
+    return idle.stop_reason(deps, job, changes)
+
+
+_ = timedelta

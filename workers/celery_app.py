@@ -1,0 +1,78 @@
+"""The Celery app: JSON only, late acks on idempotent tasks, the reconcile beat schedule.
+
+Broker: ``GPUBOT_BROKER_URL`` (``redis://…`` in production), else kombu's ``filesystem://``
+transport in ``GPUBOT_HOME/broker`` — no server to install, single host only, and a message
+can be lost if a worker dies mid-task. That is acceptable because nothing depends on one
+message: the reconcile tick re-derives all work from the database every
+``GPUBOT_TICK_SECONDS`` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from gpubot.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for ``settings`` (pure; used by the app and by tests)."""
+    tick = settings.tick_seconds
+    config: dict[str, Any] = {
+        "broker_url": settings.effective_broker_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_prefetch_multiplier": 1,
+        "task_acks_late": False,
+        "task_reject_on_worker_lost": False,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": 600,
+        "task_time_limit": 900,
+        "beat_schedule": {
+            "reconcile-tick": {
+                "task": "workers.tasks.reconcile_tick_task",
+                "schedule": tick,
+                "options": {"expires": max(tick * 2, 2.0)},
+            },
+            "deliver-messages": {
+                "task": "workers.tasks.deliver_messages_task",
+                "schedule": max(1.0, min(tick, 2.0)),
+                "options": {"expires": 10.0},
+            },
+        },
+    }
+    if settings.uses_embedded_broker:
+        folder = settings.broker_folder
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder / "in"),
+            "data_folder_out": str(folder / "in"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+        config["beat_schedule_filename"] = str(settings.home / "celerybeat-schedule")
+    else:
+        # Longer than the longest task so a running task is never delivered twice.
+        config["broker_transport_options"] = {"visibility_timeout": 3600}
+    return config
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings()
+    if settings.uses_embedded_broker:
+        settings.ensure_home()
+    app = Celery("gpubot", include=["workers.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = make_celery()

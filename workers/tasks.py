@@ -1,0 +1,42 @@
+"""Thin Celery tasks around gpubot.services. Arguments are ids and strings only."""
+
+from __future__ import annotations
+
+from celery.utils.log import get_task_logger
+
+from workers.celery_app import app
+from workers.runtime import deps, tick_counter
+
+logger = get_task_logger(__name__)
+
+
+@app.task(name="workers.tasks.reconcile_tick_task", ignore_result=True)
+def reconcile_tick_task() -> dict[str, object]:
+    """Beat: list instances once, meter, verify destroys, sweep, claim due jobs and enqueue."""
+    from gpubot.services.reconcile import reconcile_tick
+
+    engine_deps = deps()
+    sweep = tick_counter() % max(1, engine_deps.config.engine.sweep_every_ticks) == 0
+    report = reconcile_tick(
+        engine_deps,
+        dispatch=lambda job_id, token: advance_job_task.delay(job_id, token),
+        sweep=sweep,
+    )
+    return {"claimed": len(report.claimed), "listed_ok": report.listed_ok}
+
+
+@app.task(name="workers.tasks.advance_job_task", ignore_result=True, acks_late=True)
+def advance_job_task(job_id: str, lock_token: str) -> None:
+    """Advance one claimed job by one step (idempotent; a redelivery is harmless)."""
+    from gpubot.services.engine import advance_job
+
+    advance_job(deps(), job_id, lock_token)
+
+
+@app.task(name="workers.tasks.deliver_messages_task", ignore_result=True)
+def deliver_messages_task() -> int:
+    """Send pending outbox messages to Slack when Slack is configured (else a no-op)."""
+    from workers.runtime import deliverer
+
+    sender = deliverer()
+    return sender.deliver_once() if sender is not None else 0
