@@ -179,7 +179,7 @@ def _derived_default(settings: Settings, name: str) -> str:
         case "ssh_key_path":
             return f"{settings.effective_ssh_key_path} (generated ed25519)"
         case "s3_bucket":
-            return "(not set: local object store in GPUBOT_HOME)"
+            return "(not set: required for jobs; the demo starts a local S3 server)"
     return "(not set)"
 
 

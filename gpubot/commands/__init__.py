@@ -1,0 +1,53 @@
+"""The command grammar: text -> typed Command, or CommandSyntaxError with a usage text."""
+
+from gpubot.commands.grammar import JOB_ID_RE, MAX_INPUT_CHARS, canonical_gpu_names, parse_command
+from gpubot.commands.types import (
+    AuditCommand,
+    BudgetAction,
+    BudgetCommand,
+    BudgetScope,
+    CancelCommand,
+    Command,
+    CostCommand,
+    CostGroup,
+    HelpCommand,
+    JobsCommand,
+    KeepCommand,
+    LaunchCommand,
+    LogsCommand,
+    OffersCommand,
+    Period,
+    RentCommand,
+    ResourceOverrides,
+    StatusCommand,
+    SweepCommand,
+)
+from gpubot.commands.usage import help_text, usage
+
+__all__ = [
+    "JOB_ID_RE",
+    "MAX_INPUT_CHARS",
+    "AuditCommand",
+    "BudgetAction",
+    "BudgetCommand",
+    "BudgetScope",
+    "CancelCommand",
+    "Command",
+    "CostCommand",
+    "CostGroup",
+    "HelpCommand",
+    "JobsCommand",
+    "KeepCommand",
+    "LaunchCommand",
+    "LogsCommand",
+    "OffersCommand",
+    "Period",
+    "RentCommand",
+    "ResourceOverrides",
+    "StatusCommand",
+    "SweepCommand",
+    "canonical_gpu_names",
+    "help_text",
+    "parse_command",
+    "usage",
+]

@@ -101,7 +101,7 @@ def rented(session: Session, job: JobRow, choice: RentalChoice, provider_id: str
         session,
         job,
         f"Rented instance {provider_id}: {choice.offer.num_gpus}x {choice.offer.gpu_name}, "
-        f"{kind} at {usd(choice.price_per_hour_usd)}/h (attempt {job.attempts + 1}).",
+        f"{kind} at {usd(choice.price_per_hour_usd)}/h (attempt {job.attempts}).",
     )
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpubot.db.tables import MessageRow, utcnow
-from gpubot.redact import redact
+from gpubot.redact import redact_for_chat as redact
 
 
 def _row(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 15:52:33.638049
+Create Date: 2026-11-28 15:59:34.187983
 """
 
 from collections.abc import Sequence
@@ -116,6 +116,8 @@ def upgrade() -> None:
     sa.Column('checkpoint_key', sa.String(length=512), nullable=True),
     sa.Column('results', sa.JSON(), nullable=False),
     sa.Column('exit_code', sa.Integer(), nullable=True),
+    sa.Column('outcome', sa.String(length=24), nullable=True),
+    sa.Column('failed_offer_ids', sa.JSON(), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('stop_requested_reason', sa.Text(), nullable=True),
     sa.Column('keep_until', gpubot.db.tables.UTCDateTime(timezone=True), nullable=True),

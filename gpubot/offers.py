@@ -1,0 +1,466 @@
+"""Offer choice: filter the market by a job's requirements, rank, pick, decide how to rent.
+
+Pure: standard library only. The functions take plain values and never call the provider.
+
+Rental type follows the seed guide's decision matrix (vast-ai-best-practices.md, "Rental
+Types" and "Cost Optimization"): with ``interruptible=auto`` a job that checkpoints, or that is
+expected to finish within :data:`SHORT_JOB_HOURS`, is rented interruptible (a bid), and a
+longer job that cannot resume is rented on-demand, because an outbid would lose all its
+progress. ``yes``/``no`` force the type.
+
+The bid for an interruptible rental is ``max(min_bid x 1.15, min_bid + $0.01)``, rounded up
+to 0.1 cent, and must stay below the on-demand price: an offer whose bid cannot is not
+offered as interruptible (vast ``min_bid`` is per machine, $/h).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from typing import assert_never
+
+from gpubot.commands.types import ResourceOverrides
+from gpubot.errors import NoOfferError
+from gpubot.models import (
+    InterruptibleMode,
+    Offer,
+    OfferRanking,
+    RentalChoice,
+    RentalType,
+    Requirements,
+)
+from gpubot.templates import Template
+
+SHORT_JOB_HOURS = 2.0
+"""Seed matrix: jobs under 2 h are cheap to retry after an outbid."""
+BID_MARGIN_FACTOR = Decimal("1.15")
+BID_MARGIN_MIN_USD = Decimal("0.01")
+BID_QUANTUM = Decimal("0.001")
+"""vast.ai accepts bids in 0.001 $/h steps (0.001-128)."""
+
+# Failure categories, in the order they are checked; each has a hint for NoOfferError.
+_HINTS: dict[str, str] = {
+    "bad_data": "the market returned offers with impossible values",
+    "blocked": "the host is on the blocked list",
+    "gpu_name": "try more GPU types with gpu=",
+    "num_gpus": "try another gpus=",
+    "gpu_ram": "lower gpu_ram=",
+    "cuda": "pick an image built for an older CUDA",
+    "compute_cap": "the template needs a newer GPU architecture",
+    "reliability": "the template's min_reliability rules out flaky hosts",
+    "price": "raise max_price= (or allow interruptible=yes)",
+    "bid": "no interruptible saving on these offers; try interruptible=no",
+    "datacenter": "the template allows datacenter hosts only",
+    "verified": "only verified hosts are allowed",
+    "disk": "lower disk=",
+    "bandwidth": "the template needs faster download bandwidth",
+}
+_LABELS: dict[str, str] = {
+    "bad_data": "bad market data",
+    "blocked": "blocked host",
+    "gpu_name": "GPU type",
+    "num_gpus": "GPU count",
+    "gpu_ram": "GPU memory",
+    "cuda": "CUDA version",
+    "compute_cap": "compute capability",
+    "reliability": "reliability",
+    "price": "price cap",
+    "bid": "no bid below on-demand",
+    "datacenter": "datacenter only",
+    "verified": "verified only",
+    "disk": "disk space",
+    "bandwidth": "download bandwidth",
+}
+
+
+def bid_for(offer: Offer) -> Decimal | None:
+    """The interruptible bid for ``offer``, or None when no bid stays below on-demand.
+
+    ``max(min_bid x 1.15, min_bid + $0.01)`` rounded up to $0.001, capped at on-demand
+    minus $0.001; None if that cap is not above ``min_bid`` (no saving, bid would lose).
+    """
+    min_bid = offer.min_bid_per_hour_usd
+    bid = max(min_bid * BID_MARGIN_FACTOR, min_bid + BID_MARGIN_MIN_USD)
+    bid = bid.quantize(BID_QUANTUM, rounding=ROUND_CEILING)
+    cap = offer.price_per_hour_usd - BID_QUANTUM
+    bid = min(bid, cap)
+    if bid <= min_bid or bid <= 0:
+        return None
+    return bid
+
+
+def _bad_data(offer: Offer) -> str | None:
+    floats = (
+        offer.gpu_ram_gb,
+        offer.reliability,
+        offer.cuda_max,
+        offer.dlperf,
+        offer.disk_space_gb,
+        offer.inet_down_mbps,
+    )
+    if any(not math.isfinite(x) for x in floats):
+        return "has non-numeric values"
+    prices = (offer.price_per_hour_usd, offer.min_bid_per_hour_usd)
+    if any(not p.is_finite() for p in prices):
+        return "has a non-numeric price"
+    if offer.price_per_hour_usd <= 0:
+        return f"has an impossible price ${offer.price_per_hour_usd}/h"
+    if offer.min_bid_per_hour_usd < 0:
+        return "has a negative minimum bid"
+    if offer.num_gpus < 1 or offer.gpu_ram_gb <= 0:
+        return "reports no GPU"
+    if not 0 <= offer.reliability <= 1:
+        return f"has an impossible reliability {offer.reliability}"
+    return None
+
+
+def _failures(offer: Offer, req: Requirements, rental_type: RentalType) -> list[tuple[str, str]]:
+    """(category, reason) for every requirement ``offer`` fails."""
+    out: list[tuple[str, str]] = []
+    bad = _bad_data(offer)
+    if bad is not None:
+        return [("bad_data", f"offer {offer.offer_id} {bad}")]
+    if offer.host_id in req.blocked_host_ids:
+        out.append(("blocked", f"host {offer.host_id} is blocked"))
+    if req.gpu_names and offer.gpu_name not in req.gpu_names:
+        out.append(("gpu_name", f"GPU {offer.gpu_name} is not one of {', '.join(req.gpu_names)}"))
+    if offer.num_gpus != req.num_gpus:
+        out.append(("num_gpus", f"has {offer.num_gpus} GPUs, the job needs {req.num_gpus}"))
+    if offer.gpu_ram_gb < req.min_gpu_ram_gb:
+        out.append(
+            ("gpu_ram", f"{offer.gpu_ram_gb:g} GB per GPU, needs {req.min_gpu_ram_gb:g} GB")
+        )
+    if offer.cuda_max < req.min_cuda:
+        out.append(("cuda", f"CUDA {offer.cuda_max:g}, needs {req.min_cuda:g}"))
+    if offer.compute_cap < req.min_compute_cap:
+        out.append(
+            ("compute_cap", f"compute capability {offer.compute_cap}, needs {req.min_compute_cap}")
+        )
+    if offer.reliability < req.min_reliability:
+        out.append(
+            ("reliability", f"reliability {offer.reliability:.3f} < {req.min_reliability:.3f}")
+        )
+    match rental_type:
+        case RentalType.ON_DEMAND:
+            price: Decimal | None = offer.price_per_hour_usd
+        case RentalType.INTERRUPTIBLE:
+            price = bid_for(offer)
+            if price is None:
+                out.append(
+                    (
+                        "bid",
+                        f"min bid ${offer.min_bid_per_hour_usd}/h leaves no bid below "
+                        f"on-demand ${offer.price_per_hour_usd}/h",
+                    )
+                )
+        case _:
+            assert_never(rental_type)
+    cap = req.max_price_per_hour_usd
+    if cap is not None and price is not None and price > cap:
+        out.append(("price", f"${price}/h is above the ${cap}/h cap"))
+    if req.datacenter_only and not offer.datacenter:
+        out.append(("datacenter", "not a datacenter host"))
+    if req.verified_only and not offer.verified:
+        out.append(("verified", "host is not verified"))
+    if offer.disk_space_gb < req.disk_gb:
+        out.append(("disk", f"{offer.disk_space_gb:g} GB disk free, needs {req.disk_gb} GB"))
+    if offer.inet_down_mbps < req.min_inet_down_mbps:
+        out.append(
+            (
+                "bandwidth",
+                f"{offer.inet_down_mbps:g} Mbps down, needs {req.min_inet_down_mbps:g}",
+            )
+        )
+    return out
+
+
+def offer_matches(
+    offer: Offer, req: Requirements, *, rental_type: RentalType = RentalType.ON_DEMAND
+) -> list[str]:
+    """Why ``offer`` does not satisfy ``req``: one plain reason per failed requirement.
+
+    An empty list means it matches. The price cap applies to the on-demand price, or to the
+    bid we would place (:func:`bid_for`) when ``rental_type`` is interruptible. Offers with
+    impossible values (price <= 0, NaN, no GPU) never match.
+    """
+    return [reason for _, reason in _failures(offer, req, rental_type)]
+
+
+def _effective_price(offer: Offer, rental_type: RentalType) -> Decimal:
+    if rental_type is RentalType.INTERRUPTIBLE:
+        bid = bid_for(offer)
+        return bid if bid is not None else offer.price_per_hour_usd
+    return offer.price_per_hour_usd
+
+
+def rank_offers(
+    offers: Iterable[Offer],
+    ranking: OfferRanking,
+    *,
+    rental_type: RentalType = RentalType.ON_DEMAND,
+) -> list[Offer]:
+    """``offers`` sorted best first. Does not filter.
+
+    * ``PRICE``: the price we would pay ($/h: on-demand, or our bid for interruptible)
+      ascending, then reliability descending, then offer id.
+    * ``DLPERF_PER_USD``: DLPerf per that price descending, then price, then offer id.
+    """
+
+    def price_key(o: Offer) -> tuple[Decimal, float, str]:
+        return (_effective_price(o, rental_type), -o.reliability, o.offer_id)
+
+    def perf_key(o: Offer) -> tuple[float, Decimal, str]:
+        price = _effective_price(o, rental_type)
+        per_usd = o.dlperf / float(price) if price > 0 else 0.0
+        return (-per_usd, price, o.offer_id)
+
+    match ranking:
+        case OfferRanking.PRICE:
+            return sorted(offers, key=price_key)
+        case OfferRanking.DLPERF_PER_USD:
+            return sorted(offers, key=perf_key)
+        case _:
+            assert_never(ranking)
+
+
+def decide_rental_type(
+    mode: InterruptibleMode, *, expected_hours: float, checkpoints: bool
+) -> RentalType:
+    """The seed's decision matrix; ``YES``/``NO`` force the answer (see module docstring)."""
+    match mode:
+        case InterruptibleMode.YES:
+            return RentalType.INTERRUPTIBLE
+        case InterruptibleMode.NO:
+            return RentalType.ON_DEMAND
+        case InterruptibleMode.AUTO:
+            if checkpoints or expected_hours <= SHORT_JOB_HOURS:
+                return RentalType.INTERRUPTIBLE
+            return RentalType.ON_DEMAND
+        case _:
+            assert_never(mode)
+
+
+def choose_rental(
+    offers: Sequence[Offer],
+    req: Requirements,
+    *,
+    mode: InterruptibleMode,
+    expected_hours: float,
+    checkpoints: bool,
+    ranking: OfferRanking = OfferRanking.PRICE,
+    checkpoint_every: str | None = None,
+) -> RentalChoice:
+    """The best offer for ``req`` and how to rent it, with the reason as one sentence.
+
+    Filters with :func:`offer_matches` (blocked hosts and impossible offers are skipped),
+    ranks with :func:`rank_offers`, and re-checks the pick before returning it: an offer
+    failing the re-check is never returned. With ``AUTO`` and no matching offer that can be
+    bid on below its on-demand price, falls back to on-demand.
+
+    Args:
+        checkpoint_every: how often the job checkpoints, for the reason ("50 steps").
+
+    Raises:
+        NoOfferError: nothing qualifies; the message names the requirement that ruled out
+            the most offers and how to relax it.
+    """
+    wanted = decide_rental_type(mode, expected_hours=expected_hours, checkpoints=checkpoints)
+    choice = _pick(offers, req, wanted, ranking)
+    fallback = False
+    if choice is None and wanted is RentalType.INTERRUPTIBLE and mode is InterruptibleMode.AUTO:
+        choice = _pick(offers, req, RentalType.ON_DEMAND, ranking)
+        wanted, fallback = RentalType.ON_DEMAND, choice is not None
+    if choice is None:
+        raise NoOfferError(_no_offer_message(offers, req, wanted))
+    bid = bid_for(choice) if wanted is RentalType.INTERRUPTIBLE else None
+    reason = _reason(
+        choice,
+        wanted,
+        bid,
+        mode=mode,
+        expected_hours=expected_hours,
+        checkpoints=checkpoints,
+        checkpoint_every=checkpoint_every,
+        fallback=fallback,
+    )
+    return RentalChoice(offer=choice, rental_type=wanted, bid_per_hour_usd=bid, reason=reason)
+
+
+def _pick(
+    offers: Sequence[Offer], req: Requirements, rental_type: RentalType, ranking: OfferRanking
+) -> Offer | None:
+    qualifying = [o for o in offers if not _failures(o, req, rental_type)]
+    for offer in rank_offers(qualifying, ranking, rental_type=rental_type):
+        # Re-check the pick against the requirements before it is rented (SkyPilot's
+        # _offer_matches): ranking must never promote an offer the filter would reject.
+        if not offer_matches(offer, req, rental_type=rental_type):
+            return offer
+    return None
+
+
+def _no_offer_message(offers: Sequence[Offer], req: Requirements, rental_type: RentalType) -> str:
+    if not offers:
+        return "No offers on the market right now: try again in a few minutes."
+    counts: Counter[str] = Counter()
+    for offer in offers:
+        for category in {c for c, _ in _failures(offer, req, rental_type)}:
+            counts[category] += 1
+    kind = "interruptible" if rental_type is RentalType.INTERRUPTIBLE else "on-demand"
+    top = counts.most_common(3)
+    parts = [f"{_LABELS[c]} ruled out {n}" for c, n in top]
+    head = f"No {kind} offer matches ({len(offers)} seen): " + ", ".join(parts) + "."
+    if top:
+        head += f" Most restrictive: {_LABELS[top[0][0]]}; {_HINTS[top[0][0]]}."
+    near = _nearest_miss(offers, req, rental_type)
+    if near is not None:
+        offer, reason = near
+        head += (
+            f" Closest: {offer.gpu_name} at ${_effective_price(offer, rental_type)}/h, "
+            f"which fails only: {reason}."
+        )
+    return head
+
+
+def _nearest_miss(
+    offers: Sequence[Offer], req: Requirements, rental_type: RentalType
+) -> tuple[Offer, str] | None:
+    single = [(o, f) for o in offers if len(f := _failures(o, req, rental_type)) == 1]
+    single = [(o, f) for o, f in single if f[0][0] not in ("bad_data", "blocked")]
+    if not single:
+        return None
+    offer, failures = min(single, key=lambda of: _effective_price(of[0], rental_type))
+    return offer, failures[0][1]
+
+
+def _pct_below(bid: Decimal, on_demand: Decimal) -> int:
+    return int(((on_demand - bid) / on_demand * 100).to_integral_value())
+
+
+def _hours_phrase(hours: float) -> str:
+    if hours < 1:
+        return f"about {round(hours * 60)} minutes"
+    return f"about {hours:g} h"
+
+
+def _reason(
+    offer: Offer,
+    rental_type: RentalType,
+    bid: Decimal | None,
+    *,
+    mode: InterruptibleMode,
+    expected_hours: float,
+    checkpoints: bool,
+    checkpoint_every: str | None,
+    fallback: bool,
+) -> str:
+    on_demand = offer.price_per_hour_usd
+    if rental_type is RentalType.INTERRUPTIBLE:
+        assert bid is not None
+        saving = f"the bid (${bid}/h) is {_pct_below(bid, on_demand)}% below on-demand"
+        if mode is InterruptibleMode.YES:
+            risk = (
+                "an outbid resumes from the last checkpoint"
+                if checkpoints
+                else "an outbid restarts the job from the beginning"
+            )
+            return f"Interruptible, as asked with interruptible=yes: {saving}, and {risk}."
+        if checkpoints:
+            every = f" every {checkpoint_every}" if checkpoint_every else ""
+            return (
+                f"Interruptible: the job checkpoints{every}, so an outbid costs minutes, "
+                f"and {saving}."
+            )
+        return (
+            f"Interruptible: the job should take {_hours_phrase(expected_hours)} "
+            f"(under {SHORT_JOB_HOURS:g} h), so an outbid is cheap to retry, and {saving}."
+        )
+    if mode is InterruptibleMode.NO:
+        return f"On-demand, as asked with interruptible=no: ${on_demand}/h, never outbid."
+    if fallback:
+        return (
+            f"On-demand at ${on_demand}/h: no matching offer takes an interruptible bid "
+            "below its on-demand price."
+        )
+    return (
+        f"On-demand at ${on_demand}/h: the job runs {_hours_phrase(expected_hours)} and cannot "
+        "resume from a checkpoint, so an outbid would lose all its progress."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RentalPolicy:
+    """How a launch wants to rent: the inputs of :func:`choose_rental` besides offers/req."""
+
+    mode: InterruptibleMode
+    expected_hours: float
+    checkpoints: bool
+    ranking: OfferRanking
+
+
+def requirements_from(
+    template: Template | None,
+    overrides: ResourceOverrides | None = None,
+    *,
+    blocked_host_ids: frozenset[str] = frozenset(),
+) -> Requirements:
+    """The template's resources with the user's overrides applied.
+
+    ``template`` None (``rent``, ``offers``) starts from :class:`Requirements` defaults.
+    ``disk_gb`` comes from ``disk=`` or the template. ``blocked_host_ids`` is the engine's
+    block list (``[engine] blocked_host_ids``).
+    """
+    base = Requirements()
+    kw: dict[str, object] = {"blocked_host_ids": frozenset(blocked_host_ids)}
+    if template is not None:
+        r = template.resources
+        kw.update(
+            gpu_names=r.gpu_names,
+            num_gpus=r.num_gpus,
+            min_gpu_ram_gb=r.min_gpu_ram_gb,
+            min_cuda=r.min_cuda,
+            min_compute_cap=r.min_compute_cap,
+            min_reliability=r.min_reliability,
+            max_price_per_hour_usd=r.max_price_per_hour_usd,
+            datacenter_only=r.datacenter_only,
+            disk_gb=template.disk_gb,
+        )
+    if overrides is not None:
+        for src, dst in (
+            ("gpu_names", "gpu_names"),
+            ("num_gpus", "num_gpus"),
+            ("min_gpu_ram_gb", "min_gpu_ram_gb"),
+            ("max_price_per_hour_usd", "max_price_per_hour_usd"),
+            ("disk_gb", "disk_gb"),
+        ):
+            value = getattr(overrides, src)
+            if value is not None:
+                kw[dst] = value
+    return Requirements(**{**_asdict(base), **kw})  # type: ignore[arg-type]
+
+
+def policy_from(
+    template: Template | None, overrides: ResourceOverrides | None = None
+) -> RentalPolicy:
+    """Rental mode, expected hours, checkpointing and ranking for a launch.
+
+    ``interruptible=`` and ``hours=`` override the template; without a template (``rent``)
+    the box is interactive: AUTO means on-demand unless short, it never checkpoints.
+    """
+    if template is not None:
+        r = template.resources
+        mode, hours, ckpt, ranking = r.interruptible, r.expected_hours, r.checkpoints, r.ranking
+    else:
+        mode, hours, ckpt, ranking = InterruptibleMode.AUTO, 1.0, False, OfferRanking.PRICE
+    if overrides is not None:
+        if overrides.interruptible is not None:
+            mode = overrides.interruptible
+        if overrides.hours is not None:
+            hours = overrides.hours
+    return RentalPolicy(mode=mode, expected_hours=hours, checkpoints=ckpt, ranking=ranking)
+
+
+def _asdict(req: Requirements) -> dict[str, object]:
+    return {name: getattr(req, name) for name in Requirements.__dataclass_fields__}

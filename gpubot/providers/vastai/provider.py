@@ -1,0 +1,479 @@
+"""The vast.ai :class:`~gpubot.providers.base.Provider`, on the official ``vastai`` SDK (1.9.1).
+
+Every public method makes one logical SDK call (the SDK pages and retries inside it) and returns.
+Vendor behaviour handled here (vast_api.md, gotchas.md):
+
+- ``VastAI(retry=N)``: N is the *total* number of attempts; ``retry=0`` sends nothing, so we
+  refuse values below 1. 429/502/503/504 and connection errors/timeouts are retried by the SDK
+  (``Retry-After`` honoured up to 60 s); what is left afterwards becomes
+  :class:`TransientProviderError`.
+- A 200 reply with ``{"success": false}`` is returned by the SDK, not raised: every mutating
+  reply is checked here.
+- A bid below ``min_bid`` creates a *stopped* instance and answers ``success: false`` with
+  ``new_contract``: we destroy it before raising :class:`NoCapacityError`.
+- Destroying an instance that is already gone (404 / ``no_such_instance``) is success.
+
+Output: on the dict-query paths used here the SDK prints nothing (``quiet=True`` is passed
+anyway; ``explain``/``curl`` are never enabled — ``curl=True`` would ``sys.exit``).
+
+Secrets: the SDK sends the API key only in the ``Authorization`` header. Our exception messages
+are built from the operation name, the HTTP status and vast's ``error``/``msg`` fields only, and
+are passed through :meth:`VastAIProvider._redact` as a second line of defence; the original
+vendor exception is kept as ``__cause__`` (its text holds the URL, which never carries the key).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn, TypeVar
+
+import requests
+
+from gpubot.errors import (
+    ConfigError,
+    NoCapacityError,
+    ProviderAuthError,
+    ProviderError,
+    TransientProviderError,
+)
+from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
+from gpubot.providers.vastai.parsing import observation_from_vast, offer_from_vast
+from gpubot.providers.vastai.query import search_body
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SdkFactory = Callable[..., Any]
+"""Builds the SDK object: called as ``factory(api_key=, server_url=, retry=, quiet=)``."""
+
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+GONE_ERRORS = frozenset({"no_such_instance", "not_found"})
+NO_CAPACITY_ERRORS = frozenset(
+    {"no_such_ask", "not_available", "no_longer_available", "insufficient_bid"}
+)
+AUTH_ERRORS = frozenset({"auth_error", "invalid_api_key", "unauthorized"})
+RATE_LIMIT_ERRORS = frozenset({"rate_limit_exceeded", "search_quota_exceeded"})
+MAX_CHARGE_PAGES = 50
+MAX_MESSAGE_CHARS = 300
+
+
+def _default_sdk_factory(**kwargs: Any) -> Any:
+    from vastai import VastAI
+
+    return VastAI(**kwargs)
+
+
+class VastAIProvider:
+    """vast.ai (or the simulator, which speaks the same API) through ``vastai.VastAI``.
+
+    Error contract for every method (in addition to the per-method notes):
+
+    - :class:`TransientProviderError`: 429 after the SDK's retries, 5xx, connection error,
+      timeout, or an unreadable reply. Nothing was changed; try again on a later tick.
+    - :class:`ProviderAuthError`: 401/403, or vast's ``auth_error`` (which some endpoints send
+      as 404).
+    - :class:`ProviderError`: any other refusal (400, 404 on an unknown instance, a 200 reply
+      with ``success: false``).
+    """
+
+    name = "vastai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        server_url: str,
+        retry_attempts: int = 5,
+        sdk_factory: SdkFactory | None = None,
+    ) -> None:
+        """Build the SDK client. Nothing is sent until the first call.
+
+        Args:
+            api_key: the vast.ai API key (kept out of every message this class produces).
+            server_url: ``https://console.vast.ai`` or the simulator's URL; a trailing ``/`` is
+                stripped (the SDK appends ``/api/v0`` as is).
+            retry_attempts: the SDK's ``retry``: total attempts per HTTP request, >= 1.
+            sdk_factory: replaces ``vastai.VastAI`` (tests); same keyword arguments.
+
+        Raises:
+            ConfigError: empty key or URL, or ``retry_attempts < 1``.
+        """
+        if not api_key:
+            raise ConfigError("the vast.ai API key is empty", key="VAST_API_KEY")
+        if not server_url or not server_url.strip():
+            raise ConfigError("the vast.ai server URL is empty", key="VAST_URL")
+        if retry_attempts < 1:
+            raise ConfigError(
+                "retry_attempts must be >= 1 (vastai's retry=0 sends no request at all)"
+            )
+        self._api_key = api_key
+        self.server_url = server_url.strip().rstrip("/")
+        factory = sdk_factory or _default_sdk_factory
+        self._sdk = factory(
+            api_key=api_key, server_url=self.server_url, retry=retry_attempts, quiet=True
+        )
+
+    def __repr__(self) -> str:
+        return f"VastAIProvider(server_url={self.server_url!r})"
+
+    # ------------------------------------------------------------------------ offers
+
+    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
+        """Offers the marketplace returns for ``requirements``, cheapest ``dph_total`` first.
+
+        Rows are re-parsed but never filtered (the core re-checks them); a row that cannot be
+        parsed at all (no id, name or price) is skipped with a warning. May be empty.
+        """
+        kwargs = search_body(requirements, interruptible=interruptible)
+        rows = self._call("search offers", lambda: self._sdk.search_offers(**kwargs))
+        if not isinstance(rows, list):
+            raise TransientProviderError("vast.ai search offers: unexpected reply shape")
+        offers: list[Offer] = []
+        for row in rows:
+            try:
+                offers.append(offer_from_vast(row))
+            except (ValueError, TypeError, AttributeError) as e:
+                log.warning("skipping unparseable vast.ai offer row: %s", e)
+        return offers
+
+    # --------------------------------------------------------------------- instances
+
+    def create_instance(self, offer: Offer, spec: LaunchSpec) -> str:
+        """Rent ``offer``; return the new instance id (vast ``new_contract``) as a string.
+
+        On-demand unless ``spec.bid_per_hour_usd`` is set (then ``price=`` = the bid, $/h per
+        machine). Sends image, disk, label, ``spec.env`` as a dict, ``onstart``,
+        ``ssh=True, direct=True``; on-demand also sends ``cancel_unavail=True`` so an offer that
+        cannot be scheduled is refused instead of leaving a stopped instance.
+
+        After a successful create, ``spec.ssh_public_key`` (if any) is attached with one more
+        call; a failure there is logged, not raised (the id must reach the caller; call
+        :meth:`attach_ssh_key` again, it is idempotent).
+
+        Raises:
+            NoCapacityError: 404 ``no_such_ask``/410 (offer gone), or ``success: false`` (bid
+                lost). When vast created a stopped instance anyway (``new_contract`` set), it
+                was destroyed first; ``created_instance_id`` names it. If that destroy failed,
+                the message says so and the caller must destroy it.
+            TransientProviderError: vast refused for now (429/5xx) or did not answer. After a
+                timeout or a 5xx (which the SDK also retries) vast may still have created the
+                instance: look for ``spec.label`` with :meth:`find_by_label` before renting
+                again.
+            ProviderAuthError / ProviderError: see the class docstring.
+        """
+        offer_id = _numeric_id(offer.offer_id, "offer")
+        bid = spec.bid_per_hour_usd
+        what = f"create instance from offer {offer.offer_id}"
+        try:
+            reply = self._call(
+                what,
+                lambda: self._sdk.create_instance(
+                    offer_id,
+                    image=spec.image,
+                    disk=spec.disk_gb,
+                    env=dict(spec.env),
+                    price=float(bid) if bid is not None else None,
+                    label=spec.label,
+                    onstart_cmd=spec.onstart,
+                    ssh=True,
+                    direct=True,
+                    cancel_unavail=bid is None,
+                ),
+                check_success=False,
+            )
+        except ProviderError as e:
+            status, code = _vendor_failure(e)
+            if not isinstance(e, (ProviderAuthError, TransientProviderError)) and (
+                status in (404, 410) or code in NO_CAPACITY_ERRORS
+            ):
+                raise NoCapacityError(f"vast.ai {what}: offer no longer available") from e
+            raise
+        if not isinstance(reply, Mapping):
+            raise TransientProviderError(f"vast.ai {what}: unexpected reply shape")
+        new_contract = reply.get("new_contract")
+        if reply.get("success") is False:
+            code, msg = _error_fields(reply)
+            if new_contract:
+                instance_id = str(new_contract)
+                cleanup = "it was destroyed"
+                try:
+                    self.destroy(instance_id)
+                except ProviderError as destroy_error:
+                    log.error(
+                        "vast.ai left stopped instance %s after a refused create and destroying "
+                        "it failed: %s",
+                        instance_id,
+                        destroy_error,
+                    )
+                    cleanup = "destroying it FAILED, destroy it later"
+                raise NoCapacityError(
+                    self._redact(
+                        f"vast.ai {what} refused ({code or 'no error code'}: {msg}); vast "
+                        f"created stopped instance {instance_id} anyway and {cleanup}"
+                    ),
+                    created_instance_id=instance_id,
+                )
+            if code in NO_CAPACITY_ERRORS:
+                raise NoCapacityError(self._redact(f"vast.ai {what} refused ({code}: {msg})"))
+            self._raise_refused(what, reply)
+        if not new_contract:
+            raise ProviderError(f"vast.ai {what}: the reply has no instance id")
+        instance_id = str(new_contract)
+        if spec.ssh_public_key:
+            try:
+                self.attach_ssh_key(instance_id, spec.ssh_public_key)
+            except ProviderError as e:
+                log.warning("attaching the SSH key to new instance %s failed: %s", instance_id, e)
+        return instance_id
+
+    def observe(self, provider_id: str) -> InstanceObservation | None:
+        """The instance's current state, or None when vast no longer knows it.
+
+        None for ``{"instances": null}``, a 404, or an id that is not a vast id at all.
+        """
+        if not _is_numeric(provider_id):
+            return None
+        what = f"show instance {provider_id}"
+        try:
+            row = self._call(what, lambda: self._sdk.show_instance(int(provider_id)))
+        except ProviderError as e:
+            if _vendor_failure(e)[0] == 404 and not isinstance(e, ProviderAuthError):
+                return None
+            raise
+        if row is None:
+            return None
+        if not isinstance(row, Mapping):
+            raise TransientProviderError(f"vast.ai {what}: unexpected reply shape")
+        return self._parse_observation(row, what)
+
+    def list_instances(self) -> list[InstanceObservation]:
+        """Every instance of the account: all pages of ``GET /api/v1/instances/``.
+
+        Raises:
+            TransientProviderError: any page failed or a row was unreadable. A failure is never
+                an empty list.
+            ProviderAuthError: the key was refused.
+        """
+        what = "list instances"
+        try:
+            rows = self._call(what, self._sdk.show_instances)
+        except ProviderAuthError:
+            raise
+        except TransientProviderError:
+            raise
+        except ProviderError as e:
+            raise TransientProviderError(str(e)) from e
+        if not isinstance(rows, list):
+            raise TransientProviderError(f"vast.ai {what}: unexpected reply shape")
+        return [self._parse_observation(row, what) for row in rows]
+
+    def find_by_label(self, label: str) -> list[InstanceObservation]:
+        """Instances whose label is exactly ``label`` (one full :meth:`list_instances`)."""
+        return [obs for obs in self.list_instances() if obs.label == label]
+
+    def destroy(self, provider_id: str) -> None:
+        """Ask vast to destroy the instance. Idempotent: already gone (404 or
+        ``no_such_instance``) is success. Verification is the caller's job."""
+        instance_id = _numeric_id(provider_id, "instance")
+        what = f"destroy instance {provider_id}"
+        try:
+            reply = self._call(
+                what, lambda: self._sdk.destroy_instance(instance_id), check_success=False
+            )
+        except ProviderError as e:
+            status, code = _vendor_failure(e)
+            if isinstance(e, (ProviderAuthError, TransientProviderError)):
+                raise
+            if status in (404, 410) or code in GONE_ERRORS:
+                log.info("vast.ai instance %s was already gone", provider_id)
+                return
+            raise
+        if isinstance(reply, Mapping) and reply.get("success") is False:
+            code, _ = _error_fields(reply)
+            if code in GONE_ERRORS:
+                return
+            self._raise_refused(what, reply)
+
+    def stop(self, provider_id: str) -> None:
+        """Stop the container (``state=stopped``); storage keeps billing.
+
+        Raises ProviderError (404) when the instance is unknown."""
+        instance_id = _numeric_id(provider_id, "instance")
+        self._call(f"stop instance {provider_id}", lambda: self._sdk.stop_instance(instance_id))
+
+    def start(self, provider_id: str) -> None:
+        """Start a stopped container (``state=running``). An interruptible instance may stay
+        in "Scheduling" (observed as OUTBID) while its GPU cannot be reacquired."""
+        instance_id = _numeric_id(provider_id, "instance")
+        self._call(f"start instance {provider_id}", lambda: self._sdk.start_instance(instance_id))
+
+    def set_label(self, provider_id: str, label: str) -> None:
+        """Set the instance label (vast allows up to 1024 characters)."""
+        instance_id = _numeric_id(provider_id, "instance")
+        self._call(
+            f"label instance {provider_id}",
+            lambda: self._sdk.label_instance(instance_id, label),
+        )
+
+    def attach_ssh_key(self, provider_id: str, public_key: str) -> None:
+        """Authorise ``public_key`` (an OpenSSH public key line) for SSH on the instance."""
+        instance_id = _numeric_id(provider_id, "instance")
+        self._call(
+            f"attach ssh key to instance {provider_id}",
+            lambda: self._sdk.attach_ssh(instance_id, public_key.strip()),
+        )
+
+    # ----------------------------------------------------------------------- account
+
+    def account(self) -> AccountInfo:
+        """Money left: ``credit`` of ``GET /users/current`` (``balance`` is post-paid and
+        often 0, vast_api.md §2.1)."""
+        what = "show user"
+        user = self._call(what, self._sdk.show_user)
+        if not isinstance(user, Mapping) or user.get("credit") is None:
+            raise ProviderError(f"vast.ai {what}: the reply has no credit field")
+        try:
+            credit = Decimal(str(user["credit"]))
+        except InvalidOperation as e:
+            raise ProviderError(f"vast.ai {what}: credit is not a number") from e
+        return AccountInfo(credit_usd=credit, email=str(user.get("email") or ""))
+
+    def charges(
+        self, *, start: datetime | None = None, end: datetime | None = None
+    ) -> list[dict[str, object]]:
+        """vast's charge rows (``GET /api/v0/charges/``, table format), all pages.
+
+        Without ``start``/``end`` the SDK's default window applies (the last 7 days). Rows are
+        returned as vast sends them (``start``, ``end``, ``type``, ``source``, ``amount``,
+        ``items``, ...). At most ``MAX_CHARGE_PAGES`` pages of 100 rows are read.
+        """
+        params: dict[str, Any] = {"charges": True, "limit": 100, "format": "table"}
+        if start is not None:
+            params["start_date"] = int(start.timestamp())
+        if end is not None:
+            params["end_date"] = int(end.timestamp())
+        rows: list[dict[str, object]] = []
+        for _ in range(MAX_CHARGE_PAGES):
+            page = self._call("show charges", lambda: self._sdk.show_invoices_v1(**params))
+            if not isinstance(page, Mapping):
+                raise TransientProviderError("vast.ai show charges: unexpected reply shape")
+            rows.extend(dict(r) for r in page.get("results") or [] if isinstance(r, Mapping))
+            token = page.get("next_token")
+            if not token:
+                break
+            params["next_token"] = token
+        return rows
+
+    # ----------------------------------------------------------------------- helpers
+
+    def _parse_observation(self, row: Mapping[str, Any], what: str) -> InstanceObservation:
+        try:
+            return observation_from_vast(row)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise TransientProviderError(f"vast.ai {what}: unreadable instance row") from e
+
+    def _call(self, what: str, fn: Callable[[], T], *, check_success: bool = True) -> T:
+        """Run one SDK call, translating every vendor failure into the gpubot error tree."""
+        try:
+            result = fn()
+        except requests.HTTPError as e:
+            self._raise_http(what, e)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise TransientProviderError(
+                f"vast.ai {what}: {type(e).__name__} (no reply from {self.server_url})"
+            ) from e
+        except ValueError as e:
+            # requests' JSONDecodeError (a 200 that is not JSON) lands here too.
+            raise TransientProviderError(f"vast.ai {what}: unreadable reply") from e
+        except requests.RequestException as e:
+            raise ProviderError(f"vast.ai {what}: {type(e).__name__}") from e
+        except (KeyError, TypeError, AttributeError) as e:
+            # The SDK indexes reply fields itself (e.g. "offers", "start_date").
+            raise TransientProviderError(
+                f"vast.ai {what}: malformed reply ({type(e).__name__})"
+            ) from e
+        if check_success and isinstance(result, Mapping) and result.get("success") is False:
+            self._raise_refused(what, result)
+        return result
+
+    def _raise_http(self, what: str, e: requests.HTTPError) -> NoReturn:
+        response = e.response
+        status = response.status_code if response is not None else None
+        code, msg = _response_error_fields(response)
+        text = self._redact(
+            f"vast.ai {what}: HTTP {status}"
+            + (f" {code}" if code else "")
+            + (f": {msg}" if msg else "")
+        )
+        error: ProviderError
+        if status in (401, 403) or code in AUTH_ERRORS:
+            error = ProviderAuthError(text)
+        elif status in TRANSIENT_STATUS or (status is not None and status >= 500):
+            error = TransientProviderError(text)
+        elif code in RATE_LIMIT_ERRORS:
+            error = TransientProviderError(text)
+        else:
+            error = ProviderError(text)
+        raise error from e
+
+    def _raise_refused(self, what: str, reply: Mapping[str, Any]) -> NoReturn:
+        """A 200 reply with ``success: false``."""
+        code, msg = _error_fields(reply)
+        text = self._redact(
+            f"vast.ai {what} refused: {code or 'no error code'}" + (f": {msg}" if msg else "")
+        )
+        error: ProviderError
+        if code in AUTH_ERRORS:
+            error = ProviderAuthError(text)
+        elif code in RATE_LIMIT_ERRORS:
+            error = TransientProviderError(text)
+        else:
+            error = ProviderError(text)
+        raise error
+
+    def _redact(self, text: str) -> str:
+        """Remove the API key from ``text`` (belt and braces: vendor text is echoed)."""
+        if self._api_key and self._api_key in text:
+            text = text.replace(self._api_key, "***")
+        return text
+
+
+def _numeric_id(value: str, kind: str) -> int:
+    if not _is_numeric(value):
+        raise ProviderError(f"not a vast.ai {kind} id: {value[:40]!r}")
+    return int(value)
+
+
+def _is_numeric(value: str) -> bool:
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def _vendor_failure(error: ProviderError) -> tuple[int | None, str]:
+    """(HTTP status, vast error code) of the HTTP failure behind ``error``, if any."""
+    cause = error.__cause__
+    if isinstance(cause, requests.HTTPError) and cause.response is not None:
+        return cause.response.status_code, _response_error_fields(cause.response)[0]
+    return None, ""
+
+
+def _error_fields(reply: Mapping[str, Any]) -> tuple[str, str]:
+    """vast's ``error`` code and human ``msg`` (or ``detail``), shortened."""
+    code = reply.get("error")
+    msg = reply.get("msg") or reply.get("detail") or reply.get("message") or ""
+    code_text = code if isinstance(code, str) else ""
+    return code_text[:80], str(msg)[:MAX_MESSAGE_CHARS]
+
+
+def _response_error_fields(response: requests.Response | None) -> tuple[str, str]:
+    if response is None:
+        return "", ""
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text.strip()[:MAX_MESSAGE_CHARS] if response.text else ""
+    if isinstance(body, Mapping):
+        return _error_fields(body)
+    return "", ""

@@ -1,0 +1,312 @@
+"""Job templates: what a launch verb runs, with typed parameters and resource defaults.
+
+Pure: standard library only. Templates are built by :mod:`gpubot.config` from gpubot.toml and
+the packaged ``builtin.toml``; everything here is a frozen value.
+
+The run command and setup commands are written by the operator with ``{PLACEHOLDER}`` fields
+(the job contract of design.md: ``GPUBOT_JOB_ID``, ``GPUBOT_WORKSPACE``, ...,
+``GPUBOT_PARAM_<NAME>``). :func:`render_command` turns each field into a quoted shell
+reference ``"${NAME}"``; user values are never inlined: they reach the job as exported
+environment variables (:func:`param_env`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import string
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+from gpubot.models import InterruptibleMode, OfferRanking
+
+CONTRACT_VARS: tuple[str, ...] = (
+    "GPUBOT_JOB_ID",
+    "GPUBOT_WORKSPACE",
+    "GPUBOT_CHECKPOINT_DIR",
+    "GPUBOT_RESULTS_DIR",
+    "GPUBOT_PROGRESS_FILE",
+    "GPUBOT_RESUME_FROM",
+)
+"""The job contract's variables (design.md, fixed), usable as placeholders in every template."""
+
+PARAM_ENV_PREFIX = "GPUBOT_PARAM_"
+
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    ".git",
+    "results",
+    "*.tar.gz",
+    "*.tgz",
+    "*.zip",
+    "*.pt",
+    "*.pth",
+    "*.safetensors",
+    "*.bin",
+    "*.ckpt",
+)
+"""What is never packed from a workdir (the seed's rsync excludes: envs, caches, VCS,
+results, archives and model weights)."""
+
+BUILTIN_WORKDIR_PREFIX = "builtin:"
+BUILTIN_JOBS: tuple[str, ...] = ("train", "ocr")
+"""Example jobs packaged at ``gpubot/jobs/<name>``; a workdir ``builtin:<name>`` refers to one."""
+
+PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TEMPLATE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+IMAGE_RE = re.compile(
+    r"^(?:[a-z0-9][a-z0-9.-]*(?::[0-9]{1,5})?/)?"  # optional registry host[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+"""A Docker image reference (registry/name:tag@digest), as accepted by ``docker pull``."""
+
+RESOURCE_KEYS: tuple[str, ...] = (
+    "gpu",
+    "gpus",
+    "gpu_ram",
+    "max_price",
+    "budget",
+    "interruptible",
+    "disk",
+    "image",
+    "hours",
+)
+"""Keys valid on every launch (design.md, fixed); no template parameter may use these names."""
+
+RESERVED_VERBS: tuple[str, ...] = (
+    "sweep",
+    "rent",
+    "offers",
+    "status",
+    "jobs",
+    "logs",
+    "cancel",
+    "keep",
+    "budget",
+    "cost",
+    "audit",
+    "help",
+)
+"""Built-in verbs; no template may take one of these names."""
+
+
+class ParamType(enum.StrEnum):
+    """The type of a template parameter."""
+
+    FLOAT = "float"
+    INT = "int"
+    STR = "str"
+    BOOL = "bool"
+    CHOICE = "choice"
+
+
+ParamValue = float | int | str | bool
+"""A typed parameter value after parsing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """One typed template parameter (``[templates.<t>.params.<name>]``)."""
+
+    name: str
+    type: ParamType
+    default: ParamValue | None = None
+    """None means the user must give it."""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    """The allowed values of a ``choice`` parameter."""
+    help: str = ""
+    free_text: bool = False
+    """Only for ``str``: allows shell metacharacters (the value still only travels as env)."""
+    max_length: int = 256
+    """Only for ``str``: the longest value accepted."""
+
+    @property
+    def env_name(self) -> str:
+        """``GPUBOT_PARAM_<NAME>``: the variable the job reads this parameter from."""
+        return PARAM_ENV_PREFIX + self.name.upper()
+
+    def describe(self) -> str:
+        """A short human description: ``lr float (1e-07..1, default 2e-05)``."""
+        bits: list[str] = []
+        if self.type is ParamType.CHOICE:
+            bits.append("|".join(self.choices))
+        if self.min is not None or self.max is not None:
+            lo = "" if self.min is None else _fmt_num(self.min)
+            hi = "" if self.max is None else _fmt_num(self.max)
+            bits.append(f"{lo}..{hi}")
+        if self.default is None:
+            bits.append("required")
+        else:
+            bits.append(f"default {format_param(self.default)}")
+        return f"{self.name} {self.type.value} ({', '.join(bits)})"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSpec:
+    """A template's machine requirements and rental policy (``[templates.<t>.resources]``)."""
+
+    gpu_names: tuple[str, ...] = ()
+    """Exact vast.ai GPU names; empty means any."""
+    num_gpus: int = 1
+    min_gpu_ram_gb: float = 0.0
+    min_cuda: float = 0.0
+    min_compute_cap: int = 0
+    """Compute capability x100 (860 = 8.6)."""
+    min_reliability: float = 0.95
+    max_price_per_hour_usd: Decimal | None = None
+    interruptible: InterruptibleMode = InterruptibleMode.AUTO
+    datacenter_only: bool = False
+    expected_hours: float = 1.0
+    checkpoints: bool = False
+    """The job writes checkpoints and can resume from GPUBOT_RESUME_FROM."""
+    ranking: OfferRanking = OfferRanking.PRICE
+
+
+@dataclass(frozen=True, slots=True)
+class IdlePolicy:
+    """When an instance counts as idle or stuck (``[idle]``, or a template's ``idle`` table)."""
+
+    gpu_util_threshold_pct: float = 5.0
+    """GPU utilisation at or below this counts as idle."""
+    window_minutes: int = 15
+    """Idle for this long -> warning with a "Keep alive" button."""
+    grace_minutes: int = 10
+    """After the warning, destroyed unless kept."""
+    stuck_window_minutes: int = 30
+    """A running job with no progress and an idle GPU for this long is reported as stuck."""
+
+
+class TargetMode(enum.StrEnum):
+    """Whether the target metric should be minimised or maximised (sweep winner, charts)."""
+
+    MIN = "min"
+    MAX = "max"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A launchable job. Either ``workdir`` (a folder packed and sent) or ``repo`` (+ ``ref``)."""
+
+    name: str
+    description: str
+    image: str
+    run: str
+    """Shell command with ``{PLACEHOLDER}`` fields; see :func:`render_command`."""
+    disk_gb: int = 30
+    workdir: str | None = None
+    """``builtin:<job>``, or an absolute local path (relative paths are resolved at load)."""
+    repo: str | None = None
+    ref: str | None = None
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    setup: tuple[str, ...] = ()
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    target_metric: str | None = None
+    target_mode: TargetMode = TargetMode.MIN
+    shardable: bool = False
+    idle: IdlePolicy | None = None
+    """Overrides the global ``[idle]`` policy for this template's jobs when set."""
+
+    def __hash__(self) -> int:  # params is a dict; templates are identified by name
+        return hash(self.name)
+
+    def resolve_workdir(self) -> Path | None:
+        """The local folder to pack, or None for a ``repo`` template.
+
+        ``builtin:<job>`` resolves to the packaged ``gpubot/jobs/<job>`` folder.
+        """
+        if self.workdir is None:
+            return None
+        if self.workdir.startswith(BUILTIN_WORKDIR_PREFIX):
+            job = self.workdir[len(BUILTIN_WORKDIR_PREFIX) :]
+            return Path(str(resources.files("gpubot").joinpath("jobs", job)))
+        return Path(self.workdir)
+
+    def default_params(self) -> dict[str, ParamValue]:
+        """Every parameter that has a default, by name."""
+        return {n: p.default for n, p in self.params.items() if p.default is not None}
+
+    def rendered_run(self) -> str:
+        """The run command with placeholders turned into quoted env references."""
+        return render_command(self.run, self.placeholder_names())
+
+    def rendered_setup(self) -> tuple[str, ...]:
+        """The setup commands with placeholders turned into quoted env references."""
+        names = self.placeholder_names()
+        return tuple(render_command(c, names) for c in self.setup)
+
+    def placeholder_names(self) -> frozenset[str]:
+        """Every placeholder this template may use: the contract's and its parameters'."""
+        return frozenset(CONTRACT_VARS) | {p.env_name for p in self.params.values()}
+
+
+def placeholders_in(command: str) -> list[str]:
+    """The ``{NAME}`` fields of a command, in order. ``{{`` and ``}}`` are literal braces.
+
+    Raises:
+        ValueError: unbalanced braces, or a field with a conversion/format spec.
+    """
+    names: list[str] = []
+    for _literal, name, spec, conv in string.Formatter().parse(command):
+        if name is None:
+            continue
+        if spec or conv:
+            raise ValueError(f"placeholder {{{name}}} may not have a format spec or conversion")
+        names.append(name)
+    return names
+
+
+def render_command(command: str, allowed: frozenset[str] | set[str]) -> str:
+    """Replace every ``{NAME}`` with ``"${NAME}"`` (a quoted reference to an exported variable).
+
+    The output contains no user value, only references; ``{{``/``}}`` become literal braces.
+
+    Raises:
+        ValueError: a placeholder is not in ``allowed`` or the braces are malformed.
+    """
+    out: list[str] = []
+    for literal, name, spec, conv in string.Formatter().parse(command):
+        out.append(literal)
+        if name is None:
+            continue
+        if spec or conv:
+            raise ValueError(f"placeholder {{{name}}} may not have a format spec or conversion")
+        if name not in allowed:
+            raise ValueError(f"unknown placeholder {{{name}}}")
+        out.append(f'"${{{name}}}"')
+    return "".join(out)
+
+
+def format_param(value: ParamValue) -> str:
+    """The string a job sees for a parameter value (bools as ``true``/``false``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def param_env(template: Template, params: dict[str, ParamValue]) -> dict[str, str]:
+    """``GPUBOT_PARAM_<NAME>`` -> value for every parameter: defaults overlaid with ``params``.
+
+    Parameters without a default and not given are left out. Keys of ``params`` that the
+    template does not declare raise ``KeyError`` (the grammar rejects them earlier).
+    """
+    merged = template.default_params()
+    for name, value in params.items():
+        if name not in template.params:
+            raise KeyError(name)
+        merged[name] = value
+    return {template.params[n].env_name: format_param(v) for n, v in merged.items()}
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"

@@ -1,0 +1,238 @@
+"""gpubot.toml loading: built-ins, merging, and errors that name the key and the line."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gpubot.config import OnExceed, key_lines, load_config, load_config_text
+from gpubot.errors import ConfigError
+from gpubot.models import InterruptibleMode, OfferRanking
+from gpubot.templates import DEFAULT_EXCLUDE, ParamType, param_env, render_command
+
+
+class TestBuiltins:
+    def test_train_and_ocr_are_built_in(self) -> None:
+        config = load_config(None)
+        assert config.source is None
+        train = config.templates["train"]
+        assert train.params["lr"].type is ParamType.FLOAT
+        assert train.params["lr"].default == 2e-5
+        assert (train.params["steps"].min, train.params["steps"].max) == (10, 100000)
+        assert train.resources.checkpoints is True
+        assert train.resources.interruptible is InterruptibleMode.AUTO
+        assert train.resources.min_cuda == 12.1
+        assert train.target_metric == "eval_loss"
+        assert train.workdir == "builtin:train"
+        assert train.exclude == DEFAULT_EXCLUDE
+        ocr = config.templates["ocr"]
+        assert ocr.shardable is True
+        assert ocr.resources.checkpoints is False
+        assert ocr.resources.expected_hours == 0.5
+        assert (ocr.params["shards"].min, ocr.params["shards"].max) == (1, 64)
+
+    def test_policies_have_defaults(self) -> None:
+        config = load_config(None)
+        assert config.budgets.on_exceed is OnExceed.REFUSE
+        assert isinstance(config.budgets.team_monthly_usd, Decimal)
+        assert config.idle.window_minutes > 0
+        assert config.engine.max_attempts >= 1
+        assert config.roles.allowed_channels == ()
+
+    def test_builtin_setup_is_offline(self) -> None:
+        for tpl in load_config(None).templates.values():
+            for cmd in tpl.setup:
+                assert "pip install" not in cmd and "curl" not in cmd
+
+
+class TestRendering:
+    def test_placeholders_become_quoted_env_references(self) -> None:
+        out = render_command(
+            "python3 x.py --lr {GPUBOT_PARAM_LR} --out {GPUBOT_RESULTS_DIR} {{literal}}",
+            {"GPUBOT_PARAM_LR", "GPUBOT_RESULTS_DIR"},
+        )
+        assert (
+            out == 'python3 x.py --lr "${GPUBOT_PARAM_LR}" --out "${GPUBOT_RESULTS_DIR}" {literal}'
+        )
+
+    def test_unknown_placeholder_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="unknown placeholder"):
+            render_command("run {NOPE}", {"GPUBOT_JOB_ID"})
+
+    def test_param_env_uses_defaults_and_never_the_command(self) -> None:
+        train = load_config(None).templates["train"]
+        env = param_env(train, {"lr": 1e-4, "steps": 20})
+        assert env["GPUBOT_PARAM_LR"] == "0.0001"
+        assert env["GPUBOT_PARAM_STEPS"] == "20"
+        assert env["GPUBOT_PARAM_BATCH_SIZE"] == "32"
+
+
+class TestUserConfig:
+    def test_user_file_merges_over_builtins(self, tmp_path: Path) -> None:
+        path = tmp_path / "gpubot.toml"
+        path.write_text(
+            """
+[templates.train.params.steps]
+default = 500
+
+[templates.train.resources]
+max_price_per_hour_usd = 0.5
+ranking = "dlperf_per_usd"
+
+[templates.mine]
+description = "my job"
+image = "nvidia/cuda:12.4.0-cudnn9-runtime-ubuntu22.04"
+workdir = "jobs/mine"
+setup = ["uv sync"]
+run = "uv run main.py --seed {GPUBOT_PARAM_SEED} --ckpt {GPUBOT_CHECKPOINT_DIR}"
+
+[templates.mine.params.seed]
+type = "int"
+default = 1
+
+[budgets]
+team_monthly_usd = "none"
+on_exceed = "approval"
+
+[engine]
+blocked_host_ids = [1234, "99"]
+"""
+        )
+        config = load_config(path)
+        train = config.templates["train"]
+        assert train.params["steps"].default == 500
+        assert train.params["steps"].max == 100000  # kept from the built-in
+        assert train.resources.max_price_per_hour_usd == Decimal("0.5")
+        assert train.resources.ranking is OfferRanking.DLPERF_PER_USD
+        mine = config.templates["mine"]
+        assert mine.workdir == str(tmp_path.resolve() / "jobs" / "mine")
+        assert mine.rendered_run() == (
+            'uv run main.py --seed "${GPUBOT_PARAM_SEED}" --ckpt "${GPUBOT_CHECKPOINT_DIR}"'
+        )
+        assert config.budgets.team_monthly_usd is None
+        assert config.budgets.on_exceed is OnExceed.APPROVAL
+        assert config.engine.blocked_host_ids == frozenset({"1234", "99"})
+        assert config.source == path
+
+    def test_repo_replaces_builtin_workdir(self) -> None:
+        config = load_config_text(
+            '[templates.train]\nrepo = "https://github.com/x/y.git"\nref = "main"\n'
+        )
+        assert config.templates["train"].workdir is None
+        assert config.templates["train"].repo == "https://github.com/x/y.git"
+
+    def test_missing_file_is_a_config_error(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="cannot read"):
+            load_config(tmp_path / "nope.toml")
+
+
+BAD_CONFIGS: list[tuple[str, str, int, str]] = [
+    # (toml, dotted key, line, message fragment)
+    ("[budgets]\nteam_monthly_usd = 5\nbogus = 1\n", "budgets.bogus", 3, "unknown key"),
+    ("[idle]\nwindow_minutes = -5\n", "idle.window_minutes", 2, ">= 1"),
+    ('[roles]\nper_user_max_live_jobs = "four"\n', "roles.per_user_max_live_jobs", 2, "integer"),
+    (
+        "\n[templates.train.params.lr]\ndefault = 5.0\n",
+        "templates.train.params.lr.default",
+        3,
+        "<= 1",
+    ),
+    (
+        '[templates.train.resources]\ninterruptible = "sometimes"\n',
+        "templates.train.resources.interruptible",
+        2,
+        "yes, no, auto",
+    ),
+    (
+        "[templates.train.resources]\ngpus = 2\n",
+        "templates.train.resources.gpus",
+        2,
+        "did you mean 'num_gpus'",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nworkdir = "d"\nrun = "go {NOPE}"\n',
+        "templates.x.run",
+        4,
+        "unknown placeholder {NOPE}",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nrun = "go"\n',
+        "templates.x.workdir",
+        1,
+        "needs a workdir or a repo",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nworkdir = "d"\nrepo = "https://h/r"\nrun = "go"\n',
+        "templates.x.repo",
+        4,
+        "not both",
+    ),
+    (
+        '[templates.sweep]\nimage = "a/b:1"\nworkdir = "d"\nrun = "go"\n',
+        "templates.sweep",
+        1,
+        "built-in command",
+    ),
+    (
+        '[templates.x]\nimage = "Bad Image"\nworkdir = "d"\nrun = "go"\n',
+        "templates.x.image",
+        2,
+        "not a Docker image",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nworkdir = "d"\nrun = "go"\n'
+        '[templates.x.params.gpu]\ntype = "int"\n',
+        "templates.x.params.gpu",
+        5,
+        "resource key",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nworkdir = "d"\nrun = "go"\n'
+        '[templates.x.params.mode]\ntype = "choice"\ndefault = "c"\nchoices = ["a", "b"]\n',
+        "templates.x.params.mode.default",
+        7,
+        "not one of a, b",
+    ),
+    (
+        '[templates.x]\nimage = "a/b:1"\nworkdir = "builtin:nope"\nrun = "go"\n',
+        "templates.x.workdir",
+        3,
+        "unknown built-in job",
+    ),
+    ("[engine]\nmax_attempts = 0\n", "engine.max_attempts", 2, ">= 1"),
+    ("[surprise]\nx = 1\n", "surprise", 1, "unknown key"),
+    ('[budgets]\non_exceed = "shrug"\n', "budgets.on_exceed", 2, "refuse, approval"),
+    (
+        '[templates.train.resources]\nmax_price_per_hour_usd = "cheap"\n',
+        "templates.train.resources.max_price_per_hour_usd",
+        2,
+        "amount in USD",
+    ),
+]
+
+
+class TestErrors:
+    @pytest.mark.parametrize(("text", "key", "line", "fragment"), BAD_CONFIGS)
+    def test_error_names_key_and_line(self, text: str, key: str, line: int, fragment: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_config_text(text)
+        assert info.value.key == key
+        assert info.value.line == line
+        assert fragment in str(info.value)
+        assert f"line {line}: {key}:" in str(info.value)
+
+    def test_toml_syntax_error_keeps_line(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_config_text("[budgets]\nteam_monthly_usd = = 5\n")
+        assert info.value.line == 2
+
+
+def test_key_lines_handles_dotted_keys_and_multiline_strings() -> None:
+    text = '[a]\nx = """\ny = 1\n"""\nb.c = 2\n[d."e f"]\ng = 3\n'
+    lines = key_lines(text)
+    assert lines[("a", "x")] == 2
+    assert ("a", "y") not in lines
+    assert lines[("a", "b", "c")] == 5
+    assert lines[("d", "e f", "g")] == 7

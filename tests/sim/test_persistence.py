@@ -1,0 +1,47 @@
+"""State survives a restart on the same home; processes do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vastai import VastAI
+
+from gpubot.sim.server import SimServer
+from tests.fixtures.sim import make_ssh_key, run_until_running, ssh_connect, ssh_run
+
+
+def test_restart_keeps_instances_files_and_billing(tmp_path: Path) -> None:
+    key = make_ssh_key(tmp_path / "key")
+    home = tmp_path / "home"
+    with SimServer(home=home, seed=3) as first:
+        vast = VastAI(api_key=first.api_key, server_url=first.url)
+        offers_before = [o["id"] for o in vast.search_offers("num_gpus=1", limit=1000)]
+        iid = int(first.control.create_instance("gpubot:persist"))
+        stopped = int(first.control.create_instance("gpubot:stopped"))
+        vast.attach_ssh(iid, key.public)
+        run_until_running(first, vast, iid)
+        vast.stop_instance(stopped)
+        client = ssh_connect(vast, iid, key)
+        ssh_run(client, "echo hello > kept.txt; nohup sleep 300 >/dev/null 2>&1 &")
+        client.close()
+        assert first.control.instance_processes(iid)
+        old_port = vast.show_instance(iid)["ssh_port"]
+        first.control.advance(3600)
+        spent = first.control.billing(iid)["total_usd"]
+    assert (home / "sim" / "state.json").is_file()
+
+    with SimServer(home=home, seed=3) as second:
+        vast = VastAI(api_key=second.api_key, server_url=second.url)
+        row = run_until_running(second, vast, iid)
+        assert row["label"] == "gpubot:persist" and row["ssh_port"] != old_port
+        assert vast.show_instance(stopped)["actual_status"] == "stopped"
+        assert second.control.instance_processes(iid) == []
+        assert float(second.control.billing(iid)["total_usd"]) >= float(spent)
+        client = ssh_connect(vast, iid, key)
+        assert ssh_run(client, "cat kept.txt") == (0, "hello\n", "")
+        client.close()
+        offers_after = {o["id"] for o in vast.search_offers("num_gpus=1", limit=1000)}
+        rented = {row["ask_contract_id"], vast.show_instance(stopped)["ask_contract_id"]}
+        assert offers_after == set(offers_before) - rented  # market and rentals persisted
+        vast.destroy_instance(iid)
+        vast.destroy_instance(stopped)
