@@ -75,7 +75,8 @@ def _hide_password(url: str) -> str:
 def _cmd_sim(args: argparse.Namespace) -> int:
     from gpubot.sim.server import main as sim_main
 
-    argv: list[str] = ["--port", str(args.port), "--seed", str(args.seed), "--speed", str(args.speed)]
+    argv: list[str] = ["--port", str(args.port), "--seed", str(args.seed)]
+    argv += ["--speed", str(args.speed)]
     if args.home:
         argv += ["--home", args.home]
     if args.api_key:
@@ -106,6 +107,7 @@ def _cmd_beat(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from bot.console import run_chat
+
     from gpubot.wiring import build_engine_deps
     from workers.runtime import CeleryKicker
 

@@ -83,7 +83,11 @@ class BudgetError(GpubotError):
     """A request would exceed a budget."""
 
     def __init__(
-        self, message: str, *, limit_usd: Decimal | None = None, projected_usd: Decimal | None = None
+        self,
+        message: str,
+        *,
+        limit_usd: Decimal | None = None,
+        projected_usd: Decimal | None = None,
     ) -> None:
         super().__init__(message)
         self.limit_usd = limit_usd

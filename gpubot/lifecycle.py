@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from gpubot.models import InstanceObservation, JobState, ProviderStatus
 
@@ -32,7 +32,7 @@ FAST_STATES = frozenset(
 """States whose next step can run at once (no waiting on the outside world)."""
 
 
-class InstanceVerdict(str, Enum):
+class InstanceVerdict(StrEnum):
     """What the provider's view of our instance means for the job."""
 
     PENDING = "pending"

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 
-class RentalType(str, enum.Enum):
+class RentalType(enum.StrEnum):
     """How an instance is rented on vast.ai."""
 
     ON_DEMAND = "on_demand"
@@ -22,7 +22,7 @@ class RentalType(str, enum.Enum):
     """A bid (``price`` on create); can be outbid and paused by the host."""
 
 
-class InterruptibleMode(str, enum.Enum):
+class InterruptibleMode(enum.StrEnum):
     """The user's choice for ``interruptible=``."""
 
     YES = "yes"
@@ -30,7 +30,7 @@ class InterruptibleMode(str, enum.Enum):
     AUTO = "auto"
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """A job's phase. Advanced one step per reconcile tick from stored state (see lifecycle.py)."""
 
     AWAITING_APPROVAL = "awaiting_approval"
@@ -65,7 +65,7 @@ class JobState(str, enum.Enum):
 _FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
-class ProviderStatus(str, enum.Enum):
+class ProviderStatus(enum.StrEnum):
     """The domain's view of a provider-side instance status (vast_api.md §4.2, §4.3)."""
 
     PROVISIONING = "provisioning"
@@ -137,7 +137,7 @@ class Requirements:
     blocked_host_ids: frozenset[str] = frozenset()
 
 
-class OfferRanking(str, enum.Enum):
+class OfferRanking(enum.StrEnum):
     """How qualifying offers are ordered."""
 
     PRICE = "price"

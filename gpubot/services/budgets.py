@@ -120,7 +120,9 @@ def job_stop_reason(limit_usd: Decimal, spent_usd: Decimal) -> str:
     return f"budget of {costs.format_usd(limit_usd)} reached (spent {costs.format_usd(spent_usd)})"
 
 
-def scope_stop_reason(scope: str, scope_id: str, period: str, limit: Decimal, spent: Decimal) -> str:
+def scope_stop_reason(
+    scope: str, scope_id: str, period: str, limit: Decimal, spent: Decimal
+) -> str:
     """The stop reason stored on the live jobs of a scope that reached its budget."""
     return (
         f"{period_adjective(period)} budget of {costs.format_usd(limit)} for "
@@ -306,9 +308,10 @@ def launch_verdict(
         projected = spent + estimate_usd
         if projected > limit.limit_usd:
             over.append(limit)
+            who = scope_display(limit.scope, limit.scope_id)
             reasons.append(
                 f"the {period_adjective(limit.period)} budget of "
-                f"{costs.format_usd(limit.limit_usd)} for {scope_display(limit.scope, limit.scope_id)}"
+                f"{costs.format_usd(limit.limit_usd)} for {who}"
                 f" would be exceeded ({costs.format_usd(spent)} spent + "
                 f"{costs.format_usd(estimate_usd)} estimated = {costs.format_usd(projected)})"
             )
@@ -377,7 +380,11 @@ def _request_stop(session: Session, job: JobRow, reason: str, now: datetime) -> 
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     outbox.reply(
-        session, channel=job.channel, thread_key=job.id, job_id=job.id, text=job_stop_text(job.id, reason)
+        session,
+        channel=job.channel,
+        thread_key=job.id,
+        job_id=job.id,
+        text=job_stop_text(job.id, reason),
     )
     session.add(
         AuditEventRow(at=now, actor="gpubot", action="budget_stop", target=job.id, reason=reason)
@@ -415,7 +422,9 @@ def _enforce_job(session: Session, job: JobRow, now: datetime) -> bool:
         )
         warn = [p for p in verdict.new_alert_pcts if p < 100]
         if warn and not verdict.stop:
-            text = job_alert_text(job.id, max(warn), spent, limit, _burn_per_hour(session, [job.id]))
+            text = job_alert_text(
+                job.id, max(warn), spent, limit, _burn_per_hour(session, [job.id])
+            )
             outbox.reply(
                 session,
                 channel=job.channel,
@@ -577,9 +586,7 @@ def enforce(deps: EngineDeps, *, now: datetime) -> list[str]:
                 )
             )
             for scope_id in sorted(i for i in ids if i):
-                scopes.append(
-                    (scope, scope_id, [j for j in live if getattr(j, attr) == scope_id])
-                )
+                scopes.append((scope, scope_id, [j for j in live if getattr(j, attr) == scope_id]))
         scopes.append(("team", TEAM_ID, live))
         for scope, scope_id, scope_jobs in scopes:
             scope_jobs = [j for j in scope_jobs if j.id not in stopped]
@@ -827,7 +834,11 @@ def reconcile_charges(deps: EngineDeps, *, now: datetime) -> list[str]:
         for pid, ch in sorted(charged.items()):
             rows = session.scalars(select(InstanceRow).where(InstanceRow.provider_id == pid)).all()
             if not rows:
-                if ch.label and ch.label.startswith(prefix) and ch.amount_usd > CHARGE_TOLERANCE_USD:
+                if (
+                    ch.label
+                    and ch.label.startswith(prefix)
+                    and ch.amount_usd > CHARGE_TOLERANCE_USD
+                ):
                     differing.append(pid)
                     ops.escalate(
                         session,

@@ -42,8 +42,8 @@ from gpubot.lifecycle import (
     BOOT_DEADLINE,
     CONNECT_DEADLINE,
     DESTROY_RETRY_INTERVAL,
-    SETUP_DEADLINE,
     FAST_STATES,
+    SETUP_DEADLINE,
     InstanceVerdict,
 )
 from gpubot.models import JobState, LaunchSpec, ProviderStatus, RentalType
@@ -294,6 +294,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     try:
         provider_id = deps.provider.create_instance(choice.offer, spec)
     except NoCapacityError as exc:
+        why = str(exc)
         excluded_offers = list(excluded.get("offers", [])) + [choice.offer.offer_id]
         return StepResult(
             changes={
@@ -308,7 +309,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
                 }
             },
             immediate=True,
-            notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({exc}); trying another.")],
+            notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({why}); trying another.")],
         )
     except BaseException:
         # Unknown outcome (e.g. timeout after the request left): the label finds it next tick.

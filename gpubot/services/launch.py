@@ -88,7 +88,8 @@ def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
     hours = planning.hours_for(deps.config, tpl, overrides)
     if isinstance(command, RentCommand) and command.hours is not None:
         hours = float(command.hours)
-    market = deps.provider.search_offers(requirements, interruptible=mode is not InterruptibleMode.NO)
+    interruptible = mode is not InterruptibleMode.NO
+    market = deps.provider.search_offers(requirements, interruptible=interruptible)
     choice = planning.choose_rental(
         market,
         requirements,

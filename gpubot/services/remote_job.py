@@ -303,7 +303,9 @@ class RemoteSession:
         listing = self._run(_list_files_script(layout.results_dir), "listing results")
         files = parsing.parse_checkpoint_listing(listing)
         prefix = f"jobs/{job.id}/results/"
-        self._upload([(f"{layout.results_dir}/{f.path}", prefix + f.path, f.sha256) for f in files])
+        self._upload(
+            [(f"{layout.results_dir}/{f.path}", prefix + f.path, f.sha256) for f in files]
+        )
         entries = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]
         self._verify_and_manifest(prefix, entries)
         store = self.deps.store

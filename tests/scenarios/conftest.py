@@ -21,7 +21,6 @@ from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from gpubot.wiring import build_engine_deps
-from tests.fixtures.s3 import moto_endpoint, s3_env, s3_store  # noqa: F401
 
 TEST_TEMPLATES = """
 [templates.trainx]

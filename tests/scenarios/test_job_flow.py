@@ -16,7 +16,7 @@ from gpubot.services.launch import plan_launch, submit
 from gpubot.services.reconcile import reconcile_tick
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
-from tests.scenarios.conftest import drive, job_row
+from tests.scenarios.conftest import drive
 
 
 def launch(deps: EngineDeps, text: str, key: str) -> str:

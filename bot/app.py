@@ -1,0 +1,69 @@
+"""The Bolt app: built once per process from settings and the engine's dependencies.
+
+``build_app`` makes no Web API call when SLACK_API_URL is not slack.com (tests, proxies): the
+``auth.test`` Bolt needs is deferred to the first request. The app's WebClient retries 429s
+(RateLimitErrorRetryHandler); it is used only for short interactive calls (views.publish,
+file uploads after an ack). Outbox delivery uses its own client that never sleeps
+(``bot.delivery``).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlparse
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.listeners import register
+from gpubot.errors import ConfigError
+from gpubot.services.deps import EngineDeps
+from gpubot.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def is_slack_com(api_url: str) -> bool:
+    host = (urlparse(api_url).hostname or "").lower()
+    return host == "slack.com" or host.endswith(".slack.com") or host.endswith(".slack-gov.com")
+
+
+def make_web_client(settings: Settings) -> WebClient:
+    """A WebClient on SLACK_BOT_TOKEN / SLACK_API_URL that retries 429s twice."""
+    if settings.slack_bot_token is None:
+        raise ConfigError("is not set: the Slack app needs its bot token", key="SLACK_BOT_TOKEN")
+    client = WebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        timeout=15,
+    )
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+    return client
+
+
+def build_app(deps: EngineDeps, *, settings: Settings) -> App:
+    """The Bolt App with the /gpu command, button actions, App Home and mentions registered.
+
+    Raises:
+        ConfigError: SLACK_BOT_TOKEN is missing, or SLACK_SIGNING_SECRET is missing in HTTP
+            mode (Socket Mode, i.e. SLACK_APP_TOKEN set, needs no signing secret).
+    """
+    client = make_web_client(settings)
+    signing = settings.slack_signing_secret
+    secret = signing.get_secret_value() if signing is not None else ""
+    socket_mode = settings.slack_app_token is not None
+    if not secret and not socket_mode:
+        raise ConfigError(
+            "is not set: HTTP mode verifies every request with it", key="SLACK_SIGNING_SECRET"
+        )
+    app = App(
+        client=client,
+        signing_secret=secret or None,
+        request_verification_enabled=bool(secret),
+        token_verification_enabled=is_slack_com(settings.slack_api_url),
+        process_before_response=False,
+        logger=logging.getLogger("bot.bolt"),
+    )
+    register(app, deps)
+    return app

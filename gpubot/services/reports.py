@@ -1,0 +1,147 @@
+"""Cost reports from the ledger: a text table and a bar chart (``/gpu cost``).
+
+Totals come straight from the append-only ledger: an entry belongs to the period in which it
+ended (``period_end`` after the period's start, as in :mod:`gpubot.services.budgets`). The
+report's total line is the exact ledger sum for the period, shown rounded to cents; group
+lines are rounded separately, so they may differ from the total by a cent of rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gpubot import costs
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import LedgerEntryRow
+from gpubot.errors import CommandError
+from gpubot.services.budgets import dec, normalize_period, period_start
+from gpubot.services.deps import EngineDeps
+
+GROUPS = {
+    "user": LedgerEntryRow.requester,
+    "channel": LedgerEntryRow.channel,
+    "job": LedgerEntryRow.job_id,
+    "kind": LedgerEntryRow.kind,
+}
+MAX_CHART_BARS = 20
+"""The chart shows the largest groups; the rest are summed into one ``other`` bar."""
+
+
+def ledger_total(session: Session, since: datetime | None = None) -> Decimal:
+    """Sum of every ledger entry (ending after ``since`` when given), to the ledger quantum."""
+    stmt = select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0))
+    if since is not None:
+        stmt = stmt.where(LedgerEntryRow.period_end > since)
+    return dec(session.scalar(stmt) or 0).quantize(costs.LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def ledger_groups(session: Session, *, since: datetime, group_by: str) -> list[tuple[str, Decimal]]:
+    """``(group, total)`` for entries ending after ``since``, largest first, ties by name."""
+    column = GROUPS[group_by]
+    rows = session.execute(
+        select(column, func.sum(LedgerEntryRow.amount_usd))
+        .where(LedgerEntryRow.period_end > since)
+        .group_by(column)
+    ).all()
+    out = [
+        (
+            str(key) if key else "-",
+            dec(total or 0).quantize(costs.LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
+        )
+        for key, total in rows
+    ]
+    return sorted(out, key=lambda kv: (-kv[1], kv[0]))
+
+
+def _label(group_by: str, key: str) -> str:
+    if key == "-":
+        return "(none)"
+    if group_by == "user":
+        return f"<@{key}>"
+    if group_by == "channel":
+        return f"<#{key}>"
+    return key
+
+
+def render_table(
+    title: str, group_by: str, groups: Sequence[tuple[str, Decimal]], total: Decimal
+) -> str:
+    """A monospace table (Slack code block): one line per group, then the total. Pure."""
+    header = group_by
+    names = [_label(group_by, k) for k, _ in groups]
+    amounts = [costs.format_usd(v) for _, v in groups]
+    total_s = costs.format_usd(total)
+    w1 = max([len(header), len("total"), *map(len, names)])
+    w2 = max([len("cost"), len(total_s), *map(len, amounts)])
+    lines = [title, "```", f"{header:<{w1}}  {'cost':>{w2}}", "-" * (w1 + w2 + 2)]
+    if not groups:
+        lines.append(f"{'(no spend)':<{w1}}  {'':>{w2}}")
+    lines += [f"{n:<{w1}}  {a:>{w2}}" for n, a in zip(names, amounts, strict=True)]
+    lines += ["-" * (w1 + w2 + 2), f"{'total':<{w1}}  {total_s:>{w2}}", "```"]
+    return "\n".join(lines)
+
+
+def render_chart(
+    path: Path, title: str, group_by: str, groups: Sequence[tuple[str, Decimal]]
+) -> Path:
+    """A horizontal bar chart PNG of ``groups`` at ``path`` (matplotlib, Agg; no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = list(groups[:MAX_CHART_BARS])
+    rest = sum((v for _, v in groups[MAX_CHART_BARS:]), Decimal(0))
+    if rest:
+        shown.append(("other", rest))
+    labels = [k for k, _ in shown][::-1]
+    values = [float(v) for _, v in shown][::-1]
+    fig = Figure(figsize=(7, max(2.0, 0.4 * len(shown) + 1.2)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    bars = ax.barh(labels, values, color="#4c72b0")
+    ax.bar_label(bars, labels=[costs.format_usd(Decimal(str(v))) for v in values], padding=3)
+    ax.set_xlabel("USD")
+    ax.set_title(f"{title} by {group_by}")
+    ax.margins(x=0.2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def cost_report(
+    deps: EngineDeps, *, period: str = "month", group_by: str | None = None
+) -> tuple[str, str | None]:
+    """Spend in the current ``period`` (day/today, week, month; UTC) from the ledger.
+
+    ``group_by`` is ``user`` | ``channel`` | ``job``, or None for a breakdown by kind
+    (compute, storage, bandwidth, adjustment). Returns ``(text, png_path)``: a table whose
+    total line equals :func:`ledger_total` for the period, and a bar chart saved under
+    ``GPUBOT_HOME/charts/`` (None when nothing was spent).
+
+    Raises:
+        CommandError: an unknown period or grouping.
+    """
+    key = normalize_period(period)
+    grouping = group_by or "kind"
+    if grouping not in GROUPS:
+        raise CommandError(f"unknown grouping {group_by!r}: use user, channel or job")
+    now = deps.clock()
+    since = period_start(key, now)
+    with session_scope(deps.sessions) as session:
+        groups = ledger_groups(session, since=since, group_by=grouping)
+        total = ledger_total(session, since)
+    title = f"*Cost this {key}* (since {since:%Y-%m-%d %H:%M} UTC)"
+    text = render_table(title, grouping, groups, total)
+    if not groups:
+        return text, None
+    name = f"cost-{key}-{grouping}-{now:%Y%m%dT%H%M%S}.png"
+    chart = render_chart(
+        deps.settings.home / "charts" / name, f"Cost this {key}", grouping, groups
+    )
+    return text, str(chart)
