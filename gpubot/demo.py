@@ -92,8 +92,18 @@ def run_demo(
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         os.environ.pop(var, None)
     os.environ["GPUBOT_HOME"] = str(home)
-    os.environ.pop("GPUBOT_BROKER_URL", None)
+    # Everything runs in this process, so kombu's in-memory transport is the embedded broker
+    # here (the filesystem transport is for worker, beat and chat in separate processes).
+    os.environ["GPUBOT_BROKER_URL"] = "memory://"
     os.environ["GPUBOT_TICK_SECONDS"] = str(DEMO_TICK_SECONDS)
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("werkzeug", "moto", "botocore", "celery", "kombu"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A peer closing an SSH socket is routine here (short-lived sessions per step).
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -147,7 +157,12 @@ def run_demo(
 
         app.conf.update(celery_config(settings))
         worker_ctx = start_worker(
-            app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=10
+            app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            shutdown_timeout=10,
+            loglevel="WARNING",
         )
         worker_ctx.__enter__()
         beat = EmbeddedService(app, thread=True)

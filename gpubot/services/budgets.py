@@ -55,6 +55,9 @@ RECENT_SPEND_WINDOW = timedelta(hours=1)
 CHARGE_TOLERANCE_USD = Decimal("0.01")
 """Differences between the ledger and the provider's charges above this are escalated."""
 ALERT_ACTION = "budget_alert"
+BUDGET_APPROVED_KEY = "budget_approved_by"
+"""A job whose ``plan`` has this key set (by the approval of an over-budget launch) is not
+stopped by user/channel/team budgets; its own cap still applies."""
 
 _STOPPABLE = frozenset(
     s.value
@@ -520,7 +523,12 @@ def _enforce_scope(
         text = ""
         if verdict.stop:
             reason = scope_stop_reason(scope, scope_id, limit.period, limit.limit_usd, spent)
-            newly = [j.id for j in jobs if _request_stop(session, j, reason, now)]
+            newly = [
+                j.id
+                for j in jobs
+                if not (j.plan or {}).get(BUDGET_APPROVED_KEY)
+                and _request_stop(session, j, reason, now)
+            ]
             stopped.extend(newly)
             if 100 in verdict.new_alert_pcts or newly:
                 text = f":octagonal_sign: Budget reached: {reason}."

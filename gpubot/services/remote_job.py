@@ -175,7 +175,8 @@ class RemoteSession:
         workdir = template.resolve_workdir()
         if workdir is None:
             return
-        archive = control.pack_workdir(workdir, tuple(template.exclude))
+        # Secrets never travel, whatever the template's exclude list says.
+        archive = control.pack_workdir(workdir, (*template.exclude, ".env", "*.pem"))
         self.runner.put_bytes(archive, layout.archive_path())
         self._run(
             control.unpack_archive_script(layout, layout.archive_path()), "unpacking the code"

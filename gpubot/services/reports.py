@@ -41,7 +41,9 @@ def ledger_total(session: Session, since: datetime | None = None) -> Decimal:
     return dec(session.scalar(stmt) or 0).quantize(costs.LEDGER_QUANTUM, rounding=ROUND_HALF_UP)
 
 
-def ledger_groups(session: Session, *, since: datetime, group_by: str) -> list[tuple[str, Decimal]]:
+def ledger_groups(
+    session: Session, *, since: datetime, group_by: str
+) -> list[tuple[str, Decimal]]:
     """``(group, total)`` for entries ending after ``since``, largest first, ties by name."""
     column = GROUPS[group_by]
     rows = session.execute(
@@ -77,11 +79,12 @@ def render_table(
     names = [_label(group_by, k) for k, _ in groups]
     amounts = [costs.format_usd(v) for _, v in groups]
     total_s = costs.format_usd(total)
-    w1 = max([len(header), len("total"), *map(len, names)])
+    empty = "(no spend)"
+    w1 = max([len(header), len("total"), len(empty) if not groups else 0, *map(len, names)])
     w2 = max([len("cost"), len(total_s), *map(len, amounts)])
     lines = [title, "```", f"{header:<{w1}}  {'cost':>{w2}}", "-" * (w1 + w2 + 2)]
     if not groups:
-        lines.append(f"{'(no spend)':<{w1}}  {'':>{w2}}")
+        lines.append(empty)
     lines += [f"{n:<{w1}}  {a:>{w2}}" for n, a in zip(names, amounts, strict=True)]
     lines += ["-" * (w1 + w2 + 2), f"{'total':<{w1}}  {total_s:>{w2}}", "```"]
     return "\n".join(lines)

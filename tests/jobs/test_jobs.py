@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from gpubot.jobs import job_dir, job_names
-from gpubot.remote.parsing import latest_trainer_metrics, newest_complete_checkpoint, parse_progress
+from gpubot.jobs.ocr.make_pdfs import expected_pages, make_pdfs, pdf_bytes
+from gpubot.remote.parsing import (
+    latest_trainer_metrics,
+    newest_complete_checkpoint,
+    parse_progress,
+)
 
 TRAIN = job_dir("train") / "train.py"
 OCR_DIR = job_dir("ocr")
-sys.path.insert(0, str(OCR_DIR))
-from make_pdfs import expected_pages, make_pdfs, pdf_bytes  # noqa: E402
 
 
 def contract_env(tmp: Path, **params: str) -> dict[str, str]:
@@ -145,3 +148,17 @@ def test_ocr_generates_samples_and_fails_without_input(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = (tmp_path / "results/manifest.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(x)["status"] == "ok" for x in lines)
+
+
+def test_ocr_default_samples_folder_and_shards(tmp_path: Path) -> None:
+    seen: list[str] = []
+    for shard in range(2):
+        out = tmp_path / f"shard{shard}"
+        out.mkdir()
+        env = contract_env(out, src=str(tmp_path / "work" / "samples"), shards="2",
+                           shard=str(shard))
+        done = run_job(OCR_DIR / "ocr.py", env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        seen += [json.loads(x)["file"]
+                 for x in (out / "results/manifest.jsonl").read_text().splitlines()]
+    assert sorted(seen) == [f"doc-{i:03d}.pdf" for i in range(6)]  # each file exactly once

@@ -124,3 +124,13 @@ def test_dropped_connection_raises_connect_error_then_reconnects(sshd: SSHDServe
         assert runner.exec("echo back").stdout == "back\n"  # next call reconnects
     finally:
         runner.close()
+
+
+def test_sftp_refusal_is_a_remote_error_not_a_dropped_link(sshd: SSHDServer) -> None:
+    from gpubot.errors import RemoteError
+
+    with ParamikoRunner(target=sshd.target) as runner:
+        with pytest.raises(RemoteError) as info:
+            runner.put_bytes(b"x", f"{sshd.root}/no/such/dir/file")
+        assert not isinstance(info.value, SSHConnectError)
+        assert runner.exec("true").ok

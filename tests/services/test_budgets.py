@@ -76,7 +76,13 @@ def _lim(scope: str, sid: str, limit: str, period: str = "month") -> Limit:
     [
         ([], "5", OnExceed.REFUSE, LaunchOutcome.OK, []),
         ([(_lim("user", "U1", "100"), "95")], "5", OnExceed.REFUSE, LaunchOutcome.OK, []),
-        ([(_lim("user", "U1", "100"), "95.01")], "5", OnExceed.REFUSE, LaunchOutcome.REFUSE, ["user"]),
+        (
+            [(_lim("user", "U1", "100"), "95.01")],
+            "5",
+            OnExceed.REFUSE,
+            LaunchOutcome.REFUSE,
+            ["user"],
+        ),
         (
             [(_lim("user", "U1", "100"), "95.01")],
             "5",
@@ -95,7 +101,13 @@ def _lim(scope: str, sid: str, limit: str, period: str = "month") -> Limit:
             LaunchOutcome.REFUSE,
             ["channel", "team"],
         ),
-        ([(_lim("team", "team", "0"), "0")], "0.01", OnExceed.REFUSE, LaunchOutcome.REFUSE, ["team"]),
+        (
+            [(_lim("team", "team", "0"), "0")],
+            "0.01",
+            OnExceed.REFUSE,
+            LaunchOutcome.REFUSE,
+            ["team"],
+        ),
     ],
 )
 def test_launch_verdict_table(
@@ -152,7 +164,8 @@ def test_read_job_alerts(stored: dict[str, object], budget: str, expected: set[i
     ],
 )
 def test_charges_by_instance(
-    rows: list[dict[str, object]], expected: dict[str, tuple[str, int | None, int | None, str | None]]
+    rows: list[dict[str, object]],
+    expected: dict[str, tuple[str, int | None, int | None, str | None]],
 ) -> None:
     got = budgets.charges_by_instance(rows)
     assert set(got) == set(expected)
@@ -167,7 +180,9 @@ def test_charges_by_instance(
 # -- services ---------------------------------------------------------------------------------
 
 
-def _replies(deps: EngineDeps, *, job_id: str | None = None, channel: str | None = None) -> list[str]:
+def _replies(
+    deps: EngineDeps, *, job_id: str | None = None, channel: str | None = None
+) -> list[str]:
     with session_scope(deps.sessions) as s:
         stmt = select(MessageRow).order_by(MessageRow.id)
         if job_id is not None:
@@ -177,7 +192,9 @@ def _replies(deps: EngineDeps, *, job_id: str | None = None, channel: str | None
         return [m.text for m in s.scalars(stmt)]
 
 
-def _spend(deps: EngineDeps, job_id: str, amount: str, *, who: str = "U1", chan: str = "C1") -> None:
+def _spend(
+    deps: EngineDeps, job_id: str, amount: str, *, who: str = "U1", chan: str = "C1"
+) -> None:
     with session_scope(deps.sessions) as s:
         seed_ledger(s, [(job_id, who, chan, "compute", amount)], at=deps.clock())
 
@@ -293,13 +310,18 @@ def test_team_default_budget_alerts_ops_channel(
     _spend(deps, "j-t", "25", who="U7", chan="C7")
     budgets.enforce(deps, now=clock())
     ops_msgs = _replies(deps, channel=ops_channel)
-    assert len(ops_msgs) == 1 and "the team has used 80% of the monthly budget of $30.00" in ops_msgs[0]
+    assert (
+        len(ops_msgs) == 1
+        and "the team has used 80% of the monthly budget of $30.00" in ops_msgs[0]
+    )
 
 
 def test_spend_in_previous_month_does_not_count(deps: EngineDeps, clock: FakeClock) -> None:
     _job(deps, "j-old", requester="U1")
     with session_scope(deps.sessions) as s:
-        seed_ledger(s, [("j-old", "U1", "C1", "compute", "99")], at=datetime(2025, 2, 28, tzinfo=UTC))
+        seed_ledger(
+            s, [("j-old", "U1", "C1", "compute", "99")], at=datetime(2025, 2, 28, tzinfo=UTC)
+        )
         seed_ledger(s, [("j-old", "U1", "C1", "compute", "1.5")], at=T0)
         month = budgets.period_start("month", T0)
         assert budgets.spend(s, scope="user", scope_id="U1", since=month) == D("1.5")
@@ -337,7 +359,9 @@ def test_set_budget_writes_row_and_audit_and_rejects_bad_input(deps: EngineDeps)
         deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D("50"), period="week"
     )
     assert text.startswith("Weekly budget for user <@U1> set to $50.00 (was no limit)")
-    budgets.set_budget(deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D("60"), period="week")
+    budgets.set_budget(
+        deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D("60"), period="week"
+    )
     budgets.set_budget(deps, actor="UADMIN", scope="team", scope_id=None, amount_usd=D("900"))
     for bad in (
         dict(scope="user", scope_id="U1", amount_usd=D(-1)),
@@ -392,3 +416,17 @@ def test_reconcile_charges_escalates_differences_over_a_cent(
     assert len(msgs) == 2
     assert "instance 502 (job j-2): the provider charged $2.50, our ledger has $2.00" in msgs[0]
     assert "instance 778 (label gpubot:j-lost) was charged $4.00" in msgs[1]
+
+
+def test_approved_over_budget_job_is_not_stopped_by_scope_budget(
+    deps: EngineDeps, clock: FakeClock
+) -> None:
+    budgets.set_budget(deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D(5))
+    _job(deps, "j-ok", requester="U1")
+    _job(deps, "j-no", requester="U1")
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-ok")
+        assert job is not None
+        job.plan = {budgets.BUDGET_APPROVED_KEY: "UADMIN"}
+    _spend(deps, "j-no", "6")
+    assert budgets.enforce(deps, now=clock()) == ["j-no"]

@@ -8,7 +8,11 @@ A GPU OCR variant (EasyOCR) is described in ../README.md.
 Parameters (environment):
     GPUBOT_PARAM_SRC       folder with *.pdf (default: $GPUBOT_WORKSPACE/input)
     GPUBOT_PARAM_GENERATE  when set to N and the folder has no PDFs, first generate N sample
-                           PDFs there (make_pdfs.py), so the job can be tried without data
+                           PDFs there (make_pdfs.py), so the job can be tried without data;
+                           a folder named ``samples`` (the built-in template's default) with
+                           no PDFs is filled with 6 generated PDFs the same way
+    GPUBOT_PARAM_SHARDS, GPUBOT_PARAM_SHARD  split the sorted file list into SHARDS parts and
+                           process part SHARD (0-based); default 1 and 0 (everything)
     GPUBOT_PARAM_STEP_SECONDS  sleep per file to make runs observable (default 0)
 
 Writes into GPUBOT_RESULTS_DIR: ``text/<name>.txt`` per file and ``manifest.jsonl`` with one
@@ -131,14 +135,22 @@ def main() -> int:
     step_seconds = float(os.environ.get("GPUBOT_PARAM_STEP_SECONDS") or 0)
     generate = os.environ.get("GPUBOT_PARAM_GENERATE")
 
+    shards = max(1, int(os.environ.get("GPUBOT_PARAM_SHARDS") or 1))
+    shard = int(os.environ.get("GPUBOT_PARAM_SHARD") or 0)
+    if not 0 <= shard < shards:
+        print(f"shard {shard} out of range for {shards} shards", file=sys.stderr)
+        return 2
+
     pdfs = sorted(src.glob("*.pdf")) if src.is_dir() else []
-    if not pdfs and generate:
+    if not pdfs and (generate or src.name == "samples"):
         from make_pdfs import make_pdfs
 
-        make_pdfs(src, int(generate))
+        make_pdfs(src, int(generate or 6))
         pdfs = sorted(src.glob("*.pdf"))
+    pdfs = pdfs[shard::shards]
     if not pdfs:
-        print(f"no PDF files in {src}", file=sys.stderr)
+        print(f"no PDF files in {src}" + (f" for shard {shard}/{shards}" if shards > 1 else ""),
+              file=sys.stderr)
         return 2
 
     (results / "text").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,106 @@
+"""The HTTP front (WSGI, werkzeug): ``POST /slack/events``, ``GET /healthz``, ``GET /metrics``.
+
+``/slack/events`` hands the raw body and headers to Bolt, which verifies the signature
+(401 on a bad or stale one) before any listener runs. ``/metrics`` is Prometheus text:
+jobs by state, live instances, the ledger total and the outbox backlog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from slack_bolt import App, BoltRequest
+from sqlalchemy import func, select, text
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
+from gpubot.models import JobState
+from gpubot.services.deps import EngineDeps
+
+MAX_BODY_BYTES = 1_000_000
+
+
+def metrics_text(deps: EngineDeps) -> str:
+    """Prometheus exposition text of the bot's state (reads the database only)."""
+    with session_scope(deps.sessions) as session:
+        by_state = dict(
+            session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all()
+        )
+        live_instances = session.scalar(
+            select(func.count()).select_from(InstanceRow).where(InstanceRow.destroyed_at.is_(None))
+        )
+        ledger = session.scalar(select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)))
+        backlog = session.scalar(
+            select(func.count()).select_from(MessageRow).where(MessageRow.dirty.is_(True))
+        )
+    lines = [
+        "# HELP gpubot_jobs Jobs by state.",
+        "# TYPE gpubot_jobs gauge",
+    ]
+    for state in JobState:
+        lines.append(f'gpubot_jobs{{state="{state.value}"}} {int(by_state.get(state.value, 0))}')
+    lines += [
+        "# HELP gpubot_live_instances Rentals not yet verified destroyed.",
+        "# TYPE gpubot_live_instances gauge",
+        f"gpubot_live_instances {int(live_instances or 0)}",
+        "# HELP gpubot_ledger_total_usd Money recorded in the cost ledger.",
+        "# TYPE gpubot_ledger_total_usd gauge",
+        f"gpubot_ledger_total_usd {float(ledger or 0):.6f}",
+        "# HELP gpubot_outbox_backlog Chat messages not yet delivered.",
+        "# TYPE gpubot_outbox_backlog gauge",
+        f"gpubot_outbox_backlog {int(backlog or 0)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _bolt_response(app: App, request: Request) -> Response:
+    body = request.get_data(as_text=True)
+    headers: dict[str, str | list[str]] = {k.lower(): v for k, v in request.headers.items()}
+    bolt_request = BoltRequest(
+        body=body, query=request.query_string.decode("latin-1"), headers=headers
+    )
+    result = app.dispatch(bolt_request)
+    response = Response(result.body, status=result.status)
+    for name, values in result.headers.items():
+        for value in values if isinstance(values, list | tuple) else [values]:
+            if name.lower() != "content-length":
+                response.headers.add(name, value)
+    return response
+
+
+def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
+    """A WSGI callable serving the three routes of design.md; anything else is 404."""
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        request.max_content_length = MAX_BODY_BYTES
+        path, method = request.path, request.method
+        if path == "/slack/events":
+            if method != "POST":
+                response = Response("method not allowed", status=405)
+            else:
+                response = _bolt_response(app, request)
+        elif path == "/healthz" and method == "GET":
+            try:
+                with session_scope(deps.sessions) as session:
+                    session.execute(text("SELECT 1"))
+                response = Response("ok\n", mimetype="text/plain")
+            except Exception:  # noqa: BLE001 - health must answer, not raise
+                response = Response("database unavailable\n", status=503, mimetype="text/plain")
+        elif path == "/metrics" and method == "GET":
+            response = Response(
+                metrics_text(deps), content_type="text/plain; version=0.0.4; charset=utf-8"
+            )
+        else:
+            response = Response("not found\n", status=404, mimetype="text/plain")
+        return response(environ, start_response)
+
+    return wsgi
+
+
+def make_http_server(app: App, deps: EngineDeps, *, host: str, port: int) -> BaseWSGIServer:
+    """A threaded werkzeug server for the WSGI app (port 0 lets the OS choose)."""
+    return make_server(host, port, make_wsgi_app(app, deps), threaded=True)
