@@ -171,19 +171,17 @@ class SlackDeliverer:
             return False
         if self._channel_paused_until.get(msg.channel, 0.0) > mono:
             return False
-        thread_ts: str | None = None
-        if msg.kind != "parent" and msg.thread_key is not None and not (
-            msg.kind == "card" and msg.ts
-        ):
-            thread_ts = self._parent_ts(msg.thread_key)
-            if thread_ts is None:
-                return False  # the parent is not posted yet
         method = self._method_for(msg)
         if self._method_paused_until.get(method, 0.0) > mono:
             return False
         is_post = method == "chat.postMessage"
         if is_post and mono - self._last_post.get(msg.channel, -1e9) < self.post_interval:
             return False
+        thread_ts: str | None = None
+        if msg.kind != "parent" and msg.thread_key is not None and method != "chat.update":
+            thread_ts = self._parent_ts(msg.thread_key)
+            if thread_ts is None:
+                return False  # the parent is not posted yet
         if not self._lease(msg):
             return False
         if is_post:

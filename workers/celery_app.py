@@ -42,6 +42,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": tick,
                 "options": {"expires": max(tick * 2, 2.0)},
             },
+            "reconcile-charges": {
+                "task": "workers.tasks.reconcile_charges_task",
+                "schedule": 24 * 3600.0,
+                "options": {"expires": 3600.0},
+            },
             "deliver-messages": {
                 "task": "workers.tasks.deliver_messages_task",
                 "schedule": max(1.0, min(tick, 2.0)),

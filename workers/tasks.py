@@ -40,3 +40,18 @@ def deliver_messages_task() -> int:
 
     sender = deliverer()
     return sender.deliver_once() if sender is not None else 0
+
+
+@app.task(
+    name="workers.tasks.reconcile_charges_task",
+    ignore_result=True,
+    autoretry_for=(Exception,),
+    retry_backoff=60,
+    max_retries=5,
+)
+def reconcile_charges_task() -> int:
+    """Daily: compare the ledger with the provider's charges; differences go to ops."""
+    from gpubot.services.budgets import reconcile_charges
+
+    engine_deps = deps()
+    return len(reconcile_charges(engine_deps, now=engine_deps.clock()))

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gpubot.commands.types import LaunchCommand, RentCommand, ResourceOverrides
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, ProcessedRequestRow
-from gpubot.errors import CommandError
+from gpubot.errors import BudgetError, CommandError
 from gpubot.models import InterruptibleMode, JobState, RentalChoice, RentalType, Requirements
 from gpubot.render.text import usd
 from gpubot.services import events, outbox, planning
@@ -72,8 +72,17 @@ class Plan:
         return lines
 
 
-def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
-    """Search the market and choose; raises NoOfferError / CommandError. No writes."""
+def plan_launch(
+    deps: EngineDeps,
+    command: LaunchCommand | RentCommand,
+    *,
+    requester: str | None = None,
+    channel: str | None = None,
+) -> Plan:
+    """Search the market and choose; raises NoOfferError / CommandError / BudgetError.
+
+    With ``requester`` and ``channel`` the estimate is checked against their budgets and the
+    team's (``approval_reason`` is set when an admin must approve). No writes."""
     if isinstance(command, LaunchCommand):
         kind, template_name = "job", command.template
         params = dict(command.params)
@@ -102,6 +111,7 @@ def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
     budget = overrides.budget_usd
     if budget is None and kind == "job":
         budget = deps.config.budgets.job_default_usd
+    approval_reason = _budget_gate(deps, requester, channel, estimate.total_usd)
     return Plan(
         kind=kind,
         template=template_name,
@@ -113,7 +123,31 @@ def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
         expected_hours=hours,
         estimate_usd=estimate.total_usd,
         budget_usd=budget,
+        approval_reason=approval_reason,
     )
+
+
+def _budget_gate(
+    deps: EngineDeps, requester: str | None, channel: str | None, estimate_usd: Decimal
+) -> str | None:
+    """None when the launch fits every budget; the reason when an admin must approve it.
+
+    Raises:
+        BudgetError: the launch would exceed a budget and ``on_exceed = "refuse"``.
+    """
+    if requester is None or channel is None:
+        return None
+    from gpubot.services import budgets
+
+    with session_scope(deps.sessions) as session:
+        verdict = budgets.check_launch(
+            deps, session, requester=requester, channel=channel, estimate_usd=estimate_usd
+        )
+    if verdict.ok:
+        return None
+    if verdict.outcome.value == "refuse":
+        raise BudgetError(verdict.reason)
+    return verdict.reason
 
 
 def submit(

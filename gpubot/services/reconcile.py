@@ -46,6 +46,7 @@ class TickReport:
     destroys_verified: int = 0
     claimed: list[tuple[str, str]] = field(default_factory=list)
     orphans_destroyed: list[str] = field(default_factory=list)
+    stopped_for_budget: list[str] = field(default_factory=list)
 
 
 def reconcile_tick(
@@ -68,6 +69,9 @@ def reconcile_tick(
         entries, verified = observe_and_meter(session, listing, listed_ok=listed_ok, now=now)
         report.ledger_entries = entries
         report.destroys_verified = verified
+    from gpubot.services import budgets
+
+    report.stopped_for_budget = budgets.enforce(deps, now=now)
     if sweep and listed_ok:
         from gpubot.services import sweep as sweeper
 

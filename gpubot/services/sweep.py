@@ -122,7 +122,7 @@ def sweep_orphans(
     """Remember new orphans, destroy those past their grace. Returns the ids destroyed now.
 
     ``listing`` must come from a successful ``provider.list_instances()``. Destroy calls are
-    made with no session open; one that fails (ProviderError) is logged and audited and is
+    made with no session open; one that fails (ProviderError) is logged and
     retried by the next sweep. An orphan destroyed earlier but still listed is destroyed
     again (destroy is idempotent) without a new escalation.
     """

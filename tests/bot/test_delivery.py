@@ -26,7 +26,9 @@ CHANNEL = "CBUSY001"
 def _launch(deps: EngineDeps, n: int, channel: str = CHANNEL) -> list[str]:
     plan = launch.plan_launch(deps, LaunchCommand(template="train"))
     return [
-        launch.submit(deps, plan, requester=ALICE, channel=channel, request_key=f"k{channel}{i}")[0]
+        launch.submit(deps, plan, requester=ALICE, channel=channel, request_key=f"k{channel}{i}")[
+            0
+        ]
         for i in range(n)
     ]
 
@@ -75,14 +77,19 @@ def test_twenty_cards_in_one_channel_end_in_their_final_state(
     deps: EngineDeps, tmp_path: Path
 ) -> None:
     slack = SlackFake(
-        token=BOT_TOKEN, post_interval_seconds=0.05, update_limit=8,
-        update_window_seconds=0.5, retry_after=0.3,
+        token=BOT_TOKEN,
+        post_interval_seconds=0.05,
+        update_limit=8,
+        update_window_seconds=0.5,
+        retry_after=0.3,
     ).start()
     try:
         job_ids = _launch(deps, 20)
-        # The deliverer paces a bit faster than the fake allows, so some 429s happen.
+        # Besides its own limits, the fake rate-limits some posts and updates outright.
+        slack.force_429("chat.postMessage", 3)
+        slack.force_429("chat.update", 3)
         deliverer = _deliverer(
-            deps, slack, post_interval_seconds=0.04, card_update_interval_seconds=0.1
+            deps, slack, post_interval_seconds=0.06, card_update_interval_seconds=0.1
         )
         deadline = time.monotonic() + 10
         while len(slack.top_level(CHANNEL)) < 10 and time.monotonic() < deadline:
@@ -90,9 +97,7 @@ def test_twenty_cards_in_one_channel_end_in_their_final_state(
             time.sleep(0.01)
         for job_id in job_ids:  # progress for every job, then the end, while delivering
             with session_scope(deps.sessions) as session:
-                session.execute(
-                    update(JobRow).where(JobRow.id == job_id).values(state="running")
-                )
+                session.execute(update(JobRow).where(JobRow.id == job_id).values(state="running"))
                 job = session.get(JobRow, job_id)
                 assert job is not None
                 session.refresh(job)
@@ -117,6 +122,8 @@ def test_twenty_cards_in_one_channel_end_in_their_final_state(
             job = session.get(JobRow, job_id)
             assert job is not None and job.thread_ts == parent.ts
     _assert_429s_honoured(slack)
+    assert slack.rate_limited.count("chat.postMessage") >= 3
+    assert slack.rate_limited.count("chat.update") >= 3
     assert all(c.status in (200, 429) for c in slack.calls)
     for call in slack.calls:
         body = call.body + json.dumps(call.params, default=str)
@@ -132,9 +139,7 @@ def test_429_sets_not_before_and_other_channels_go_on(deps: EngineDeps, slack: S
     before = datetime.now(UTC)
     deliverer.deliver_once()
     with session_scope(deps.sessions) as session:
-        rows = {
-            (m.job_id, m.kind): m for m in session.scalars(select(MessageRow))
-        }
+        rows = {(m.job_id, m.kind): m for m in session.scalars(select(MessageRow))}
     limited = rows[(job_a, "parent")]
     assert limited.dirty and limited.ts is None
     assert limited.not_before >= before + timedelta(seconds=29)
@@ -144,7 +149,7 @@ def test_429_sets_not_before_and_other_channels_go_on(deps: EngineDeps, slack: S
 
 def test_outage_leaves_rows_dirty_until_slack_is_back(deps: EngineDeps, slack: SlackFake) -> None:
     _launch(deps, 2)
-    deliverer = _deliverer(deps, slack, post_interval_seconds=0.0)
+    deliverer = _deliverer(deps, slack, post_interval_seconds=0.06)
     slack.down = True
     assert deliverer.deliver_once() == 0
     assert _dirty(deps) == 4
@@ -164,10 +169,11 @@ def test_files_and_ephemerals_are_delivered_into_the_thread(
     png = loss_chart_png([(1, 2.0), (2, 1.5), (3, 1.1)], tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with session_scope(deps.sessions) as session:
-        outbox.upload(session, channel=CHANNEL, thread_key=job_id, path=str(png),
-                      title="loss", job_id=job_id)
+        outbox.upload(
+            session, channel=CHANNEL, thread_key=job_id, path=str(png), title="loss", job_id=job_id
+        )
         session.add(MessageRow(channel=CHANNEL, kind="ephemeral", user=ALICE, text="psst"))
-    _drain(_deliverer(deps, slack, post_interval_seconds=0.0), deps)
+    _drain(_deliverer(deps, slack, post_interval_seconds=0.06), deps)
     [parent] = slack.top_level(CHANNEL)
     assert slack.files == [
         {"id": slack.files[0]["id"], "title": "loss", "channel": CHANNEL, "thread_ts": parent.ts}
