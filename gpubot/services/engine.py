@@ -378,10 +378,30 @@ def _step_deploying(deps: EngineDeps, job: JobRow, instance: InstanceRow | None)
             notes=[lambda s, j: events.interactive_ready(s, j, instance)],
         )
     template = deps.config.templates[job.template]
+    changes: dict[str, Any] = {}
     with remote_job.connect(deps, instance) as session:
         session.deploy(job, template)
+        if getattr(template, "data", None) or (job.params or {}).get("_inputs"):
+            from gpubot.services import staging
+
+            try:
+                report = staging.stage_inputs(session, deps, job, template)
+            except StorageError as exc:
+                return _teardown(job, outcome=JobState.FAILED, reason=f"data staging: {exc}")
+            progress = dict(job.progress or {})
+            progress["staging"] = _jsonable(report)
+            changes["progress"] = progress
     next_state = JobState.RESTORING if job.checkpoint_key else JobState.SETTING_UP
-    return StepResult(changes={"state": next_state.value}, immediate=True)
+    changes["state"] = next_state.value
+    return StepResult(changes=changes, immediate=True)
+
+
+def _jsonable(report: object) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(report) and not isinstance(report, type):
+        return {k: v for k, v in dataclasses.asdict(report).items()}
+    return dict(report) if isinstance(report, dict) else {"report": str(report)}
 
 
 def _step_restoring(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
