@@ -763,10 +763,22 @@ def _enum_opt(p: _Parser, key: str, value: str, kind: type[_E]) -> _E:
 def _parse_cost(p: _Parser, args: _Args) -> CostCommand:
     _only_keys(p, args, ("period", "by", "group_by"), "cost")
     period: Period | None = None
-    if len(args.positionals) > 1:
-        p.fail(f"unexpected {_short(args.positionals[1])!r}", args.positionals[1])
-    if args.positionals:
-        period = _enum_opt(p, "period", _unquote(args.positionals[0]), Period)
+    positionals = [_unquote(x) for x in args.positionals]
+    # "cost week by user" (as in the docs) is the same as "cost week by=user".
+    by_words: str | None = None
+    if len(positionals) >= 2 and positionals[-2].lower() == "by":
+        by_words = positionals[-1]
+        positionals = positionals[:-2]
+        if "by" in args.pairs or "group_by" in args.pairs:
+            p.fail("the grouping is given twice", "by")
+    if len(positionals) > 1:
+        p.fail(f"unexpected {_short(positionals[1])!r}", positionals[1])
+    if positionals:
+        period = _enum_opt(p, "period", positionals[0], Period)
+    if by_words is not None:
+        return CostCommand(
+            period=period or Period.MONTH, group_by=_enum_opt(p, "by", by_words, CostGroup)
+        )
     if "period" in args.pairs:
         if period is not None:
             p.fail("the period is given twice", "period=")

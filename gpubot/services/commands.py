@@ -310,6 +310,9 @@ def _launch(
     reason = permissions.approval_reason(
         deps.config, price_per_hour_usd=plan.price_per_hour_usd, estimate_usd=plan.estimate_usd
     )
+    budget_reason = _budget_verdict(deps, user, channel, plan.estimate_usd)
+    if budget_reason:
+        reason = "; ".join(r for r in (reason, budget_reason) if r)
     if reason:
         plan = replace(plan, approval_reason=reason)
     try:
@@ -346,6 +349,28 @@ def _launch(
         text=text,
         blocks=slack_render.plan_blocks(job_id, lines, awaiting_approval=bool(reason)),
         job_id=job_id,
+    )
+
+
+def _budget_verdict(deps: EngineDeps, user: str, channel: str, estimate_usd: Decimal) -> str:
+    """'' when the launch fits the budgets, else why it needs approval.
+
+    Raises:
+        PermissionDenied: a budget would be exceeded and ``[budgets] on_exceed = "refuse"``.
+    """
+    check_launch = _optional("gpubot.services.budgets", "check_launch")
+    if check_launch is None:
+        return ""
+    with session_scope(deps.sessions) as session:
+        verdict = check_launch(
+            deps, session, requester=user, channel=channel, estimate_usd=estimate_usd
+        )
+    if verdict.ok:
+        return ""
+    if str(verdict.outcome) == "needs_approval":
+        return str(verdict.reason)
+    raise PermissionDenied(
+        f"budget exceeded for {user}", user_message=f"Not launched: {verdict.reason}."
     )
 
 
@@ -624,23 +649,16 @@ def _budget(deps: EngineDeps, command: BudgetCommand, user: str, channel: str) -
         if set_budget is None:
             return _refusal(f"budget set is {NOT_AVAILABLE}.")
         scope = command.scope.value if command.scope is not None else "team"
+        # set_budget records the change in the audit trail (``budget_set``) itself.
         text = str(
             set_budget(
                 deps,
                 actor=user,
                 scope=scope,
-                scope_id=command.target or "team",
+                scope_id=command.target,
                 amount_usd=command.amount_usd,
                 period=command.period.value,
             )
-        )
-        _audit(
-            deps,
-            user,
-            "budget.set",
-            f"{scope}:{command.target or 'team'}",
-            "",
-            {"amount_usd": str(command.amount_usd), "period": command.period.value},
         )
         return Reply(text=text, blocks=slack_render.text_blocks(text))
     show = _optional("gpubot.services.budgets", "show")

@@ -168,3 +168,21 @@ def test_console_prints_the_plan_and_follows_the_thread(deps: EngineDeps) -> Non
     assert "── thread" in text and "[card]" in text and "succeeded. Final cost" in text
     with session_scope(deps.sessions) as session:  # the console never marks rows delivered
         assert all(m.dirty for m in session.scalars(select(MessageRow)))
+
+
+def test_budget_and_cost_use_the_budget_and_report_services(deps: EngineDeps) -> None:
+    set_reply = _run(deps, f"budget set user=<@{ALICE}> amount=$50", user=ADMIN)
+    assert set_reply.ok, set_reply.text
+    shown = _run(deps, "budget")
+    assert shown.ok and "$50" in shown.text, shown.text
+    cost = _run(deps, "cost week by=user")
+    assert cost.ok, cost.text
+    assert "budget_set" in _actions(deps) or "budget.set" in _actions(deps)
+
+
+def test_a_launch_over_a_budget_is_refused(deps: EngineDeps) -> None:
+    assert _run(deps, f"budget set user=<@{ALICE}> amount=$0.01", user=ADMIN).ok
+    reply = _run(deps, "train")
+    assert not reply.ok and "budget" in reply.text, reply.text
+    with session_scope(deps.sessions) as session:
+        assert session.scalars(select(JobRow)).first() is None

@@ -216,3 +216,15 @@ def _assert_no_secrets(slack: SlackFake) -> None:
         dumped = call.body + json.dumps(call.params, default=str)
         assert BOT_TOKEN not in dumped
         assert SIGNING_SECRET not in dumped
+
+
+def test_slow_commands_ack_first_and_answer_through_response_url(
+    http: Client, slack: SlackFake
+) -> None:
+    body = command_body("logs j-0000abcd", response_url=slack.webhook_url, trigger="9.9.9")
+    status, answer = _post(http, body, sign(body))
+    assert status == 200 and "Working on it" in answer
+    deadline = time.monotonic() + 5
+    while not slack.webhooks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "There is no job" in slack.webhooks[0]["text"]

@@ -1,0 +1,81 @@
+"""The ``gpubot`` command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("GPUBOT_", "VAST_", "SLACK_"))
+    }
+    environ.update(GPUBOT_HOME=str(home), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpubot.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=home,
+        timeout=120,
+    )
+
+
+def test_config_check_on_empty_home_prints_the_defaults(tmp_path: Path) -> None:
+    result = run(["config", "check"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for name in (
+        "GPUBOT_HOME", "GPUBOT_DATABASE_URL", "GPUBOT_BROKER_URL", "GPUBOT_CONFIG",
+        "VAST_API_KEY", "VAST_URL", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET",
+        "SLACK_APP_TOKEN", "SLACK_API_URL", "GPUBOT_S3_BUCKET", "GPUBOT_S3_PREFIX",
+        "GPUBOT_SSH_KEY", "GPUBOT_TICK_SECONDS", "GPUBOT_LABEL_PREFIX", "PORT",
+    ):
+        assert name in out
+    assert "https://console.vast.ai" in out and "10.0" in out and "gpubot/" in out
+    assert "templates: ocr, train" in out
+
+
+def test_config_check_masks_secrets(tmp_path: Path) -> None:
+    secret = "xoxb-1234567890-very-secret-token"
+    result = run(["config", "check"], tmp_path, SLACK_BOT_TOKEN=secret)
+    assert result.returncode == 0
+    assert secret not in result.stdout + result.stderr
+    assert "SLACK_BOT_TOKEN" in result.stdout and "[env]" in result.stdout
+
+
+def test_config_check_names_the_broken_key_and_line(tmp_path: Path) -> None:
+    (tmp_path / "gpubot.toml").write_text('[budgets]\nteam_monthly_usd = 100\nbogus = 1\n')
+    result = run(["config", "check"], tmp_path)
+    assert result.returncode != 0
+    assert "bogus" in result.stderr and "line 3" in result.stderr
+
+
+def test_db_upgrade_creates_the_schema_on_sqlite(tmp_path: Path) -> None:
+    result = run(["db", "upgrade"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "gpubot.db") as conn:
+        names = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert {"jobs", "instances", "ledger_entries", "audit_events", "messages"} <= names
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "beat", "sim", "chat", "demo"])
+def test_every_procfile_and_cli_command_answers_help(tmp_path: Path, command: str) -> None:
+    result = run([command, "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: gpubot" in result.stdout
+
+
+def test_procfile_names_existing_commands() -> None:
+    procfile = (Path(__file__).parents[2] / "Procfile").read_text().splitlines()
+    kinds = dict(line.split(":", 1) for line in procfile if line.strip())
+    assert set(kinds) == {"bot", "worker", "beat"}
+    assert kinds["beat"].strip() == "gpubot beat"
