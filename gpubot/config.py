@@ -33,12 +33,14 @@ from gpubot.models import InterruptibleMode, OfferRanking
 from gpubot.templates import (
     BUILTIN_JOBS,
     BUILTIN_WORKDIR_PREFIX,
+    DATA_DEST_RE,
     DEFAULT_EXCLUDE,
     IMAGE_RE,
     PARAM_NAME_RE,
     RESERVED_VERBS,
     RESOURCE_KEYS,
     TEMPLATE_NAME_RE,
+    DataInput,
     IdlePolicy,
     ParamSpec,
     ParamType,
@@ -46,6 +48,7 @@ from gpubot.templates import (
     ResourceSpec,
     TargetMode,
     Template,
+    parse_s3_url,
     render_command,
 )
 
@@ -287,9 +290,13 @@ class _Ctx:
             return self.user
         return self.builtin
 
-    def fail(self, path: Path_, message: str) -> NoReturn:
+    def fail(self, path: Path_, message: str, *, key: str | None = None) -> NoReturn:
+        """Raise ConfigError for ``path`` (its file and line); ``key`` overrides the dotted
+        name shown (e.g. ``templates.x.data.inputs[1].src`` for a list element)."""
         src = self.source_of(path)
-        raise ConfigError(f"{message} [in {src.name}]", key=".".join(path), line=src.line_of(path))
+        raise ConfigError(
+            f"{message} [in {src.name}]", key=key or ".".join(path), line=src.line_of(path)
+        )
 
     # -- typed readers ---------------------------------------------------------------------
 
@@ -404,7 +411,10 @@ _TEMPLATE_KEYS = (
     "target_mode",
     "shardable",
     "idle",
+    "data",
 )
+_DATA_KEYS = ("inputs",)
+_DATA_INPUT_KEYS = ("src", "dest")
 _PARAM_KEYS = ("type", "default", "min", "max", "choices", "help", "free_text", "max_length")
 _RESOURCE_KEYS = (
     "gpu_names",
@@ -546,6 +556,8 @@ def _template(ctx: _Ctx, path: Path_, name: str, raw: Any) -> Template:
         tpl_kwargs["idle"] = _idle(
             ctx, path + ("idle",), ctx.table(path + ("idle",), t["idle"]), IdlePolicy()
         )
+    if "data" in t:
+        tpl_kwargs["data"] = _data(ctx, path + ("data",), t["data"])
     resources_raw = ctx.table(path + ("resources",), t.get("resources", {}))
     template = Template(
         name=name,
@@ -580,6 +592,69 @@ def _workdir(ctx: _Ctx, path: Path_, value: Any) -> str:
         ctx.fail(path, "built-in templates may only use builtin: workdirs")
     p = Path(workdir).expanduser()
     return str(p if p.is_absolute() else (src.base_dir / p))
+
+
+def _data(ctx: _Ctx, path: Path_, raw: Any) -> tuple[DataInput, ...]:
+    """``[templates.<t>.data]``: ``inputs = [{src = "s3://b/p/" | "folder", dest = "rel"}]``.
+
+    ``src`` is an ``s3://bucket/prefix/`` or a local folder (relative paths are resolved
+    against the config file's directory, like ``workdir``); ``dest`` is a relative path under
+    the job's workspace (``.`` for the workspace itself), unique among the inputs.
+    """
+    table = ctx.table(path, raw)
+    ctx.keys(path, table, _DATA_KEYS)
+    ipath = path + ("inputs",)
+    items = table.get("inputs", [])
+    if not isinstance(items, list):
+        ctx.fail(ipath, f"must be a list of {{src = ..., dest = ...}} tables, not {_tname(items)}")
+    out: list[DataInput] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        name = f"{'.'.join(ipath)}[{index}]"
+        if not isinstance(item, dict):
+            ctx.fail(ipath, "must be a table {src = ..., dest = ...}", key=name)
+        for key in item:
+            if key not in _DATA_INPUT_KEYS:
+                ctx.fail(
+                    ipath,
+                    f"unknown key {key!r}; known: {', '.join(_DATA_INPUT_KEYS)}",
+                    key=f"{name}.{key}",
+                )
+        for key in _DATA_INPUT_KEYS:
+            if key not in item:
+                ctx.fail(ipath, f"an input needs {key!r}", key=f"{name}.{key}")
+            value = item[key]
+            if not isinstance(value, str) or not value.strip():
+                ctx.fail(ipath, "must be a non-empty string", key=f"{name}.{key}")
+            if any(ord(c) < 32 for c in value):
+                ctx.fail(ipath, "must not contain control characters", key=f"{name}.{key}")
+        src = item["src"].strip()
+        if src.startswith("s3://"):
+            try:
+                parse_s3_url(src)
+            except ValueError as e:
+                ctx.fail(ipath, str(e), key=f"{name}.src")
+        elif "://" in src:
+            ctx.fail(ipath, "must be s3://bucket/prefix/ or a local folder", key=f"{name}.src")
+        else:
+            base = ctx.source_of(ipath).base_dir
+            if base is None:
+                ctx.fail(ipath, "built-in templates may only stage s3:// data", key=f"{name}.src")
+            p = Path(src).expanduser()
+            src = str(p if p.is_absolute() else (base / p))
+        dest = item["dest"].strip().rstrip("/") or "."
+        if not DATA_DEST_RE.match(dest):
+            ctx.fail(
+                ipath,
+                f"must be a relative path under the workspace (no '..', no leading '/'): "
+                f"{dest!r}",
+                key=f"{name}.dest",
+            )
+        if dest in seen:
+            ctx.fail(ipath, f"dest {dest!r} is already used by input {seen[dest]}", key=name)
+        seen[dest] = index
+        out.append(DataInput(src=src, dest=dest))
+    return tuple(out)
 
 
 def _param(ctx: _Ctx, path: Path_, name: str, raw: Any) -> ParamSpec:

@@ -184,6 +184,58 @@ class IdlePolicy:
     """A running job with no progress and an idle GPU for this long is reported as stuck."""
 
 
+S3_SCHEME = "s3://"
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+DATA_DEST_RE = re.compile(rf"^(?:\.|{_SEGMENT}(?:/{_SEGMENT})*)$")
+"""A staging destination: ``.`` (the workspace itself) or a relative path of safe segments."""
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+INTERNAL_PARAM_PREFIX = "_"
+"""Job parameters starting with ``_`` are the bot's own bookkeeping (e.g. ``_inputs``, the
+per-child staging list of a sharded run): never exported to the job, never typed by users."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataInput:
+    """One input to stage under the job's workspace before setup (``[templates.<t>.data]``).
+
+    ``src`` is ``s3://bucket/prefix/`` (listed with the bot's own credentials; the instance
+    only gets presigned URLs) or an absolute local folder on the bot's machine (packed and
+    uploaded through the bot's object store). ``dest`` is relative to ``GPUBOT_WORKSPACE``.
+    """
+
+    src: str
+    dest: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.src.startswith(S3_SCHEME)
+
+    def s3_location(self) -> tuple[str, str]:
+        """``(bucket, prefix)`` of an ``s3://`` source; the prefix ends with ``/`` (or is empty).
+
+        Raises:
+            ValueError: not an ``s3://bucket/...`` source.
+        """
+        return parse_s3_url(self.src)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix/")`` (folder semantics).
+
+    Raises:
+        ValueError: not ``s3://``, a bad bucket name, or a ``..`` segment in the prefix.
+    """
+    if not url.startswith(S3_SCHEME):
+        raise ValueError(f"not an s3:// URL: {url!r}")
+    bucket, _, prefix = url[len(S3_SCHEME) :].partition("/")
+    if not S3_BUCKET_RE.match(bucket):
+        raise ValueError(f"not a valid S3 bucket name: {bucket!r}")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in {".", ".."} for p in parts):
+        raise ValueError("an s3:// prefix may not contain '.' or '..' segments")
+    return bucket, ("/".join(parts) + "/") if parts else ""
+
+
 class TargetMode(enum.StrEnum):
     """Whether the target metric should be minimised or maximised (sweep winner, charts)."""
 
@@ -214,6 +266,8 @@ class Template:
     shardable: bool = False
     idle: IdlePolicy | None = None
     """Overrides the global ``[idle]`` policy for this template's jobs when set."""
+    data: tuple[DataInput, ...] = ()
+    """Inputs staged under the workspace before setup (see :mod:`gpubot.services.staging`)."""
 
     def __hash__(self) -> int:  # params is a dict; templates are identified by name
         return hash(self.name)
@@ -297,11 +351,15 @@ def format_param(value: ParamValue) -> str:
 def param_env(template: Template, params: dict[str, ParamValue]) -> dict[str, str]:
     """``GPUBOT_PARAM_<NAME>`` -> value for every parameter: defaults overlaid with ``params``.
 
-    Parameters without a default and not given are left out. Keys of ``params`` that the
-    template does not declare raise ``KeyError`` (the grammar rejects them earlier).
+    Parameters without a default and not given are left out. Keys starting with ``_``
+    (:data:`INTERNAL_PARAM_PREFIX`, the bot's bookkeeping) are never exported. Other keys of
+    ``params`` that the template does not declare raise ``KeyError`` (the grammar rejects
+    them earlier).
     """
     merged = template.default_params()
     for name, value in params.items():
+        if name.startswith(INTERNAL_PARAM_PREFIX):
+            continue
         if name not in template.params:
             raise KeyError(name)
         merged[name] = value

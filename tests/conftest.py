@@ -1,3 +1,9 @@
 """Fixtures shared by every test folder (moto's S3 server)."""
 
 pytest_plugins = ["tests.fixtures.s3"]
+
+import logging
+
+# moto's server logs every request at INFO; keep failure output readable.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)

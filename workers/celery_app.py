@@ -16,6 +16,25 @@ from celery import Celery
 from gpubot.settings import Settings
 
 
+def _preload_vendor_sdks() -> None:
+    """Import the vastai SDK now, before a worker replaces ``sys.stdout``.
+
+    ``vastai.api.client`` reads ``sys.stdout.encoding`` at import time. Inside a worker, Celery
+    has replaced ``sys.stdout`` with a ``LoggingProxy`` that has no ``encoding``, so the first
+    task that built the provider died with ``AttributeError`` and ``gpubot worker`` could never
+    run a tick (found by tests/faults, which run real worker subprocesses). Importing it here,
+    when ``-A workers.celery_app`` loads the app, caches the module in the parent process
+    (prefork children inherit it).
+    """
+    try:
+        import vastai  # noqa: F401
+    except ImportError:  # pragma: no cover - vastai is a hard dependency
+        pass
+
+
+_preload_vendor_sdks()
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings`` (pure; used by the app and by tests)."""
     tick = settings.tick_seconds

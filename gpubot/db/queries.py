@@ -8,6 +8,7 @@ row over after our lock expired: the results are dropped (StaleLockError).
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -20,8 +21,26 @@ from gpubot.db.tables import JobRow
 from gpubot.errors import StaleLockError
 from gpubot.models import JobState
 
-LOCK_TTL = timedelta(minutes=5)
-"""A claim older than this is abandoned (worker killed) and may be taken over."""
+
+def _lock_ttl_from_env() -> timedelta:
+    raw = os.environ.get("GPUBOT_LOCK_TTL_SECONDS", "").strip()
+    if not raw:
+        return timedelta(minutes=5)
+    seconds = float(raw)
+    if seconds <= 0:
+        raise ValueError("GPUBOT_LOCK_TTL_SECONDS must be > 0")
+    return timedelta(seconds=seconds)
+
+
+LOCK_TTL = _lock_ttl_from_env()
+"""A claim older than this is abandoned (worker killed) and may be taken over.
+
+Default 5 minutes: longer than any step (task soft limit 600 s is per task, but steps are
+bounded by their SSH/HTTP timeouts). ``GPUBOT_LOCK_TTL_SECONDS`` (read once at import, so set
+it before the process starts) overrides it; the fault tests shorten it so that a SIGKILLed
+worker's claim blocks its job for seconds, not minutes. Keep it well above the longest step in
+production: a step that outlives its lock is taken over and its result dropped.
+"""
 
 
 def claim_due_jobs(
@@ -55,6 +74,37 @@ def claim_due_jobs(
             claimed.append((job_id, token))
     session.commit()
     return claimed
+
+
+def take_claim(
+    session: Session,
+    job_id: str,
+    lock_token: str,
+    *,
+    now: datetime,
+    lock_ttl: timedelta = LOCK_TTL,
+) -> str | None:
+    """Turn the claim ``lock_token`` into a fresh execution token; None if it is not ours.
+
+    A claim is dispatched as a message, and a message can be delivered twice (a redelivery after
+    the broker's visibility timeout, a retry, a duplicate send). Both deliveries would carry the
+    same token, so checking ``lock_token == token`` alone lets two workers run the same step at
+    once (two creates from one renting step). Swapping the token with a conditional UPDATE makes
+    exactly one delivery win; the lock's expiry restarts from now, so time spent waiting in the
+    queue does not eat into the step's TTL.
+    """
+    new_token = uuid.uuid4().hex
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.lock_token == lock_token)
+        .values(lock_token=new_token, lock_expires_at=now + lock_ttl)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return None
+    session.commit()
+    return new_token
 
 
 def apply_job_update(

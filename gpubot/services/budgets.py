@@ -164,7 +164,8 @@ def job_alert_text(
 def job_stop_text(job_id: str, reason: str) -> str:
     """The 100 % message posted in a job's thread."""
     return (
-        f":octagonal_sign: Stopping {job_id}: {reason}. Saving a checkpoint where supported, "
+        f":octagonal_sign: Budget 100%: stopping {job_id}: {reason}. "
+        "Saving a checkpoint where supported, "
         "then destroying the instance."
     )
 
@@ -409,12 +410,23 @@ def _alert_blocks(job_id: str, text: str) -> list[dict[str, Any]]:
     ]
 
 
-def _enforce_job(session: Session, job: JobRow, now: datetime) -> bool:
+STOP_LEAD_TICKS = 2
+"""A cap is enforced this many ticks early: stopping takes a tick to reach the job (final
+checkpoint) and another for the destroy request, and the instance bills until then. Stopping
+when ``spent + burn × lead`` reaches the cap keeps the overshoot within one tick of price."""
+
+
+def _enforce_job(session: Session, job: JobRow, now: datetime, lead_seconds: float) -> bool:
     assert job.budget_usd is not None
     limit = dec(job.budget_usd)
     spent = spend(session, scope="job", scope_id=job.id, since=EPOCH)
     alerted = read_job_alerts(job.alerted_pcts, limit)
+    burn = _burn_per_hour(session, [job.id])
+    projected = spent + burn * Decimal(str(lead_seconds)) / Decimal(3600)
     verdict = costs.budget_verdict(spent, limit, alerted)
+    predicted = not verdict.stop and projected >= limit
+    if predicted:
+        verdict = costs.budget_verdict(limit, limit, alerted)
     if verdict.new_alert_pcts:
         pcts = sorted(alerted | set(verdict.new_alert_pcts))
         session.execute(
@@ -425,9 +437,7 @@ def _enforce_job(session: Session, job: JobRow, now: datetime) -> bool:
         )
         warn = [p for p in verdict.new_alert_pcts if p < 100]
         if warn and not verdict.stop:
-            text = job_alert_text(
-                job.id, max(warn), spent, limit, _burn_per_hour(session, [job.id])
-            )
+            text = job_alert_text(job.id, max(warn), spent, limit, burn)
             outbox.reply(
                 session,
                 channel=job.channel,
@@ -437,7 +447,10 @@ def _enforce_job(session: Session, job: JobRow, now: datetime) -> bool:
                 blocks=_alert_blocks(job.id, text),
             )
     if verdict.stop and job.stop_requested_reason is None:
-        return _request_stop(session, job, job_stop_reason(limit, spent), now)
+        reason = job_stop_reason(limit, spent)
+        if predicted:
+            reason += "; it would pass the cap before the next check"
+        return _request_stop(session, job, reason, now)
     return False
 
 
@@ -556,7 +569,9 @@ def _enforce_scope(
     return stopped
 
 
-def enforce(deps: EngineDeps, *, now: datetime) -> list[str]:
+def enforce(
+    deps: EngineDeps, *, now: datetime, tick_interval_seconds: float | None = None
+) -> list[str]:
     """Check every budget against the ledger; run every tick right after metering.
 
     For each live, approved job with a cap: alerts at 50/80 % in its thread (each once per
@@ -578,7 +593,9 @@ def enforce(deps: EngineDeps, *, now: datetime) -> list[str]:
             )
         )
         for job in jobs:
-            if job.budget_usd is not None and _enforce_job(session, job, now):
+            interval = max(deps.settings.tick_seconds, tick_interval_seconds or 0.0)
+            lead = STOP_LEAD_TICKS * interval
+            if job.budget_usd is not None and _enforce_job(session, job, now, lead):
                 stopped.append(job.id)
         live = [j for j in jobs if j.id not in stopped and j.stop_requested_reason is None]
         recent = now - RECENT_SPEND_WINDOW

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpubot.db.engine import session_scope
-from gpubot.db.queries import apply_job_update, release_lock
+from gpubot.db.queries import apply_job_update, release_lock, take_claim
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.errors import (
     GpubotError,
@@ -71,11 +71,22 @@ class StepResult:
 
 
 def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
-    """Run the step of ``job_id``'s current state. Safe to call twice with the same token."""
+    """Run the step of ``job_id``'s current state. Safe to call twice with the same token:
+    the claim is exchanged for an execution token first, so only one delivery runs the step."""
     with session_scope(deps.sessions) as session:
         job = session.get(JobRow, job_id)
         if job is None or job.lock_token != lock_token:
             return
+        # A duplicated message (redelivery, retry) carries the same claim token; without this
+        # exchange two workers would run the same step concurrently (e.g. rent twice).
+        token = take_claim(session, job_id, lock_token, now=deps.clock())
+        if token is None:
+            return
+        lock_token = token
+        job = session.get(JobRow, job_id)
+        if job is None:
+            return
+        session.refresh(job)
         session.expunge(job)
         instance = current_instance(session, job_id)
         if instance is not None:
@@ -97,9 +108,26 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a step must never wedge a job
         logger.exception("job %s: unexpected error in %s", job_id, state.value)
         result = _retry_later(deps, job, exc)
+    if result.changes.get("state") == JobState.TEARING_DOWN.value and state not in {
+        JobState.TEARING_DOWN
+    }:
+        result = _with_destroy_now(deps, job, result)
     _apply(deps, job, lock_token, result)
     if result.immediate:
         deps.enqueuer.kick()
+
+
+def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> StepResult:
+    """Ask for the destroy in the same step that decided to tear down: every tick an
+    instance lives after that decision is money (budget stops, idle reaper, failures)."""
+    try:
+        teardown = _step_tearing_down(deps, job, None)
+    except (TransientProviderError, RemoteError) as exc:
+        logger.info("job %s: destroy will be retried on the next tick: %s", job.id, exc)
+        return result
+    for instance_id, changes in teardown.instance_changes.items():
+        result.instance_changes.setdefault(instance_id, {}).update(changes)
+    return result
 
 
 def current_instance(session: Session, job_id: str) -> InstanceRow | None:
@@ -228,8 +256,13 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         # A create may have happened before a crash: look for our label first.
         found = [o for o in deps.provider.list_instances() if o.label == label]
         if found:
+            # The crash may have come before the SSH key was attached (create_instance attaches
+            # it in a second call): attach it now (idempotent), or SSH would be refused until
+            # the connect deadline and the job would pay for a second rental.
+            _attach_key_quietly(deps, job, found[0].provider_id)
             return StepResult(
-                changes={"state": JobState.BOOTING.value},
+                # The adopted rental counts as an attempt (max_attempts would be off by one).
+                changes={"state": JobState.BOOTING.value, "attempts": job.attempts + 1},
                 instance_changes={
                     instance.id: {"provider_id": found[0].provider_id, "status": "provisioning"}
                 },
@@ -314,10 +347,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     except BaseException:
         # Unknown outcome (e.g. timeout after the request left): the label finds it next tick.
         raise
-    try:
-        deps.provider.attach_ssh_key(provider_id, deps.ssh_public_key)
-    except ProviderError as exc:
-        logger.info("job %s: attach_ssh on %s failed, will retry: %s", job.id, provider_id, exc)
+    _attach_key_quietly(deps, job, provider_id)
     attempts = job.attempts + 1
     return StepResult(
         changes={
@@ -361,6 +391,8 @@ def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
     except RemoteError as exc:
         if deps.clock() - job.step_started_at > CONNECT_DEADLINE:
             return _lost(deps, job, instance, f"SSH never accepted us: {exc}")
+        # An attach that failed at rent time (logged, not retried there) is retried here.
+        _attach_key_quietly(deps, job, instance.provider_id)
         return StepResult(changes={"phase_detail": f"waiting for SSH: {exc}"[:300]})
     return StepResult(
         changes={"state": JobState.DEPLOYING.value, "remote_root": root, "phase_detail": ""},
@@ -596,6 +628,17 @@ def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | No
 
 def _lost(deps: EngineDeps, job: JobRow, instance: InstanceRow, reason: str) -> StepResult:
     return _interrupted(job, instance, reason)
+
+
+def _attach_key_quietly(deps: EngineDeps, job: JobRow, provider_id: str | None) -> None:
+    """Authorise the bot's SSH key on the instance (idempotent); a failure is logged and
+    retried by the connecting step while SSH refuses us."""
+    if not provider_id:
+        return
+    try:
+        deps.provider.attach_ssh_key(provider_id, deps.ssh_public_key)
+    except ProviderError as exc:
+        logger.info("job %s: attach_ssh on %s failed, will retry: %s", job.id, provider_id, exc)
 
 
 def _interrupted(job: JobRow, instance: InstanceRow, reason: str) -> StepResult:

@@ -52,14 +52,21 @@ def idle_changes(
         if job.idle_since is not None or job.idle_warned_at is not None:
             changes.update(idle_since=None, idle_warned_at=None)
         return changes
-    since = job.idle_since or now
-    if job.idle_since is None:
-        changes["idle_since"] = now
+    since = job.idle_since
+    if since is None:
+        # The previous poll saw it busy (or kept); idle began after that poll, or when the
+        # keep expired. Counting from there keeps the reaper within one tick of its window.
+        since = job.last_processed_at or now
+        if job.keep_until is not None and job.keep_until <= now:
+            since = max(since, job.keep_until)
+        since = min(since, now)
+        changes["idle_since"] = since
     window = timedelta(
         minutes=policy.window_minutes if job.kind == "interactive" else policy.stuck_window_minutes
     )
     if job.idle_warned_at is None and now - since >= window:
-        changes["idle_warned_at"] = now
+        # The grace runs from when the window elapsed, not from this (later) poll.
+        changes["idle_warned_at"] = since + window
         changes["_warn"] = True
     return changes
 

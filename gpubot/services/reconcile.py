@@ -71,7 +71,9 @@ def reconcile_tick(
         report.destroys_verified = verified
     from gpubot.services import budgets
 
-    report.stopped_for_budget = budgets.enforce(deps, now=now)
+    report.stopped_for_budget = budgets.enforce(
+        deps, now=now, tick_interval_seconds=_observed_interval(now)
+    )
     if sweep and listed_ok:
         from gpubot.services import sweep as sweeper
 
@@ -83,6 +85,18 @@ def reconcile_tick(
     return report
 
 
+_last_tick_at: datetime | None = None
+
+
+def _observed_interval(now: datetime) -> float | None:
+    """Seconds since this process's previous tick (slow steps stretch the real interval)."""
+    global _last_tick_at
+    previous, _last_tick_at = _last_tick_at, now
+    if previous is None or now <= previous:
+        return None
+    return min((now - previous).total_seconds(), 3600.0)
+
+
 def observe_and_meter(
     session: Session,
     listing: Iterable[InstanceObservation],
@@ -92,10 +106,17 @@ def observe_and_meter(
 ) -> tuple[int, int]:
     """Apply the listing to our rows and append ledger entries. Returns (entries, verified)."""
     by_id = {obs.provider_id: obs for obs in listing}
+    # FOR UPDATE, in id order: two workers may run ticks at the same moment. Without the row
+    # locks both read the same ``metered_until`` and append the same interval to the ledger
+    # twice; without a fixed order they deadlock on each other's rows (both seen with two real
+    # workers on PostgreSQL in tests/faults). With them the second tick waits, then re-reads
+    # the rows as the first one left them and meters only what is new. (No-op on SQLite,
+    # which serialises writers anyway.)
     rows = session.scalars(
-        select(InstanceRow).where(
-            InstanceRow.provider_id.is_not(None), InstanceRow.destroyed_at.is_(None)
-        )
+        select(InstanceRow)
+        .where(InstanceRow.provider_id.is_not(None), InstanceRow.destroyed_at.is_(None))
+        .order_by(InstanceRow.id)
+        .with_for_update()
     ).all()
     jobs: dict[str, JobRow] = {}
     entries = 0

@@ -236,3 +236,78 @@ def test_key_lines_handles_dotted_keys_and_multiline_strings() -> None:
     assert ("a", "y") not in lines
     assert lines[("a", "b", "c")] == 5
     assert lines[("d", "e f", "g")] == 7
+
+
+_DATA_TEMPLATE = (
+    '[templates.d]\nimage = "python:3.11"\nworkdir = "builtin:train"\nrun = "true"\n'
+    "[templates.d.data]\n"
+)
+
+
+class TestDataInputs:
+    def test_s3_and_local_inputs_are_parsed_and_local_paths_resolved(
+        self, tmp_path: Path
+    ) -> None:
+        text = _DATA_TEMPLATE + (
+            'inputs = [\n  {src = "s3://my-bucket/x/y", dest = "data/"},\n'
+            '  {src = "local/pdfs", dest = "."},\n]\n'
+        )
+        config = load_config_text(text, base_dir=tmp_path)
+        data = config.templates["d"].data
+        assert data[0].src == "s3://my-bucket/x/y" and data[0].dest == "data"
+        assert data[0].is_s3 and data[0].s3_location() == ("my-bucket", "x/y/")
+        assert data[1].src == str(tmp_path / "local/pdfs") and data[1].dest == "."
+        assert not data[1].is_s3
+        assert load_config(None).templates["train"].data == ()
+
+    def test_array_of_tables_form_works_too(self) -> None:
+        text = _DATA_TEMPLATE.replace("[templates.d.data]\n", "") + (
+            '[[templates.d.data.inputs]]\nsrc = "s3://bkt-1/p/"\ndest = "in"\n'
+        )
+        assert load_config_text(text).templates["d"].data[0].dest == "in"
+
+    @pytest.mark.parametrize(
+        ("inputs", "key", "fragment"),
+        [
+            ('[{src = "s3://b/x", dest = "d"}]', "templates.d.data.inputs[0].src", "bucket"),
+            ('[{src = "s3://bkt/../x", dest = "d"}]', "templates.d.data.inputs[0].src", ".."),
+            ('[{src = "https://x/y", dest = "d"}]', "templates.d.data.inputs[0].src", "s3://"),
+            ('[{src = "s3://bkt/x", dest = "../up"}]', "templates.d.data.inputs[0].dest", "'..'"),
+            ('[{src = "s3://bkt/x", dest = "/abs"}]', "templates.d.data.inputs[0].dest",
+             "relative"),
+            ('[{src = "s3://bkt/x"}]', "templates.d.data.inputs[0].dest", "needs 'dest'"),
+            ('[{src = "s3://bkt/x", dest = "d", size = 3}]', "templates.d.data.inputs[0].size",
+             "unknown key"),
+            ('[{src = "s3://bkt/x", dest = "d"}, {src = "s3://bkt/y", dest = "d"}]',
+             "templates.d.data.inputs[1]", "already used"),
+            ('"s3://bkt/x"', "templates.d.data.inputs", "must be a list"),
+            ('["s3://bkt/x"]', "templates.d.data.inputs[0]", "must be a table"),
+        ],
+    )
+    def test_bad_inputs_name_the_key_and_line(self, inputs: str, key: str, fragment: str) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_config_text(_DATA_TEMPLATE + f"inputs = {inputs}\n")
+        assert info.value.key == key
+        assert info.value.line == 6
+        assert fragment in str(info.value)
+
+    def test_unknown_data_key_is_rejected(self) -> None:
+        with pytest.raises(ConfigError) as info:
+            load_config_text(_DATA_TEMPLATE + 'input = []\n')
+        assert info.value.key == "templates.d.data.input"
+        assert "did you mean 'inputs'" in str(info.value)
+
+    def test_relative_local_folders_resolve_against_the_config_directory(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "gpubot.toml"
+        path.write_text(_DATA_TEMPLATE + 'inputs = [{src = "x", dest = "d"}]\n')
+        assert load_config(path).templates["d"].data[0].src == str(tmp_path / "x")
+
+
+def test_internal_params_are_never_exported() -> None:
+    train = load_config(None).templates["train"]
+    env = param_env(train, {"lr": 1e-4, "_inputs": [{"src": "s3://b/p/"}]})  # type: ignore[dict-item]
+    assert not any("INPUTS" in k for k in env)
+    with pytest.raises(KeyError):
+        param_env(train, {"nope": 1})

@@ -234,7 +234,7 @@ def test_job_thresholds_alert_once_each_then_stop(deps: EngineDeps, clock: FakeC
     texts = _replies(deps, job_id="j-1")
     assert len(texts) == 3
     assert texts[2].startswith(
-        ":octagonal_sign: Stopping j-1: budget of $10.00 reached (spent $10.20)."
+        ":octagonal_sign: Budget 100%: stopping j-1: budget of $10.00 reached (spent $10.20)."
     )
     with session_scope(deps.sessions) as s:
         job = s.get(JobRow, "j-1")
