@@ -1,7 +1,8 @@
 """Ack latency of ``/gpu train lr=2e-5`` through the bot's HTTP front, vs a bare Bolt app.
 
 Setup (all on 127.0.0.1, ports chosen by the OS):
-- the vast.ai simulator (``gpubot.sim.server.SimServer``) behind the real ``VastAIProvider``;
+- the vast.ai simulator (``gpubot sim``, in its own process like the real remote API, or
+  in-process with ``--sim-in-process``) behind the real ``VastAIProvider``;
 - the Slack Web API fake (``tests/fixtures/slack_fake.py``);
 - gpubot's Bolt app (``bot.app.build_app``) served by ``bot.http.make_http_server`` (the
   threaded werkzeug WSGI server ``gpubot serve`` uses in HTTP mode);
@@ -129,6 +130,29 @@ def serve(app: Any, deps: Any) -> tuple[Any, str]:
     return server, f"http://127.0.0.1:{server.server_port}/slack/events"
 
 
+class SimProcess:
+    """``gpubot sim`` in its own process (vast.ai is remote: its CPU must not share our GIL)."""
+
+    def __init__(self, home: Path) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpubot.sim.server", "--port", "0", "--home", str(home)],
+            stdout=subprocess.PIPE, text=True, cwd=str(c.REPO),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.url = line.split("serving ", 1)[1].split()[0]
+        self.api_key = "sim-local-key"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+
+
 def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
             rounds: int, concurrency: int) -> list[list[object]]:
     from bot.app import build_app
@@ -205,6 +229,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4, help="bursts per app and database")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--sim-in-process", action="store_true",
+                        help="run the simulator in this process (its CPU then competes)")
     args = parser.parse_args()
 
     from gpubot.sim.server import SimServer
@@ -218,7 +244,8 @@ def main() -> int:
     )
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="gpubot-bench-ack-") as tmp:
-        sim = SimServer(home=Path(tmp) / "sim").start()
+        sim: Any = (SimServer(home=Path(tmp) / "sim").start() if args.sim_in_process
+                    else SimProcess(Path(tmp) / "sim"))
         slack = SlackFake(token=BOT_TOKEN).start()
         try:
             if args.db in ("sqlite", "both"):

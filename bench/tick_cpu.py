@@ -172,8 +172,8 @@ def measure(db: str, url: str, home: Path, n: int, ticks: int, history_hours: fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--ticks", type=int, default=3, help="timed ticks (median reported)")
-    parser.add_argument("--history-hours", type=float, default=0.25)
+    parser.add_argument("--ticks", type=int, default=2, help="timed ticks (median reported)")
+    parser.add_argument("--history-hours", type=float, default=0.1)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
     c.print_header(

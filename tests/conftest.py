@@ -1,8 +1,8 @@
 """Fixtures shared by every test folder (moto's S3 server)."""
 
-pytest_plugins = ["tests.fixtures.s3"]
-
 import logging
+
+pytest_plugins = ["tests.fixtures.s3"]
 
 # moto's server logs every request at INFO; keep failure output readable.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)

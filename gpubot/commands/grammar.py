@@ -71,7 +71,8 @@ MAX_LOG_LINES = 1000
 MAX_AUDIT_LIMIT = 200
 MAX_OFFERS_LIMIT = 50
 
-JOB_ID_RE = re.compile(r"^j-[0-9a-z]{8}$")
+JOB_ID_RE = re.compile(r"^[jg]-[0-9a-z]{8}$")
+"""A job id (``j-…``) or a job group id (``g-…``: a sweep or sharded run)."""
 """Job ids: ``j-`` and 8 lowercase base32/hex characters (e.g. ``j-3f9a1c2e``)."""
 
 SHELL_METACHARACTERS = frozenset(";|&<>`$\n\r")
@@ -395,7 +396,10 @@ def _parse_hours(p: _Parser, key: str, value: str, *, hi: float = MAX_HOURS) -> 
 def _parse_job_id(p: _Parser, token: str) -> str:
     value = _unquote(token).strip().lower()
     if not JOB_ID_RE.match(value):
-        p.fail(f"{_short(token)!r} is not a job id (job ids look like j-3f9a1c2e)", token)
+        p.fail(
+            f"{_short(token)!r} is not a job id (job ids look like j-3f9a1c2e, groups g-3f9a1c2e)",
+            token,
+        )
     return value
 
 

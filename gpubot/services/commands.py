@@ -104,6 +104,8 @@ class Reply:
     ok: bool = True
     duplicate: bool = False
     """True when the request was already handled (a redelivery): nothing was done again."""
+    job_ids: list[str] = field(default_factory=list)
+    """The child jobs a group launch (sweep, shards) created."""
 
 
 def is_slow(text: str) -> bool:
@@ -263,10 +265,12 @@ def _dispatch(
     deps: EngineDeps, command: Command, *, user: str, channel: str, request_key: str | None
 ) -> Reply:
     match command:
+        case LaunchCommand() if _is_sharded(deps, command):
+            return _launch_group(deps, command, user=user, channel=channel, request_key=request_key)  # noqa: E501
         case LaunchCommand() | RentCommand():
             return _launch(deps, command, user=user, channel=channel, request_key=request_key)
         case SweepCommand():
-            return _refusal(f"sweep is {NOT_AVAILABLE}.")
+            return _launch_group(deps, command, user=user, channel=channel, request_key=request_key)  # noqa: E501
         case OffersCommand():
             return _offers(deps, command)
         case StatusCommand(job_id=None):
@@ -277,6 +281,8 @@ def _dispatch(
             return _jobs(deps, user, include_finished=command.include_finished)
         case LogsCommand():
             return _logs(deps, command, user, channel)
+        case CancelCommand() if command.job_id.startswith("g-"):
+            return _cancel_group(deps, command.job_id, user)
         case CancelCommand():
             return _cancel(deps, command.job_id, user, reason=f"cancelled by <@{user}>")
         case KeepCommand():
@@ -291,6 +297,78 @@ def _dispatch(
             text = usage(command.topic, deps.config) if command.topic else help_text(deps.config)
             return Reply(text=text, blocks=slack_render.text_blocks(f"```{text}```"))
     raise CommandError(f"unhandled command {command!r}")  # pragma: no cover
+
+
+# -- groups (sweeps, sharded runs) -------------------------------------------------------------
+
+
+def _is_sharded(deps: EngineDeps, command: LaunchCommand) -> bool:
+    """A shardable template with ``shards=N > 1`` runs as a group of N child jobs."""
+    template = deps.config.templates.get(command.template)
+    if template is None or not template.shardable:
+        return False
+    try:
+        return int(command.params.get("shards", 1)) > 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _launch_group(
+    deps: EngineDeps,
+    command: LaunchCommand | SweepCommand,
+    *,
+    user: str,
+    channel: str,
+    request_key: str | None,
+) -> Reply:
+    from gpubot.services import groups
+
+    permissions.check_may_use(deps.config, user, channel)
+    if isinstance(command, SweepCommand):
+        sub = groups.submit_sweep(
+            deps, command, requester=user, channel=channel, request_key=request_key
+        )
+    else:
+        sub = groups.submit_shards(
+            deps,
+            command,
+            shards=int(command.params.get("shards", 1)),
+            requester=user,
+            channel=channel,
+            request_key=request_key,
+        )
+    with session_scope(deps.sessions) as session:
+        audit.record(
+            session,
+            user,
+            "launch_group",
+            sub.group_id,
+            sub.approval_reason or "",
+            {"children": list(sub.job_ids), "estimate_usd": str(sub.estimate_usd)},
+        )
+    return Reply(
+        text=sub.text,
+        ephemeral=False,
+        job_id=sub.group_id,
+        job_ids=list(sub.job_ids),
+        duplicate=not sub.created,
+    )
+
+
+def _cancel_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
+    from gpubot.db.tables import JobGroupRow
+    from gpubot.services import groups
+
+    with session_scope(deps.sessions) as session:
+        group = session.get(JobGroupRow, group_id)
+        if group is None:
+            return _no_job(group_id)
+        if group.requester != user and not permissions.is_admin(deps.config, user):
+            return _refusal(f"Only <@{group.requester}> or an admin can cancel {group_id}.")
+    count = groups.cancel_group(deps, group_id, user)
+    with session_scope(deps.sessions) as session:
+        audit.record(session, user, "cancel_group", group_id, f"cancelled by <@{user}>")
+    return Reply(text=f"{group_id}: cancelling {count} run(s).", job_id=group_id)
 
 
 # -- launch -----------------------------------------------------------------------------------

@@ -334,13 +334,10 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
                 "failed_offer_ids": {**excluded, "offers": excluded_offers[-50:]},
                 "phase_detail": f"offer {choice.offer.offer_id} gone, trying the next one",
             },
-            instance_changes={
-                placeholder_id: {
-                    "status": "abandoned",
-                    "destroy_requested_at": deps.clock(),
-                    "destroyed_at": deps.clock(),
-                }
-            },
+            # The placeholder is NOT abandoned here: the SDK retries a create that timed out,
+            # so "offer gone" can be the answer to our own retry after the first attempt did
+            # rent (seen in tests/faults with a create timeout: the instance leaked). The next
+            # step looks for our label first and adopts or abandons the placeholder.
             immediate=True,
             notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({why}); trying another.")],
         )
@@ -595,7 +592,13 @@ def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | No
         if due:
             if row.destroy_requested_at is None and row.status == "running":
                 remote_job.kill_quietly(deps, row, job)
-            remote_job.request_destroy(deps, row)
+            try:
+                remote_job.request_destroy(deps, row)
+            except ProviderError as exc:
+                # Record the attempt anyway: the destroy deadline (and its escalation) runs
+                # from the first attempt. Raising here lost ``destroy_requested_at``, so a
+                # DELETE that kept failing was never escalated (found by tests/faults).
+                logger.warning("job %s: destroy of %s failed: %s", job.id, row.provider_id, exc)
             instance_changes[row.id] = {
                 "destroy_requested_at": row.destroy_requested_at or now,
                 "status": "destroying",

@@ -43,7 +43,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gpubot import costs
-from gpubot.commands.types import LaunchCommand, SweepCommand
+from gpubot.commands.types import LaunchCommand, ResourceOverrides, SweepCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import (
     AuditEventRow,
@@ -182,7 +182,10 @@ def submit_sweep(
     if not runs:
         raise CommandError("this sweep has no runs")
     plan = launch.plan_launch(
-        deps, LaunchCommand(template=template.name, params=runs[0], resources=command.resources)
+        deps,
+        LaunchCommand(
+            template=template.name, params=runs[0], resources=_child_resources(command.resources)
+        ),
     )
     plans = [replace(plan, params=dict(run)) for run in runs]
     axes = list(command.axes)
@@ -248,7 +251,10 @@ def submit_shards(
     sizes = {f.name: f.size_bytes for f in listing}
     base = {k: v for k, v in command.params.items() if k not in {"src", "shards"}}
     plan = launch.plan_launch(
-        deps, LaunchCommand(template=template.name, params=base, resources=command.resources)
+        deps,
+        LaunchCommand(
+            template=template.name, params=base, resources=_child_resources(command.resources)
+        ),
     )
     plans = []
     for files in parts:
@@ -267,7 +273,7 @@ def submit_shards(
         "src": src,
         "files": [f.name for f in listing],
         "base_params": {k: v for k, v in base.items()},
-        "resources": planning.overrides_to_json(command.resources),
+        "resources": planning.overrides_to_json(_child_resources(command.resources)),
         "shards": [{"files": p} for p in parts],
         "labels": labels,
     }
@@ -283,6 +289,12 @@ def submit_shards(
         channel=channel,
         request_key=request_key,
     )
+
+
+def _child_resources(resources: ResourceOverrides) -> ResourceOverrides:
+    """``budget=`` on a group command caps the group (``JobGroupRow.budget_usd``); each child
+    keeps the per-job default cap (``[budgets] job_default_usd``)."""
+    return replace(resources, budget_usd=None)
 
 
 def _template(deps: EngineDeps, name: str) -> Template:

@@ -56,7 +56,9 @@ class Plan:
             "interruptible" if self.choice.rental_type is RentalType.INTERRUPTIBLE else "on-demand"
         )
         what = "interactive box" if self.kind == "interactive" else self.template
-        params = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        params = " ".join(
+            f"{k}={v}" for k, v in sorted(self.params.items()) if not k.startswith("_")
+        )
         lines = [
             f"Plan for {what}{(' ' + params) if params else ''}:",
             f"• {offer.num_gpus}x {offer.gpu_name} ({offer.gpu_ram_gb:.0f} GB), "
@@ -216,7 +218,9 @@ def submit(
                 reason=plan.approval_reason or "",
                 detail={
                     "template": plan.template,
-                    "params": {k: str(v) for k, v in plan.params.items()},
+                    "params": {
+                        k: str(v) for k, v in plan.params.items() if not k.startswith("_")
+                    },
                     "channel": channel,
                     "price_per_hour_usd": str(plan.price_per_hour_usd),
                     "estimate_usd": str(plan.estimate_usd),

@@ -74,6 +74,9 @@ def reconcile_tick(
     report.stopped_for_budget = budgets.enforce(
         deps, now=now, tick_interval_seconds=_observed_interval(now)
     )
+    from gpubot.services import groups
+
+    groups.advance_groups(deps, now=now)
     if sweep and listed_ok:
         from gpubot.services import sweep as sweeper
 
@@ -159,13 +162,17 @@ def _meter(
     """Ledger entries for ``row`` from ``metered_until`` to now (or the destroy request).
 
     Compute is charged for the interval when the instance was running at its start (the
-    previous observation); storage for the whole life until the destroy request; bandwidth
+    previous observation); storage for the whole life until the destroy request, or longer
+    while the instance is still listed after it; bandwidth
     from the growth of the provider's billed-bytes counters.
     """
     start = row.metered_until or row.created_at
     end = now
-    if row.destroy_requested_at is not None:
-        end = min(end, row.destroy_requested_at)
+    if row.destroy_requested_at is not None and obs is None:
+        # Billing stops when the instance is gone. While it is still listed (a destroy that
+        # keeps failing) vast keeps charging, so we keep metering: stopping at the request
+        # left the ledger (and budgets) short by the whole outage (found by tests/faults).
+        end = min(end, max(row.destroy_requested_at, start))
     amounts: list[tuple[str, Decimal]] = []
     seconds = (end - start).total_seconds()
     if seconds > 0:

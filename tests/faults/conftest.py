@@ -40,7 +40,9 @@ from tests.services_available import require_postgres, require_redis
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
-FAULT_TEMPLATES = TEST_TEMPLATES.replace("destroy_deadline_minutes = 5", "destroy_deadline_minutes = 1")
+FAULT_TEMPLATES = TEST_TEMPLATES.replace(
+    "destroy_deadline_minutes = 5", "destroy_deadline_minutes = 1"
+)
 CENT = Decimal("0.01")
 
 

@@ -62,7 +62,9 @@ def test_faults_on_every_endpoint_still_end_cleanly(
     proxy: FaultProxy,
     live_monitor: LiveMonitor,
 ) -> None:
-    # given faults armed on every endpoint the engine uses
+    # given a launched job (launch itself searches; its faults are the bot's, not the
+    # engine's) and faults armed on every endpoint the engine uses
+    job_id = launch(engine, "trainx steps=40 step_seconds=0.02")
     if fault == "timeout":
         _via_proxy(engine, sim, proxy)
         for name, (method, regex) in ENDPOINTS.items():
@@ -73,7 +75,6 @@ def test_faults_on_every_endpoint_still_end_cleanly(
         count = 2 if status == 500 else 6
         for method, regex in ENDPOINTS.values():
             sim.control.inject(method, regex, status, count=count, retry_after=0.1)
-    job_id = launch(engine, "trainx steps=40 step_seconds=0.02")
 
     # when it runs
     job = wait_for(

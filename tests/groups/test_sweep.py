@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import select
 
 from gpubot.commands.grammar import parse_command
-from gpubot.commands.types import SweepCommand
+from gpubot.commands.types import LaunchCommand, SweepCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobGroupRow, JobRow, MessageRow
+from gpubot.errors import BudgetError, PermissionDenied
 from gpubot.services import groups
 from gpubot.services.deps import EngineDeps
+from gpubot.services.launch import plan_launch
+from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import drive_group
 
@@ -119,22 +125,32 @@ class TestSweep:
         texts = "\n".join(m.text for m in group_messages(gengine, sub.group_id))
         assert f"{sub.group_id} succeeded" in texts and "Results by eval_loss (min)" in texts
 
-    def test_group_budget_reached_stops_every_child(self, gengine: EngineDeps) -> None:
-        # given a sweep of long runs with a tiny group budget
+    def test_group_budget_reached_stops_every_child(
+        self, gengine: EngineDeps, sim: SimServer
+    ) -> None:
+        # given a sweep of long runs with a group budget, two of them running
         sub = sweep(gengine, "sweep trainx lr=0.1,0.2,0.3 steps=100000 step_seconds=0.05 "
-                    "budget=0.01", "k-budget")
+                    "budget=0.05", "k-budget")
         with session_scope(gengine.sessions) as session:
             group = session.get(JobGroupRow, sub.group_id)
-            assert group is not None and group.budget_usd == Decimal("0.01")
+            assert group is not None and group.budget_usd == Decimal("0.05")
+        drive_group(gengine, sub.group_id, until=lambda g: sum(
+            j.state == "running" for j in children(gengine, sub.group_id)) == 2)
+        running = [j.id for j in children(gengine, sub.group_id) if j.state == "running"]
+        prices = [r.price_per_hour_usd for r in instances(gengine, running)]
+        assert len(prices) == 2 and max(prices) / sum(prices) < Decimal("0.7")
 
-        # when the children together reach it
-        group = drive_group(gengine, sub.group_id, timeout_s=180)
+        # when simulated time passes so that together they exceed it, neither alone
+        seconds = float(Decimal("0.06") / sum(prices) * 3600)
+        sim.control.advance(seconds)
+        group = drive_group(gengine, sub.group_id, timeout_s=120)
 
         # then every child stopped for the group budget and nothing is left running
         kids = children(gengine, sub.group_id)
         assert group.state == "failed"
         assert all(j.state == "failed" for j in kids), [(j.id, j.state) for j in kids]
-        assert all("group budget of $0.01" in (j.stop_requested_reason or "") for j in kids)
+        reasons = [j.stop_requested_reason or j.reason for j in kids]
+        assert all("group budget of $0.05" in r for r in reasons), reasons
         rows = instances(gengine, [j.id for j in kids])
         assert rows and all(r.destroyed_at is not None for r in rows)
         texts = "\n".join(m.text for m in group_messages(gengine, sub.group_id))
@@ -149,3 +165,38 @@ class TestSweep:
         group = drive_group(gengine, sub.group_id)
         assert group.state == "cancelled"
         assert all(j.state == "cancelled" for j in children(gengine, sub.group_id))
+
+
+class TestGroupGates:
+    def test_approval_rules_and_budgets_apply_to_the_group_total(
+        self, gengine: EngineDeps
+    ) -> None:
+        # given an approval threshold above one run's estimate but below three runs'
+        one = plan_launch(gengine, LaunchCommand("trainx", {"lr": 0.1}))
+        config = gengine.config
+        gengine.config = replace(config, roles=replace(
+            config.roles, admins=("UADMIN",), approval_above_estimate_usd=one.estimate_usd * 2
+        ))
+
+        # when a sweep of three is submitted
+        sub = sweep(gengine, "sweep trainx lr=0.1,0.2,0.3", "k-approve")
+
+        # then the whole group waits for an admin, and approval keeps the concurrency limit
+        assert sub.approval_reason and "above" in sub.approval_reason
+        assert {j.state for j in children(gengine, sub.group_id)} == {"awaiting_approval"}
+        with pytest.raises(PermissionDenied):
+            groups.approve_group(gengine, sub.group_id, "U1")
+        assert len(groups.approve_group(gengine, sub.group_id, "UADMIN")) == 3
+        now = gengine.clock()
+        kids = children(gengine, sub.group_id)
+        assert {j.state for j in kids} == {"queued"}
+        assert sum(1 for j in kids if j.due_at > now + timedelta(days=1)) == 1
+
+        # and a group whose total (not one run) would exceed a budget is refused, unwritten
+        gengine.config = replace(gengine.config, budgets=replace(
+            config.budgets, user_monthly_usd=one.estimate_usd * 2
+        ))
+        with pytest.raises(BudgetError, match="would be exceeded"):
+            sweep(gengine, "sweep trainx lr=0.1,0.2,0.3", "k-refuse")
+        with session_scope(gengine.sessions) as session:
+            assert len(session.scalars(select(JobGroupRow)).all()) == 1
