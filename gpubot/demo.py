@@ -230,6 +230,7 @@ def _follow(
     *,
     timeout_s: float,
     on_poll: Callable[[], None] | None = None,
+    wait_for: set[str] | None = None,
 ) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     states: dict[str, str] = {}
@@ -237,7 +238,7 @@ def _follow(
         printer.poll(job_ids)
         if on_poll is not None:
             on_poll()
-        states = {j: _job_state(deps, j).state for j in job_ids}
+        states = {j: _job_state(deps, j).state for j in (wait_for or job_ids)}
         if all(s in {"succeeded", "failed", "cancelled"} for s in states.values()):
             printer.poll(job_ids)
             return states
@@ -282,9 +283,11 @@ def _script(deps: Any, sim: Any, say: Callable[[str], None], out: TextIO) -> boo
 
     # 2. a sweep
     reply = _command(deps, "/gpu sweep train lr=1e-5,2e-5", say, "demo-3")
-    sweep_ids = set(getattr(reply, "job_ids", None) or [])
+    sweep_ids = set(reply.job_ids)
+    ok &= _check(say, len(sweep_ids) == 2, "the sweep launched one job per learning rate")
     if sweep_ids:
-        states = _follow(deps, sweep_ids, printer, timeout_s=240)
+        printer_ids = sweep_ids | ({reply.job_id} if reply.job_id else set())
+        states = _follow(deps, printer_ids, printer, timeout_s=240, wait_for=sweep_ids)
         ok &= _check(
             say, all(s == "succeeded" for s in states.values()), "every sweep child succeeded"
         )

@@ -84,11 +84,12 @@ def test_reject_and_cancel_of_a_waiting_launch_finish_it(deps: EngineDeps) -> No
     assert "nothing to approve" in again.text
 
 
-def test_read_only_commands_and_not_yet_available_ones(deps: EngineDeps) -> None:
+def test_read_only_and_admin_commands(deps: EngineDeps) -> None:
     offers = _run(deps, "offers gpu=4090")
     assert offers.ok and "RTX 4090" in offers.text and "H100" not in offers.text
     assert "queued" in _run(deps, "jobs").text or "none" in _run(deps, "jobs").text
-    assert "not available yet" in _run(deps, "sweep train lr=1e-5,2e-5").text
+    sweep = _run(deps, "sweep train lr=1e-5,2e-5")
+    assert len(sweep.job_ids) == 2 and sweep.job_id and sweep.job_id.startswith("g-")
     assert "Only an admin" in _run(deps, "audit").text
     audit_text = _run(deps, "audit", user=ADMIN).text
     assert "command offers" in audit_text

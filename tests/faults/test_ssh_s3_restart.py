@@ -47,7 +47,7 @@ class SSHDropper:
         self._thread.join(timeout=5)
 
 
-@pytest.mark.parametrize("phase", ["deploying", "running"])
+@pytest.mark.parametrize("phase", [pytest.param("deploying", marks=pytest.mark.slow), "running"])
 def test_ssh_drops_mid_step_are_retried(
     phase: str, engine: EngineDeps, sim: SimServer, live_monitor: LiveMonitor
 ) -> None:
@@ -111,6 +111,7 @@ def test_s3_errors_mid_run_are_retried(
     assert_clean(engine.sessions, sim, job_id, monitor=live_monitor, attempts=1)
 
 
+@pytest.mark.slow
 def test_s3_down_for_good_fails_clearly_and_destroys(
     engine: EngineDeps, sim: SimServer, live_monitor: LiveMonitor
 ) -> None:

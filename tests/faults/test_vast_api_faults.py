@@ -53,7 +53,12 @@ def _via_proxy(engine: EngineDeps, sim: SimServer, proxy: FaultProxy) -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    ["429", "503", "500", pytest.param("timeout", marks=pytest.mark.slow)],
+    [
+        "429",
+        "500",
+        pytest.param("503", marks=pytest.mark.slow),
+        pytest.param("timeout", marks=pytest.mark.slow),
+    ],
 )
 def test_faults_on_every_endpoint_still_end_cleanly(
     fault: str,
@@ -91,7 +96,7 @@ def test_faults_on_every_endpoint_still_end_cleanly(
     assert_clean(engine.sessions, sim, job_id, monitor=live_monitor, attempts=1)
 
 
-@pytest.mark.parametrize("status", [503, 500])
+@pytest.mark.parametrize("status", [500, pytest.param(503, marks=pytest.mark.slow)])
 def test_a_failing_listing_never_marks_anything_gone(
     status: int, engine: EngineDeps, sim: SimServer, live_monitor: LiveMonitor
 ) -> None:
