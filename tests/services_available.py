@@ -16,7 +16,15 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 POSTGRES_URL = os.environ.get(
     "GPUBOT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("GPUBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+def _redis_db() -> int:
+    """One Redis database per pytest-xdist worker (gw0 → 15, gw1 → 14, ...), so parallel
+    workers never flush or consume each other's queues."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    digits = "".join(ch for ch in worker if ch.isdigit()) or "0"
+    return 15 - (int(digits) % 8)
+
+
+REDIS_URL = os.environ.get("GPUBOT_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_redis_db()}")
 SSHD_PATH = shutil.which("sshd") or "/usr/sbin/sshd"
 
 

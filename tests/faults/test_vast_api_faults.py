@@ -101,7 +101,7 @@ def test_a_failing_listing_never_marks_anything_gone(
     status: int, engine: EngineDeps, sim: SimServer, live_monitor: LiveMonitor
 ) -> None:
     # given a running job
-    job_id = launch(engine, "trainx steps=150 step_seconds=0.05")
+    job_id = launch(engine, "trainx steps=80 step_seconds=0.05")
     wait_for(
         engine.sessions, job_id, until=lambda j: j.state == "running",
         tick=lambda: inline_tick(engine),

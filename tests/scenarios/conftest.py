@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 
 from gpubot.config import BotConfig, load_config_text
 from gpubot.db.engine import session_scope
@@ -21,6 +22,9 @@ from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from gpubot.wiring import build_engine_deps
+from tests.services_available import require_redis
+from workers import runtime
+from workers.celery_app import app, celery_config
 
 TEST_TEMPLATES = """
 [templates.trainx]
@@ -122,6 +126,23 @@ def engine(
         store=s3_store,
         clock=sim_clock(sim),
     )
+
+
+@pytest.fixture
+def redis_worker(engine: EngineDeps) -> Iterator[None]:
+    """A real Celery worker (solo pool) consuming from the Redis server, running ``engine``."""
+    url = require_redis()
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    previous = dict(app.conf)
+    app.conf.update(
+        celery_config(Settings(GPUBOT_BROKER_URL=url, GPUBOT_HOME=str(engine.settings.home)))
+    )
+    runtime.install(engine)
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        yield
+    app.conf.update(previous)
 
 
 def job_row(deps: EngineDeps, job_id: str) -> JobRow:

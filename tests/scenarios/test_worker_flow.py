@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from celery.contrib.testing.worker import start_worker
-
 from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from tests.scenarios.conftest import drive
 from tests.scenarios.test_job_flow import instances_of, launch
-from tests.services_available import require_redis
-from workers import runtime
-from workers.celery_app import app, celery_config
-
-
-@pytest.fixture
-def redis_worker(engine: EngineDeps) -> Iterator[None]:
-    url = require_redis()
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    previous = dict(app.conf)
-    app.conf.update(
-        celery_config(Settings(GPUBOT_BROKER_URL=url, GPUBOT_HOME=str(engine.settings.home)))
-    )
-    runtime.install(engine)
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
-        yield
-    app.conf.update(previous)
+from workers.celery_app import celery_config
 
 
 class TestCeleryConfig:
