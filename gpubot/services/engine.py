@@ -622,7 +622,7 @@ def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | No
     return StepResult(
         changes={"state": outcome.value, "finished_at": now, "phase_detail": ""},
         instance_changes=instance_changes,
-        notes=[lambda s, j: events.finished(s, j)],
+        notes=[lambda s, j: events.finished(s, j, charts_dir=deps.settings.home / "charts")],
     )
 
 

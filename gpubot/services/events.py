@@ -7,6 +7,7 @@ change it reports was committed.
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -149,8 +150,22 @@ def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> 
     ops.escalate(session, text)
 
 
-def finished(session: Session, job: JobRow) -> None:
+def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -> None:
+    """The closing replies: outcome, results links and final cost; the loss chart if any."""
     spent = spent_usd(session, job.id)
+    points = [(int(p[0]), float(p[1])) for p in (job.metrics_history or {}).get("points", [])]
+    if charts_dir is not None and len(points) >= 2:
+        from gpubot.render.charts import loss_chart_png
+
+        path = loss_chart_png(points, charts_dir / f"{job.id}-loss.png")
+        outbox.upload(
+            session,
+            channel=job.channel,
+            thread_key=job.id,
+            path=str(path),
+            title=f"{job.id} loss curve",
+            job_id=job.id,
+        )
     if job.state == "succeeded":
         files = (job.results or {}).get("files", [])
         lines = [f":white_check_mark: {job.id} succeeded. Final cost {usd(spent)}."]

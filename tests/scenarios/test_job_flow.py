@@ -108,6 +108,20 @@ class TestTrainJob:
         # the thread tells the story
         texts = "\n".join(thread_texts(engine, job_id))
         assert "Checkpoint saved" in texts and "succeeded" in texts and "Final cost" in texts
+        # the loss curve is attached to the thread
+        with session_scope(engine.sessions) as session:
+            files = list(
+                session.scalars(
+                    select(MessageRow).where(
+                        MessageRow.job_id == job_id, MessageRow.kind == "file"
+                    )
+                )
+            )
+            paths = [f.file_path for f in files]
+        assert len(paths) == 1 and paths[0] is not None
+        from pathlib import Path
+
+        assert Path(paths[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def test_outbid_mid_run_resumes_from_newest_checkpoint_on_a_second_instance(
         self, engine: EngineDeps, sim: SimServer
