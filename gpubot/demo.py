@@ -45,7 +45,9 @@ class _Printer:
         self.seen_ids: set[int] = set()
         self.card_versions: dict[int, int] = {}
 
-    def poll(self, job_ids: set[str]) -> None:
+    def poll(self, job_ids: set[str], *, replies_only: set[str] | None = None) -> None:
+        """Print what is new for ``job_ids``; for ``replies_only`` jobs (sweep children, whose
+        group card summarises them) only their replies."""
         from sqlalchemy import select
 
         from gpubot.db.engine import session_scope
@@ -60,6 +62,8 @@ class _Printer:
                 )
             )
             for row in rows:
+                if replies_only and row.job_id in replies_only and row.kind != "reply":
+                    continue
                 if row.kind == "card":
                     if self.card_versions.get(row.id) != row.version:
                         self.card_versions[row.id] = row.version
@@ -231,11 +235,12 @@ def _follow(
     timeout_s: float,
     on_poll: Callable[[], None] | None = None,
     wait_for: set[str] | None = None,
+    replies_only: set[str] | None = None,
 ) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
-        printer.poll(job_ids)
+        printer.poll(job_ids, replies_only=replies_only)
         if on_poll is not None:
             on_poll()
         states = {j: _job_state(deps, j).state for j in (wait_for or job_ids)}
@@ -287,7 +292,14 @@ def _script(deps: Any, sim: Any, say: Callable[[str], None], out: TextIO) -> boo
     ok &= _check(say, len(sweep_ids) == 2, "the sweep launched one job per learning rate")
     if sweep_ids:
         printer_ids = sweep_ids | ({reply.job_id} if reply.job_id else set())
-        states = _follow(deps, printer_ids, printer, timeout_s=240, wait_for=sweep_ids)
+        states = _follow(
+            deps,
+            printer_ids,
+            printer,
+            timeout_s=240,
+            wait_for=sweep_ids,
+            replies_only=sweep_ids,
+        )
         ok &= _check(
             say, all(s == "succeeded" for s in states.values()), "every sweep child succeeded"
         )
