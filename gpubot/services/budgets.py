@@ -416,12 +416,53 @@ checkpoint) and another for the destroy request, and the instance bills until th
 when ``spent + burn × lead`` reaches the cap keeps the overshoot within one tick of price."""
 
 
-def _enforce_job(session: Session, job: JobRow, now: datetime, lead_seconds: float) -> bool:
+def _spend_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, Decimal]:
+    """Ledger totals of many jobs in one query (one GROUP BY, not one query per job)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(LedgerEntryRow.job_id, func.sum(LedgerEntryRow.amount_usd))
+        .where(LedgerEntryRow.job_id.in_(list(job_ids)))
+        .group_by(LedgerEntryRow.job_id)
+    ).all()
+    return {str(job_id): _quantize(dec(total or 0)) for job_id, total in rows}
+
+
+def _burn_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, Decimal]:
+    """$/h billing now per job (see _burn_per_hour), for many jobs in one query."""
+    if not job_ids:
+        return {}
+    rows = session.scalars(
+        select(InstanceRow).where(
+            InstanceRow.job_id.in_(list(job_ids)),
+            InstanceRow.destroyed_at.is_(None),
+            InstanceRow.destroy_requested_at.is_(None),
+            InstanceRow.provider_id.is_not(None),
+        )
+    ).all()
+    burn: dict[str, Decimal] = {}
+    for row in rows:
+        amount = costs.storage_cost_usd(
+            row.storage_per_gb_month_usd, row.disk_gb, costs.SECONDS_PER_HOUR
+        )
+        if row.provider_status in (None, "running"):
+            amount += dec(row.price_per_hour_usd)
+        burn[row.job_id] = burn.get(row.job_id, Decimal(0)) + amount
+    return burn
+
+
+def _enforce_job(
+    session: Session,
+    job: JobRow,
+    now: datetime,
+    lead_seconds: float,
+    *,
+    spent: Decimal,
+    burn: Decimal,
+) -> bool:
     assert job.budget_usd is not None
     limit = dec(job.budget_usd)
-    spent = spend(session, scope="job", scope_id=job.id, since=EPOCH)
     alerted = read_job_alerts(job.alerted_pcts, limit)
-    burn = _burn_per_hour(session, [job.id])
     projected = spent + burn * Decimal(str(lead_seconds)) / Decimal(3600)
     verdict = costs.budget_verdict(spent, limit, alerted)
     predicted = not verdict.stop and projected >= limit
@@ -592,10 +633,20 @@ def enforce(
                 select(JobRow).where(JobRow.state.in_(_STOPPABLE)).order_by(JobRow.created_at)
             )
         )
+        capped = [j.id for j in jobs if j.budget_usd is not None]
+        spent_by_job = _spend_by_job(session, capped)
+        burn_by_job = _burn_by_job(session, capped)
+        interval = max(deps.settings.tick_seconds, tick_interval_seconds or 0.0)
+        lead = STOP_LEAD_TICKS * interval
         for job in jobs:
-            interval = max(deps.settings.tick_seconds, tick_interval_seconds or 0.0)
-            lead = STOP_LEAD_TICKS * interval
-            if job.budget_usd is not None and _enforce_job(session, job, now, lead):
+            if job.budget_usd is not None and _enforce_job(
+                session,
+                job,
+                now,
+                lead,
+                spent=spent_by_job.get(job.id, Decimal(0)),
+                burn=burn_by_job.get(job.id, Decimal(0)),
+            ):
                 stopped.append(job.id)
         live = [j for j in jobs if j.id not in stopped and j.stop_requested_reason is None]
         recent = now - RECENT_SPEND_WINDOW

@@ -8,6 +8,8 @@ writes (no provider call), so a slash command can be answered within Slack's 3 s
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,11 +20,41 @@ from gpubot.commands.types import LaunchCommand, RentCommand, ResourceOverrides
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, ProcessedRequestRow
 from gpubot.errors import BudgetError, CommandError
-from gpubot.models import InterruptibleMode, JobState, RentalChoice, RentalType, Requirements
+from gpubot.models import (
+    InterruptibleMode,
+    JobState,
+    Offer,
+    RentalChoice,
+    RentalType,
+    Requirements,
+)
 from gpubot.render.text import usd
 from gpubot.services import events, outbox, planning
 from gpubot.services.deps import EngineDeps
 from gpubot.templates import ParamValue
+
+PLAN_MARKET_TTL_SECONDS = 20.0
+"""A plan may use a market search this old. Plans are advice shown within Slack's 3 s; the
+worker searches live again when it rents, so a stale offer only costs a "trying the next
+offer" note. A burst of identical commands then costs one search, not one each."""
+
+_market_lock = threading.Lock()
+_market_cache: dict[tuple[int, Requirements, bool], tuple[float, list[Offer]]] = {}
+
+
+def _market(deps: EngineDeps, requirements: Requirements, interruptible: bool) -> list[Offer]:
+    key = (id(deps.provider), requirements, interruptible)
+    now = time.monotonic()
+    with _market_lock:
+        hit = _market_cache.get(key)
+        if hit is not None and now - hit[0] < PLAN_MARKET_TTL_SECONDS:
+            return hit[1]
+    offers = deps.provider.search_offers(requirements, interruptible=interruptible)
+    with _market_lock:
+        if len(_market_cache) > 256:
+            _market_cache.clear()
+        _market_cache[key] = (now, offers)
+    return offers
 
 
 def new_job_id() -> str:
@@ -100,7 +132,7 @@ def plan_launch(
     if isinstance(command, RentCommand) and command.hours is not None:
         hours = float(command.hours)
     interruptible = mode is not InterruptibleMode.NO
-    market = deps.provider.search_offers(requirements, interruptible=interruptible)
+    market = _market(deps, requirements, interruptible)
     choice = planning.choose_rental(
         market,
         requirements,
