@@ -457,15 +457,26 @@ def test_constructor_validation() -> None:
         VastAIProvider(api_key="k", server_url="http://127.0.0.1:1", retry_attempts=0)
 
 
-def test_sdk_factory_receives_stripped_url_and_retry() -> None:
-    seen: dict[str, Any] = {}
+def test_sdk_factory_receives_stripped_url_and_retry_and_creates_are_never_retried() -> None:
+    seen: list[dict[str, Any]] = []
 
     def factory(**kwargs: Any) -> object:
-        seen.update(kwargs)
+        seen.append(kwargs)
         return object()
 
     VastAIProvider(api_key="k", server_url="http://h:1//", retry_attempts=4, sdk_factory=factory)
-    assert seen == {"api_key": "k", "server_url": "http://h:1", "retry": 4, "quiet": True}
+    assert seen == [
+        {"api_key": "k", "server_url": "http://h:1", "retry": 4, "quiet": True},
+        {"api_key": "k", "server_url": "http://h:1", "retry": 1, "quiet": True},
+    ]
+
+
+def test_request_timeout_is_short(sim: Any) -> None:
+    provider = VastAIProvider(
+        api_key=sim.api_key, server_url=sim.url, request_timeout_seconds=7.5
+    )
+    assert provider._sdk.client.timeout == 7.5
+    assert provider._create_sdk.client.timeout == 7.5
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -87,6 +87,7 @@ class VastAIProvider:
         api_key: str,
         server_url: str,
         retry_attempts: int = 5,
+        request_timeout_seconds: float = 30.0,
         sdk_factory: SdkFactory | None = None,
     ) -> None:
         """Build the SDK client. Nothing is sent until the first call.
@@ -96,6 +97,10 @@ class VastAIProvider:
             server_url: ``https://console.vast.ai`` or the simulator's URL; a trailing ``/`` is
                 stripped (the SDK appends ``/api/v0`` as is).
             retry_attempts: the SDK's ``retry``: total attempts per HTTP request, >= 1.
+                Creates are never retried by the SDK (a retried create after a lost reply
+                could rent twice); the engine resolves them by label on the next tick.
+            request_timeout_seconds: per HTTP request (the SDK's default is 120 s, which with
+                retries could hold a tick for ten minutes).
             sdk_factory: replaces ``vastai.VastAI`` (tests); same keyword arguments.
 
         Raises:
@@ -115,6 +120,13 @@ class VastAIProvider:
         self._sdk = factory(
             api_key=api_key, server_url=self.server_url, retry=retry_attempts, quiet=True
         )
+        self._create_sdk = factory(
+            api_key=api_key, server_url=self.server_url, retry=1, quiet=True
+        )
+        for sdk in (self._sdk, self._create_sdk):
+            client = getattr(sdk, "client", None)
+            if client is not None and hasattr(client, "timeout"):
+                client.timeout = request_timeout_seconds
 
     def __repr__(self) -> str:
         return f"VastAIProvider(server_url={self.server_url!r})"
@@ -170,7 +182,7 @@ class VastAIProvider:
         try:
             reply = self._call(
                 what,
-                lambda: self._sdk.create_instance(
+                lambda: self._create_sdk.create_instance(
                     offer_id,
                     image=spec.image,
                     disk=spec.disk_gb,
