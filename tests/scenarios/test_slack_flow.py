@@ -100,7 +100,9 @@ def test_train_from_slack_acks_with_the_plan_and_its_thread_ends_with_results_an
         time.sleep(0.05)  # delivery pacing, bounded by the deadline
     assert job_id in parent.text
     card = next(m for m in thread if len(m.history) > 1)
-    assert "succeeded" in card.text and "queued" in card.history[0]
+    # posted early in the job's life, then edited in place up to its final state
+    assert "succeeded" in card.text and "succeeded" not in card.history[0]
+    assert len(slack.calls_to("chat.update")) >= 2
     final_reply = next(t for t in texts if "Final cost" in t)
     assert "metrics.json" in final_reply and "X-Amz-Signature=" in final_reply
     assert not any(BOT_TOKEN in c.body for c in slack.calls)
