@@ -6,7 +6,7 @@ Pure: standard library only.
 from __future__ import annotations
 
 from gpubot.config import BotConfig
-from gpubot.templates import Template, format_param
+from gpubot.templates import RESERVED_VERBS, Template, format_param
 
 PREFIX = "/gpu"
 
@@ -63,20 +63,8 @@ _VERBS: dict[str, tuple[str, str, str]] = {
     "help": ("help [<command or template>]", "help sweep", "this text, or help on one command"),
 }
 
-_BUILTIN_ORDER = (
-    "sweep",
-    "rent",
-    "offers",
-    "status",
-    "jobs",
-    "logs",
-    "cancel",
-    "keep",
-    "budget",
-    "cost",
-    "audit",
-    "help",
-)
+_BUILTIN_ORDER = RESERVED_VERBS
+"""Built-in verbs in the order help lists them (the same order as templates.RESERVED_VERBS)."""
 
 
 def template_example(template: Template) -> str:

@@ -13,16 +13,13 @@ import pytest
 from gpubot.config import BotConfig, load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow
-from gpubot.providers.vastai.provider import VastAIProvider
 from gpubot.services.deps import EngineDeps
 from gpubot.services.engine import advance_job
 from gpubot.services.groups import advance_groups
 from gpubot.services.reconcile import reconcile_tick
-from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
-from gpubot.wiring import build_engine_deps
-from tests.scenarios.conftest import TEST_TEMPLATES, sim, sim_clock
+from tests.scenarios.conftest import TEST_TEMPLATES, make_engine, sim
 
 __all__ = ["sim"]
 
@@ -113,20 +110,12 @@ def gengine(
     local_data: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> EngineDeps:
-    monkeypatch.setenv("GPUBOT_HOME", str(tmp_path / "home"))
-    settings = Settings(
-        GPUBOT_HOME=str(tmp_path / "home"),
-        VAST_API_KEY=sim.api_key,
-        VAST_URL=sim.url,
-        GPUBOT_S3_BUCKET=s3_store.bucket,
-        GPUBOT_TICK_SECONDS=0.5,
-    )
-    return build_engine_deps(
-        settings,
-        config=groups_config(s3_store.bucket, local_data),
-        provider=VastAIProvider(api_key=sim.api_key, server_url=sim.url),
-        store=s3_store,
-        clock=sim_clock(sim),
+    return make_engine(
+        tmp_path / "home",
+        sim,
+        s3_store,
+        groups_config(s3_store.bucket, local_data),
+        monkeypatch,
     )
 
 

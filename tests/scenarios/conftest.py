@@ -107,25 +107,38 @@ def sim_clock(server: SimServer) -> Callable[[], datetime]:
     return lambda: datetime.fromtimestamp(server.engine.now(), UTC)
 
 
+def make_engine(
+    home: Path,
+    sim: SimServer,
+    store: S3Store,
+    config: BotConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    tick_seconds: float = 0.5,
+) -> EngineDeps:
+    """An engine wired as in production (official SDK, paramiko, boto3) on ``sim``'s clock."""
+    monkeypatch.setenv("GPUBOT_HOME", str(home))
+    settings = Settings(
+        GPUBOT_HOME=str(home),
+        VAST_API_KEY=sim.api_key,
+        VAST_URL=sim.url,
+        GPUBOT_S3_BUCKET=store.bucket,
+        GPUBOT_TICK_SECONDS=tick_seconds,
+    )
+    return build_engine_deps(
+        settings,
+        config=config,
+        provider=VastAIProvider(api_key=sim.api_key, server_url=sim.url),
+        store=store,
+        clock=sim_clock(sim),
+    )
+
+
 @pytest.fixture
 def engine(
     tmp_path: Path, sim: SimServer, s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
 ) -> EngineDeps:
-    monkeypatch.setenv("GPUBOT_HOME", str(tmp_path / "home"))
-    settings = Settings(
-        GPUBOT_HOME=str(tmp_path / "home"),
-        VAST_API_KEY=sim.api_key,
-        VAST_URL=sim.url,
-        GPUBOT_S3_BUCKET=s3_store.bucket,
-        GPUBOT_TICK_SECONDS=0.5,
-    )
-    return build_engine_deps(
-        settings,
-        config=test_config(),
-        provider=VastAIProvider(api_key=sim.api_key, server_url=sim.url),
-        store=s3_store,
-        clock=sim_clock(sim),
-    )
+    return make_engine(tmp_path / "home", sim, s3_store, test_config(), monkeypatch)
 
 
 @pytest.fixture

@@ -14,15 +14,12 @@ from sqlalchemy import select
 from gpubot.config import load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, MessageRow
-from gpubot.providers.vastai.provider import VastAIProvider
 from gpubot.services.deps import EngineDeps
 from gpubot.services.engine import advance_job
 from gpubot.services.reconcile import reconcile_tick
-from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
-from gpubot.wiring import build_engine_deps
-from tests.scenarios.conftest import TEST_TEMPLATES, drive, sim_clock
+from tests.scenarios.conftest import TEST_TEMPLATES, drive, make_engine
 from tests.scenarios.test_job_flow import instances_of, launch, ledger_total
 
 SPEED = 60.0
@@ -105,20 +102,13 @@ def fast_sim(tmp_path: Path) -> Iterator[SimServer]:
 def gov(
     tmp_path: Path, fast_sim: SimServer, s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
 ) -> EngineDeps:
-    monkeypatch.setenv("GPUBOT_HOME", str(tmp_path / "home"))
-    settings = Settings(
-        GPUBOT_HOME=str(tmp_path / "home"),
-        VAST_API_KEY=fast_sim.api_key,
-        VAST_URL=fast_sim.url,
-        GPUBOT_S3_BUCKET=s3_store.bucket,
-        GPUBOT_TICK_SECONDS=TICK_SECONDS * SPEED,
-    )
-    return build_engine_deps(
-        settings,
-        config=load_config_text(GOVERNANCE_TOML, name="governance.toml"),
-        provider=VastAIProvider(api_key=fast_sim.api_key, server_url=fast_sim.url),
-        store=s3_store,
-        clock=sim_clock(fast_sim),
+    return make_engine(
+        tmp_path / "home",
+        fast_sim,
+        s3_store,
+        load_config_text(GOVERNANCE_TOML, name="governance.toml"),
+        monkeypatch,
+        tick_seconds=TICK_SECONDS * SPEED,
     )
 
 
