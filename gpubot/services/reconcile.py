@@ -121,35 +121,53 @@ def observe_and_meter(
         .order_by(InstanceRow.id)
         .with_for_update()
     ).all()
-    jobs: dict[str, JobRow] = {}
+    # One query for the jobs (requester/channel on the ledger), not one per instance; and no
+    # autoflush, so the ledger rows added below are written once at commit instead of being
+    # flushed before every lookup (bench/tick_cpu.py: 1000 flushes per tick at 1000 jobs).
+    job_ids = {row.job_id for row in rows}
+    jobs: dict[str, JobRow] = (
+        {j.id: j for j in session.scalars(select(JobRow).where(JobRow.id.in_(job_ids)))}
+        if job_ids
+        else {}
+    )
     entries = 0
     verified = 0
-    for row in rows:
-        assert row.provider_id is not None
-        obs = by_id.get(row.provider_id)
-        if obs is None and not listed_ok:
-            continue
-        job = jobs.get(row.job_id) or session.get(JobRow, row.job_id)
-        if job is not None:
-            jobs[row.job_id] = job
-        entries += _meter(session, row, job, obs, now)
-        if obs is None:
-            row.provider_status = GONE
-            if row.destroy_requested_at is not None:
-                row.destroyed_at = now
-                row.status = "destroyed"
-                verified += 1
-            continue
-        row.provider_status = obs.status.value
-        row.ssh_host = obs.ssh_host
-        row.ssh_port = obs.ssh_port
-        row.gpu_util_pct = obs.gpu_util_pct
-        row.last_seen_at = now
-        if obs.price_per_hour_usd:
-            row.price_per_hour_usd = obs.price_per_hour_usd
-        if obs.status.value == "running" and row.running_since is None:
-            row.running_since = now
+    with session.no_autoflush:
+        for row in rows:
+            assert row.provider_id is not None
+            obs = by_id.get(row.provider_id)
+            if obs is None and not listed_ok:
+                continue
+            entries += _apply_observation(session, row, jobs.get(row.job_id), obs, now)
+            verified += int(obs is None and row.destroyed_at == now)
     return entries, verified
+
+
+def _apply_observation(
+    session: Session,
+    row: InstanceRow,
+    job: JobRow | None,
+    obs: InstanceObservation | None,
+    now: datetime,
+) -> int:
+    """Meter ``row`` and copy what the provider says onto it; returns ledger entries added."""
+    entries = _meter(session, row, job, obs, now)
+    if obs is None:
+        row.provider_status = GONE
+        if row.destroy_requested_at is not None:
+            row.destroyed_at = now
+            row.status = "destroyed"
+        return entries
+    row.provider_status = obs.status.value
+    row.ssh_host = obs.ssh_host
+    row.ssh_port = obs.ssh_port
+    row.gpu_util_pct = obs.gpu_util_pct
+    row.last_seen_at = now
+    if obs.price_per_hour_usd:
+        row.price_per_hour_usd = obs.price_per_hour_usd
+    if obs.status.value == "running" and row.running_since is None:
+        row.running_since = now
+    return entries
 
 
 def _meter(
