@@ -34,6 +34,10 @@ from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 
+CLAIM_LIMIT = 1000
+"""Jobs claimed per tick. Each becomes one Celery task, so a tick's own cost barely grows with
+it; a smaller limit would make every job wait several ticks at scale (bench/tick_cpu.py)."""
+
 GONE = "gone"
 """provider_status of a row whose instance was absent from a successful listing."""
 
@@ -82,7 +86,7 @@ def reconcile_tick(
 
         report.orphans_destroyed = sweeper.sweep_orphans(deps, listing, now=now)
     with session_scope(deps.sessions) as session:
-        report.claimed = claim_due_jobs(session, now=now)
+        report.claimed = claim_due_jobs(session, now=now, limit=CLAIM_LIMIT)
     for job_id, token in report.claimed:
         dispatch(job_id, token)
     return report
