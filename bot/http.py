@@ -7,11 +7,16 @@ jobs by state, live instances, the ledger total and the outbox backlog.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qs
 
 from slack_bolt import App, BoltRequest
+from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import func, select, text
+from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
@@ -19,6 +24,8 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
 from gpubot.models import JobState
 from gpubot.services.deps import EngineDeps
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -56,13 +63,90 @@ def metrics_text(deps: EngineDeps) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bolt_response(app: App, request: Request) -> Response:
-    body = request.get_data(as_text=True)
+def _refuse(status: int, error: str) -> Response:
+    return Response(json.dumps({"error": error}), status=status, mimetype="application/json")
+
+
+def _payload_shape_ok(body: str) -> bool:
+    """An interactivity payload Bolt can route: a JSON object with a string ``type``; ``user``,
+    ``team`` and ``channel`` objects or null; ``block_actions`` with a non-empty list of
+    actions that have a string ``action_id``. Slash commands (no ``payload``) pass."""
+    form = parse_qs(body, keep_blank_values=True)
+    if "payload" not in form:
+        return True
+    try:
+        payload = json.loads(form["payload"][0])
+    except (ValueError, IndexError):
+        return False
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        return False
+    for key in ("user", "team", "channel", "enterprise"):
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("id", ""), str):
+            return False
+    for key in _STRING_FIELDS:
+        if payload.get(key) is not None and not isinstance(payload.get(key), str):
+            return False
+    for key in ("view", "container", "message", "state"):
+        if payload.get(key) is not None and not isinstance(payload.get(key), dict):
+            return False
+    actions = payload.get("actions")
+    if payload["type"] == "block_actions" or actions is not None:
+        if not isinstance(actions, list) or not actions:
+            return False
+        if not all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions):
+            return False
+    return True
+
+
+_STRING_FIELDS = (
+    "trigger_id",
+    "callback_id",
+    "response_url",
+    "action_ts",
+    "api_app_id",
+    "token",
+    "message_ts",
+)
+
+
+def _bolt_response(app: App, request: Request, signing_secret: str | None) -> Response:
+    """Verify, sanity-check, then hand to Bolt. Never a 5xx for what a client sent."""
+    try:
+        raw = request.get_data()
+    except HTTPException as exc:  # e.g. 413 for a body over MAX_BODY_BYTES
+        return exc.get_response()
+    body = raw.decode("utf-8", errors="replace")
+    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        return _refuse(401, "invalid request")
+    if signing_secret is not None:
+        verifier = SignatureVerifier(signing_secret)
+        if not verifier.is_valid(
+            body=body,
+            timestamp=timestamp,
+            signature=request.headers.get("X-Slack-Signature", ""),
+        ):
+            return _refuse(401, "invalid request")
+        if not _payload_shape_ok(body):
+            return _refuse(400, "malformed payload")
     headers: dict[str, str | list[str]] = {k.lower(): v for k, v in request.headers.items()}
     bolt_request = BoltRequest(
         body=body, query=request.query_string.decode("latin-1"), headers=headers
     )
-    result = app.dispatch(bolt_request)
+    try:
+        result = app.dispatch(bolt_request)
+    except Exception:  # noqa: BLE001 - a malformed request must not become a 5xx
+        logger.exception("could not dispatch a Slack request")
+        return _refuse(400, "malformed request")
+    if result.status >= 500 and "payload=" in body:
+        # Bolt answers 500 when a payload it could not route crashed its matchers. Slack
+        # never retries interactivity, and a 5xx would read as an outage: say it was ours
+        # to refuse.
+        logger.warning("interactivity payload refused after a Bolt error (%s)", result.status)
+        return _refuse(400, "malformed payload")
     response = Response(result.body, status=result.status)
     for name, values in result.headers.items():
         for value in values if isinstance(values, list | tuple) else [values]:
@@ -73,6 +157,8 @@ def _bolt_response(app: App, request: Request) -> Response:
 
 def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
     """A WSGI callable serving the three routes of design.md; anything else is 404."""
+    secret = deps.settings.slack_signing_secret
+    signing_secret = secret.get_secret_value() if secret is not None else None
 
     def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
@@ -82,7 +168,7 @@ def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
             if method != "POST":
                 response = Response("method not allowed", status=405)
             else:
-                response = _bolt_response(app, request)
+                response = _bolt_response(app, request, signing_secret)
         elif path == "/healthz" and method == "GET":
             try:
                 with session_scope(deps.sessions) as session:

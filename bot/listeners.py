@@ -94,12 +94,19 @@ def register(app: App, deps: EngineDeps) -> None:
         ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond
     ) -> None:
         ack()
+        user = body["user"]["id"]
+        value = str(action.get("value") or "")
         reply = handle_action(
             deps,
             action["action_id"],
-            str(action.get("value") or ""),
-            user=body["user"]["id"],
+            value,
+            user=user,
             channel=(body.get("channel") or {}).get("id", ""),
+            # Slack stamps each click with its own action_ts: a replayed request is the same
+            # click and is answered once.
+            request_key=request_key_for(
+                "action", user, action.get("action_ts"), action["action_id"], value
+            ),
         )
         respond(text=reply.text, response_type="ephemeral", replace_original=False)
 

@@ -72,6 +72,8 @@ from gpubot.services.deps import EngineDeps
 logger = logging.getLogger(__name__)
 
 NOT_AVAILABLE = "not available yet"
+MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
+"""The most one "Extend budget" click may add."""
 SLOW_VERBS = frozenset({"logs", "cost"})
 MAX_LOG_CHARS = 3500
 JOB_ACTIONS = frozenset(
@@ -173,15 +175,35 @@ def handle_command(
 
 
 def handle_action(
-    deps: EngineDeps, action_id: str, value: str, *, user: str, channel: str
+    deps: EngineDeps,
+    action_id: str,
+    value: str,
+    *,
+    user: str,
+    channel: str,
+    request_key: str | None = None,
 ) -> Reply:
     """Handle a button click. The clicker's permission is checked again on every click.
 
     ``value`` is the job id, or ``<job id>:<number>`` for ``job.keep`` (hours) and
-    ``job.extend_budget`` (USD to add; default doubles the cap).
+    ``job.extend_budget`` (USD to add; default doubles the cap). A ``request_key`` already
+    handled (a replayed click) returns the earlier answer and changes nothing.
     """
     if action_id not in JOB_ACTIONS:
         return _refusal(f"Unknown action {action_id[:40]!r}.")
+    if request_key:
+        earlier = _earlier_reply(deps, request_key)
+        if earlier is not None:
+            return earlier
+    reply = _handle_action(deps, action_id, value, user=user, channel=channel)
+    if request_key and reply.ok:
+        _remember(deps, request_key, reply)
+    return reply
+
+
+def _handle_action(
+    deps: EngineDeps, action_id: str, value: str, *, user: str, channel: str
+) -> Reply:
     job_id, _, arg = (value or "").partition(":")
     try:
         permissions.check_may_use(deps.config, user, channel)
@@ -690,6 +712,8 @@ def _extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) -
             extra = Decimal(amount_text) if amount_text else (old or Decimal(0))
         except InvalidOperation:
             extra = old or Decimal(0)
+        if not extra.is_finite() or extra > MAX_BUDGET_EXTENSION_USD:
+            return _refusal(f"{job_id}: not an amount in USD.")
         if extra <= 0:
             return _refusal(f"{job_id} has no budget cap to extend.")
         new = (old or Decimal(0)) + extra

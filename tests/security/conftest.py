@@ -118,18 +118,18 @@ def config() -> BotConfig:
 # -- helpers ------------------------------------------------------------------------------
 
 
-def post(http: Client, body: str, headers: dict[str, str],
+def post(client: Client, body: str, headers: dict[str, str],
          content_type: str = FORM["Content-Type"]) -> tuple[int, str]:
     """POST ``body`` to /slack/events; (status, response text)."""
-    response = http.post(
+    response = client.post(
         "/slack/events", data=body, headers={"Content-Type": content_type, **headers}
     )
     return response.status_code, response.get_data(as_text=True)
 
 
-def launch(deps: EngineDeps, text: str, *, user: str, key: str) -> str:
+def launch(app_deps: EngineDeps, text: str, *, user: str, key: str) -> str:
     """Launch through the dispatcher (as a Slack command would); returns the job id."""
-    reply = handle_command(deps, text, user=user, channel=CHANNEL, request_key=key)
+    reply = handle_command(app_deps, text, user=user, channel=CHANNEL, request_key=key)
     assert reply.ok and reply.job_id, reply.text
     return reply.job_id
 
@@ -139,26 +139,26 @@ def row_dict(row: Any) -> dict[str, Any]:
     return {a.key: getattr(row, a.key) for a in inspect(row).mapper.column_attrs}
 
 
-def job_snapshot(deps: EngineDeps, job_id: str) -> dict[str, Any]:
-    with session_scope(deps.sessions) as session:
+def job_snapshot(app_deps: EngineDeps, job_id: str) -> dict[str, Any]:
+    with session_scope(app_deps.sessions) as session:
         job = session.get(JobRow, job_id)
         assert job is not None
         return row_dict(job)
 
 
-def all_jobs(deps: EngineDeps) -> dict[str, dict[str, Any]]:
-    with session_scope(deps.sessions) as session:
+def all_jobs(app_deps: EngineDeps) -> dict[str, dict[str, Any]]:
+    with session_scope(app_deps.sessions) as session:
         return {j.id: row_dict(j) for j in session.scalars(select(JobRow))}
 
 
-def message_count(deps: EngineDeps) -> int:
-    with session_scope(deps.sessions) as session:
+def message_count(app_deps: EngineDeps) -> int:
+    with session_scope(app_deps.sessions) as session:
         return len(list(session.scalars(select(MessageRow.id))))
 
 
-def audit_actions(deps: EngineDeps) -> list[tuple[str, str, str]]:
+def audit_actions(app_deps: EngineDeps) -> list[tuple[str, str, str]]:
     """(actor, action, target) of every audit event, oldest first."""
-    with session_scope(deps.sessions) as session:
+    with session_scope(app_deps.sessions) as session:
         return [
             (e.actor, e.action, e.target)
             for e in session.scalars(select(AuditEventRow).order_by(AuditEventRow.id))

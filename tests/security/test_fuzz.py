@@ -13,12 +13,11 @@ The CI variants run about 200 derandomized examples each; ``-m slow`` runs 10,00
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client
 
@@ -106,6 +105,7 @@ def test_parse_command_only_raises_command_errors(text: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(TEXTS)
 def test_parse_command_only_raises_command_errors_long(text: str) -> None:
@@ -123,19 +123,6 @@ def jobs(deps: EngineDeps) -> dict[str, str]:
         launch(deps, "train gpu=h100", user=ALICE, key="fz-2"): ALICE,
         launch(deps, "train lr=3e-5", user=BOB, key="fz-3"): BOB,
     }
-
-
-def _hits_known_budget_bug(action_id: str, value: str, user: str, owner: str | None) -> bool:
-    """job.extend_budget by an entitled user with a NaN/Infinity/huge amount raises
-    decimal.InvalidOperation (see test_permissions/the report). Remove once fixed."""
-    if action_id != "job.extend_budget" or owner is None or user not in (owner, ADMIN):
-        return False
-    amount = value.partition(":")[2]
-    try:
-        parsed = Decimal(amount)
-    except InvalidOperation:
-        return False
-    return not parsed.is_finite() or parsed.adjusted() > 12
 
 
 _ACTION_IDS = st.one_of(st.sampled_from(sorted(JOB_ACTIONS)), st.text(_ANY_CHAR, max_size=40))
@@ -161,7 +148,6 @@ def _check_action(deps: EngineDeps, jobs: dict[str, str], data: st.DataObject) -
     channel = data.draw(st.one_of(st.just(CHANNEL), st.text(max_size=12)), label="channel")
     target = value.partition(":")[0]
     owner = jobs.get(target)
-    assume(not _hits_known_budget_bug(action_id, value, user, owner))
     before = all_jobs(deps)
 
     reply = handle_action(deps, action_id, value, user=user, channel=channel)
@@ -186,6 +172,7 @@ def test_handle_action_never_raises_nor_touches_others_jobs(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(data=st.data())
 def test_handle_action_never_raises_nor_touches_others_jobs_long(
@@ -279,8 +266,10 @@ def _check_routable(
     body = "payload=" + quote(json.dumps(payload))
     status, _text = post(http, body, sign(body))
     routed = first["action_id"] in JOB_ACTIONS
-    assert status == (200 if routed else 404), (status, payload)  # 404: no listener for it
-    if routed:  # the listener ran: it must answer, not crash
+    # 404: no listener for it; 400: a field Slack always sends as an object/string is not one
+    # (bot/http.py refuses such shapes before Bolt sees them)
+    assert status in ((200, 400) if routed else (404, 400)), (status, payload)
+    if routed and status == 200:  # the listener ran: it must answer, not crash
         wait_until(lambda: len(slack.webhooks) > answered, what=f"an answer to {payload}")
         assert slack.webhooks[-1]["text"]
     # Neither Bob nor a stranger may change Alice's jobs (Bob's own job may change).
@@ -290,38 +279,33 @@ def _check_routable(
             assert after[job_id] == before[job_id], payload
 
 
-@CI
+@pytest.fixture
+def jobs_before(deps: EngineDeps, jobs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return all_jobs(deps)
+
+
+@settings(CI, max_examples=100)  # each example waits for the listener's answer (~50 ms)
 @given(payload=_ROUTABLE, job_pick=st.integers(0, 5))
 def test_random_routable_button_payloads_answer_and_change_nothing_of_others(
     http: Client, slack: SlackFake, deps: EngineDeps, jobs: dict[str, str],
-    payload: dict[str, Any], job_pick: int,
+    jobs_before: dict[str, dict[str, Any]], payload: dict[str, Any], job_pick: int,
 ) -> None:
-    _check_routable(http, slack, deps, jobs, _ALICE_BEFORE.setdefault(id(deps), all_jobs(deps)),
-                    payload, job_pick)
-
-
-_ALICE_BEFORE: dict[int, dict[str, dict[str, Any]]] = {}
+    _check_routable(http, slack, deps, jobs, jobs_before, payload, job_pick)
 
 _QUICK_FAIL = settings(max_examples=200, derandomize=True, database=None, deadline=None,
                        phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
                        suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-_SHAPE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a signed payload of unexpected shape (payload=null, actions=[], user=true, "
-    "...) crashes Bolt's parsing/matching: the exception escapes bot/http.py (500). Fix: "
-    "shape-check interactivity payloads in bot/http.py after the signature check (400).",
-)
 
 
-@_SHAPE_BUG
 @_QUICK_FAIL
 @given(payload=_PAYLOAD)
-def test_random_interactivity_payloads_never_get_5xx(http: Client, payload: dict[str, Any]) -> None:
+def test_random_interactivity_payloads_never_get_5xx(
+    http: Client, payload: dict[str, Any]
+) -> None:
     _check_payload(http, payload)
 
 
-@_SHAPE_BUG
 @_QUICK_FAIL
 @given(payload=_JSON)
 def test_random_top_level_payload_json_never_gets_5xx(http: Client, payload: Any) -> None:
@@ -329,7 +313,7 @@ def test_random_top_level_payload_json_never_gets_5xx(http: Client, payload: Any
 
 
 @pytest.mark.slow
-@_SHAPE_BUG
+@pytest.mark.timeout(1800)
 @LONG
 @given(payload=_PAYLOAD)
 def test_random_interactivity_payloads_never_get_5xx_long(
@@ -339,11 +323,11 @@ def test_random_interactivity_payloads_never_get_5xx_long(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @LONG
 @given(payload=_ROUTABLE, job_pick=st.integers(0, 5))
 def test_random_routable_button_payloads_long(
     http: Client, slack: SlackFake, deps: EngineDeps, jobs: dict[str, str],
-    payload: dict[str, Any], job_pick: int,
+    jobs_before: dict[str, dict[str, Any]], payload: dict[str, Any], job_pick: int,
 ) -> None:
-    _check_routable(http, slack, deps, jobs, _ALICE_BEFORE.setdefault(id(deps), all_jobs(deps)),
-                    payload, job_pick)
+    _check_routable(http, slack, deps, jobs, jobs_before, payload, job_pick)

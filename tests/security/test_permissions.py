@@ -193,3 +193,16 @@ def test_home_of_a_user_with_no_jobs_leaks_nothing(
     for job_id in alice_jobs.values():
         assert job_id not in published
     assert ALICE not in published
+
+
+@pytest.mark.parametrize("amount", ["NaN", "sNaN", "Infinity", "1e999999"])
+def test_extend_budget_with_a_non_finite_amount_is_refused(
+    deps: EngineDeps, alice_jobs: dict[str, str], amount: str
+) -> None:
+    job_id = alice_jobs["queued"]
+    before = job_snapshot(deps, job_id)
+    reply = handle_action(
+        deps, "job.extend_budget", f"{job_id}:{amount}", user=ALICE, channel=CHANNEL
+    )
+    assert not reply.ok
+    assert job_snapshot(deps, job_id) == before

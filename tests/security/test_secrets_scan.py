@@ -154,7 +154,7 @@ def test_no_secret_is_recorded_shown_or_sent_to_the_instance(
         deliverer.deliver_once()
 
     # a signed launch through the Slack HTTP path
-    body = command_body("trainx steps=30 step_seconds=0.2", user="U1", channel="C1",
+    body = command_body("trainx steps=30 step_seconds=0.15", user="U1", channel="C1",
                         trigger="secscan.1", response_url=secret_slack.webhook_url)
     response = http.post(
         "/slack/events", data=body,

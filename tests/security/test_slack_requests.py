@@ -146,12 +146,6 @@ def test_missing_or_empty_signature_headers_are_refused(
     _assert_nothing_happened(deps, provider)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: slack_sdk's verifier does int(timestamp) and raises; Bolt answers 500. "
-    "Fix in bot/http.py: answer 401 unless the timestamp header is all digits.",
-)
 @pytest.mark.parametrize("timestamp", ["abc", "", "1.7e9", "-"])
 def test_non_numeric_timestamp_is_refused_with_401(
     http: Client, deps: EngineDeps, provider: FixedOffersProvider, timestamp: str
@@ -215,12 +209,6 @@ def test_huge_signed_body_is_never_dispatched(
     _assert_nothing_happened(deps, provider)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: bot/http.py lets werkzeug's RequestEntityTooLarge escape the WSGI app, so "
-    "the server answers 500. Fix: catch werkzeug.exceptions.HTTPException and return it.",
-)
 def test_huge_body_gets_413_not_5xx(live_server: str) -> None:
     body = _huge_body()
     headers = {"Content-Type": "application/x-www-form-urlencoded", **sign(body)}
@@ -266,14 +254,6 @@ def test_signed_click_control_case_does_change_the_job(
     wait_until(lambda: job_snapshot(deps, job_id)["cancel_requested"], what="cancel")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: button clicks have no idempotency key; the identical signed "
-    "job.extend_budget request replayed within 5 minutes raises the budget twice. "
-    "Fix: dedupe clicks on (user, action_ts, action_id, value) in bot/listeners.py + "
-    "handle_action(request_key=...).",
-)
 def test_replayed_budget_click_raises_the_budget_once(
     http: Client, deps: EngineDeps, slack: SlackFake
 ) -> None:
