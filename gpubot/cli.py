@@ -107,7 +107,6 @@ def _cmd_beat(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from bot.console import run_chat
-
     from gpubot.wiring import build_engine_deps
     from workers.runtime import CeleryKicker
 
