@@ -177,6 +177,9 @@ def run_demo(
             _prompt(deps, out)
         return 0 if ok else 1
     finally:
+        # A tick may still be in flight while everything shuts down: its failed listing is
+        # expected here, not news.
+        logging.getLogger("gpubot.services.reconcile").setLevel(logging.ERROR)
         if beat is not None:
             beat.stop()
         if worker_ctx is not None:
