@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -46,7 +45,7 @@ from gpubot.lifecycle import (
     SETUP_DEADLINE,
     InstanceVerdict,
 )
-from gpubot.models import JobState, LaunchSpec, ProviderStatus, RentalType
+from gpubot.models import JobState, LaunchSpec
 from gpubot.redact import redact
 from gpubot.services import events, planning, remote_job
 from gpubot.services.deps import EngineDeps
@@ -341,9 +340,6 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
             immediate=True,
             notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({why}); trying another.")],
         )
-    except BaseException:
-        # Unknown outcome (e.g. timeout after the request left): the label finds it next tick.
-        raise
     _attach_key_quietly(deps, job, provider_id)
     attempts = job.attempts + 1
     return StepResult(
@@ -367,9 +363,9 @@ def _step_booting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     if verdict is InstanceVerdict.READY:
         return StepResult(changes={"state": JobState.CONNECTING.value}, immediate=True)
     if verdict is InstanceVerdict.LOST:
-        return _lost(deps, job, instance, f"instance {instance.provider_id} failed to start")
+        return _interrupted(job, instance, f"instance {instance.provider_id} failed to start")
     if deps.clock() - job.step_started_at > BOOT_DEADLINE:
-        return _lost(deps, job, instance, f"instance {instance.provider_id} did not boot in time")
+        return _interrupted(job, instance, f"instance {instance.provider_id} did not boot in time")
     detail = f"instance {instance.provider_id}: {instance.provider_status or 'requested'}"
     return StepResult(changes={"phase_detail": detail})
 
@@ -379,7 +375,8 @@ def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
         return StepResult(changes={"state": JobState.RENTING.value}, immediate=True)
     verdict = remote_job.verdict_of(instance)
     if verdict is InstanceVerdict.LOST:
-        return _lost(deps, job, instance, f"instance {instance.provider_id} lost while connecting")
+        reason = f"instance {instance.provider_id} lost while connecting"
+        return _interrupted(job, instance, reason)
     try:
         with remote_job.connect(deps, instance) as session:
             root = session.discover_root()
@@ -387,7 +384,7 @@ def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
             host_key = session.host_key
     except RemoteError as exc:
         if deps.clock() - job.step_started_at > CONNECT_DEADLINE:
-            return _lost(deps, job, instance, f"SSH never accepted us: {exc}")
+            return _interrupted(job, instance, f"SSH never accepted us: {exc}")
         # An attach that failed at rent time (logged, not retried there) is retried here.
         _attach_key_quietly(deps, job, instance.provider_id)
         return StepResult(changes={"phase_detail": f"waiting for SSH: {exc}"[:300]})
@@ -629,10 +626,6 @@ def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | No
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _lost(deps: EngineDeps, job: JobRow, instance: InstanceRow, reason: str) -> StepResult:
-    return _interrupted(job, instance, reason)
-
-
 def _attach_key_quietly(deps: EngineDeps, job: JobRow, provider_id: str | None) -> None:
     """Authorise the bot's SSH key on the instance (idempotent); a failure is logged and
     retried by the connecting step while SSH refuses us."""
@@ -667,10 +660,6 @@ def _backup_checkpoints_with(
     return session.backup_checkpoints(job, final=final)
 
 
-def _noop(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
-    return StepResult()
-
-
 _STEPS: dict[JobState, Callable[[EngineDeps, JobRow, InstanceRow | None], StepResult]] = {
     JobState.QUEUED: _step_queued,
     JobState.RENTING: _step_renting,
@@ -685,5 +674,3 @@ _STEPS: dict[JobState, Callable[[EngineDeps, JobRow, InstanceRow | None], StepRe
     JobState.COLLECTING: _step_collecting,
     JobState.TEARING_DOWN: _step_tearing_down,
 }
-
-_ = (Decimal, datetime, ProviderStatus, RentalType)

@@ -10,7 +10,7 @@ after the grace period. ``/gpu keep`` (or the button) sets ``keep_until`` and po
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from gpubot.db.tables import InstanceRow, JobRow
@@ -113,5 +113,3 @@ def _warn(deps: EngineDeps, job: JobRow, policy: IdlePolicy) -> None:
             job_id=job.id,
         )
 
-
-_ = datetime

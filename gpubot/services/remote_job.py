@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from gpubot.db.tables import InstanceRow, JobRow
@@ -430,5 +430,3 @@ def idle_stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> 
 
     return idle.stop_reason(deps, job, changes)
 
-
-_ = timedelta
