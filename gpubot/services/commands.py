@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -277,6 +277,24 @@ def _remember(deps: EngineDeps, request_key: str, reply: Reply) -> None:
 
 def _job_or_none(session: Session, job_id: str) -> JobRow | None:
     return session.get(JobRow, job_id) if job_id else None
+
+
+def _cancel_unstarted(session: Session, job_id: str, reason: str, now: datetime) -> bool:
+    """Finish a job still awaiting approval as cancelled. Nothing was rented and no worker
+    claims such rows, so this guarded UPDATE is the whole job; False if it moved on."""
+    done = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == JobState.AWAITING_APPROVAL.value)
+        .values(
+            state=JobState.CANCELLED.value,
+            outcome=JobState.CANCELLED.value,
+            reason=reason,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(done.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _no_job(job_id: str) -> Reply:
@@ -592,19 +610,7 @@ def _cancel(deps: EngineDeps, job_id: str, user: str, *, reason: str) -> Reply:
             return Reply(text=f"{job_id} already {state.value}; nothing to cancel.", job_id=job_id)
         if state is JobState.AWAITING_APPROVAL:
             # Nothing was rented and no worker claims such rows: finish it here, guarded.
-            done = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.state == JobState.AWAITING_APPROVAL.value)
-                .values(
-                    state=JobState.CANCELLED.value,
-                    outcome=JobState.CANCELLED.value,
-                    reason=reason,
-                    finished_at=now,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if done.rowcount == 1:  # type: ignore[attr-defined]
+            if _cancel_unstarted(session, job_id, reason, now):
                 session.refresh(job)
                 events.note(session, job, f":no_entry: {job_id} {reason} before it started.")
                 events.refresh_card(session, job)
@@ -680,19 +686,7 @@ def _reject(deps: EngineDeps, job_id: str, user: str) -> Reply:
             return _no_job(job_id)
         permissions.check_admin(deps.config, user, "reject a launch")
         reason = f"rejected by <@{user}>"
-        done = session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.state == JobState.AWAITING_APPROVAL.value)
-            .values(
-                state=JobState.CANCELLED.value,
-                outcome=JobState.CANCELLED.value,
-                reason=reason,
-                finished_at=now,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
+        if not _cancel_unstarted(session, job_id, reason, now):
             return Reply(text=f"{job_id} is {job.state}; nothing to reject.", job_id=job_id)
         session.refresh(job)
         events.note(session, job, f":no_entry: {job_id} was {reason}. Nothing was rented.")
