@@ -355,7 +355,6 @@ def _submit_group(
             session.flush()
             outbox.post_parent(
                 session,
-                thread_key=group_id,
                 channel=channel,
                 text=f"<@{requester}> {group_id}\n{text}",
                 group_id=group_id,

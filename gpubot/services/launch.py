@@ -262,7 +262,6 @@ def submit(
         session.flush()
         outbox.post_parent(
             session,
-            thread_key=job_id,
             channel=channel,
             text=f"<@{requester}> {job_id}\n" + "\n".join(plan.summary_lines()),
             job_id=job_id,

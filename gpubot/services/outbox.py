@@ -19,19 +19,21 @@ from gpubot.db.tables import MessageRow, utcnow
 from gpubot.redact import redact_for_chat as redact
 
 
-def _row(
+def _add(
+    session: Session,
     *,
     channel: str,
     kind: str,
     text: str,
-    blocks: list[dict[str, Any]] | None,
+    blocks: list[dict[str, Any]] | None = None,
     job_id: str | None = None,
     group_id: str | None = None,
     thread_key: str | None = None,
     user: str | None = None,
     file_path: str | None = None,
 ) -> MessageRow:
-    return MessageRow(
+    """Queue one new message (redacted, dirty: to be delivered)."""
+    row = MessageRow(
         job_id=job_id,
         group_id=group_id,
         channel=channel,
@@ -43,31 +45,23 @@ def _row(
         file_path=file_path,
         dirty=True,
     )
+    session.add(row)
+    return row
 
 
 def post_parent(
     session: Session,
     *,
-    thread_key: str,
     channel: str,
     text: str,
     blocks: list[dict[str, Any]] | None = None,
     job_id: str | None = None,
     group_id: str | None = None,
 ) -> None:
-    """The thread's root message (the plan). One per job or group."""
-    session.add(
-        _row(
-            channel=channel,
-            kind="parent",
-            text=text,
-            blocks=blocks,
-            job_id=job_id,
-            group_id=group_id,
-            thread_key=None,
-        )
-    )
-    # The thread key of replies refers to this parent by its owner id.
+    """The thread's root message (the plan). One per job or group; the thread's replies and
+    card name their owner (``thread_key`` = the job or group id), not this row."""
+    _add(session, channel=channel, kind="parent", text=text, blocks=blocks,
+         job_id=job_id, group_id=group_id)
     session.flush()
 
 
@@ -87,17 +81,8 @@ def upsert_card(
     ).first()
     text = redact(text)
     if card is None:
-        session.add(
-            _row(
-                channel=channel,
-                kind="card",
-                text=text,
-                blocks=blocks,
-                job_id=job_id,
-                group_id=group_id,
-                thread_key=thread_key,
-            )
-        )
+        _add(session, channel=channel, kind="card", text=text, blocks=blocks,
+             job_id=job_id, group_id=group_id, thread_key=thread_key)
         return
     new_blocks = {"blocks": blocks} if blocks else {}
     if card.text == text and card.blocks == new_blocks:
@@ -120,17 +105,8 @@ def reply(
     group_id: str | None = None,
 ) -> None:
     """A reply in the thread of ``thread_key`` (a job or group id), for events that matter."""
-    session.add(
-        _row(
-            channel=channel,
-            kind="reply",
-            text=text,
-            blocks=blocks,
-            job_id=job_id,
-            group_id=group_id,
-            thread_key=thread_key,
-        )
-    )
+    _add(session, channel=channel, kind="reply", text=text, blocks=blocks,
+         job_id=job_id, group_id=group_id, thread_key=thread_key)
 
 
 def upload(
@@ -143,24 +119,15 @@ def upload(
     job_id: str | None = None,
 ) -> None:
     """A file (e.g. the loss chart PNG) for the thread."""
-    session.add(
-        _row(
-            channel=channel,
-            kind="file",
-            text=title,
-            blocks=None,
-            job_id=job_id,
-            thread_key=thread_key,
-            file_path=path,
-        )
-    )
+    _add(session, channel=channel, kind="file", text=title, job_id=job_id,
+         thread_key=thread_key, file_path=path)
 
 
 def to_channel(
     session: Session, *, channel: str, text: str, blocks: list[dict[str, Any]] | None = None
 ) -> None:
     """A top-level message (ops escalations, budget alerts for a channel)."""
-    session.add(_row(channel=channel, kind="reply", text=text, blocks=blocks))
+    _add(session, channel=channel, kind="reply", text=text, blocks=blocks)
 
 
 def pending(session: Session, *, now: datetime, limit: int = 200) -> list[MessageRow]:
