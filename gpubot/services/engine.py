@@ -475,7 +475,6 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     with remote_job.connect(deps, instance) as session:
         status = session.status(job)
         new_checkpoint = _backup_checkpoints_with(session, deps, job)
-        tail = session.tail(job, 40) if status.exit_code not in (None, 0) else ""
     changes: dict[str, Any] = {"phase_detail": ""}
     notes: list[Callable[[Session, JobRow], None]] = []
     progress = remote_job.merge_progress(job, status, deps.clock())
@@ -490,7 +489,7 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         if status.exit_code == 0:
             changes.update(state=JobState.COLLECTING.value)
             return StepResult(changes=changes, notes=notes, immediate=True)
-        reason = remote_job.failure_reason(status, tail)
+        reason = remote_job.failure_reason(status)
         result = _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
         result.notes = notes
         return result

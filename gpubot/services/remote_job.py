@@ -115,6 +115,8 @@ class JobStatus:
     progress: parsing.Progress | None
     trainer_metrics: dict[str, float] | None
     diagnosis: str | None
+    log_tail: str = ""
+    """The log's last 60 lines as read for this status (failure reasons quote it)."""
     disk_free_mb: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -263,6 +265,7 @@ class RemoteSession:
             progress=raw.progress,
             trainer_metrics=parsing.latest_trainer_metrics(tail),
             diagnosis=diagnosis,
+            log_tail=tail,
             disk_free_mb=raw.disk_free_mb,
         )
 
@@ -409,10 +412,10 @@ def merge_history(job: JobRow, status: JobStatus) -> dict[str, Any]:
     return history
 
 
-def failure_reason(status: JobStatus, tail: str) -> str:
+def failure_reason(status: JobStatus) -> str:
     if status.diagnosis:
         return status.diagnosis
-    last = "\n".join(tail.strip().splitlines()[-10:])
+    last = "\n".join(status.log_tail.strip().splitlines()[-10:])
     return f"the job exited with status {status.exit_code}. Last log lines:\n{last}"
 
 
