@@ -92,7 +92,8 @@ def mode_for(
     return InterruptibleMode.NO  # an interactive box is never preempted unless asked
 
 
-def interruptible_mode_of(job: JobRow, config: BotConfig | None = None) -> InterruptibleMode:
+def interruptible_mode_of(job: JobRow) -> InterruptibleMode:
+    """The mode the job was planned with (the user's `interruptible=`, else the plan's)."""
     overrides = overrides_from_json(job.resources)
     if overrides.interruptible is not None:
         return overrides.interruptible
