@@ -111,6 +111,16 @@ class Offer:
     disk_space_gb: float
     geolocation: str = ""
     inet_down_mbps: float = 0.0
+    compute_per_hour_usd: Decimal | None = None
+    """On-demand compute $/h without storage (vast ``dph_base``); None when unknown. An
+    interruptible bid is for compute only: storage is billed on top either way."""
+
+    @property
+    def storage_per_hour_usd(self) -> Decimal:
+        """$/h of the searched disk (``dph_total - dph_base``); 0 when ``dph_base`` is unknown."""
+        if self.compute_per_hour_usd is None:
+            return Decimal(0)
+        return max(Decimal(0), self.price_per_hour_usd - self.compute_per_hour_usd)
 
     @property
     def dlperf_per_usd(self) -> float:
@@ -158,8 +168,10 @@ class RentalChoice:
 
     @property
     def price_per_hour_usd(self) -> Decimal:
+        """The $/h vast will charge while it runs: the bid plus the disk's storage per hour for
+        an interruptible rental, the offer's on-demand ``dph_total`` otherwise."""
         if self.rental_type is RentalType.INTERRUPTIBLE and self.bid_per_hour_usd is not None:
-            return self.bid_per_hour_usd
+            return self.bid_per_hour_usd + self.offer.storage_per_hour_usd
         return self.offer.price_per_hour_usd
 
 

@@ -8,9 +8,17 @@ expected to finish within :data:`SHORT_JOB_HOURS`, is rented interruptible (a bi
 longer job that cannot resume is rented on-demand, because an outbid would lose all its
 progress. ``yes``/``no`` force the type.
 
+Prices come from vast's ON-DEMAND search (``type=on-demand``): ``dph_total`` is the on-demand
+price including the searched disk's storage, ``dph_base`` the compute part, and each row's
+``min_bid`` the interruptible floor (vast_api.md §3.1/§3.4; a ``type=bid`` search instead
+reports ``dph_total = min_bid + storage``, which is not an on-demand price).
+
 The bid for an interruptible rental is ``max(min_bid x 1.15, min_bid + $0.01)``, rounded up
-to 0.1 cent, and must stay below the on-demand price: an offer whose bid cannot is not
-offered as interruptible (vast ``min_bid`` is per machine, $/h).
+to $0.001 (vast's bid step), and never above the on-demand compute price ``dph_base``: a bid is
+for compute, storage is billed on top either way. An offer is rented interruptible only when
+that bid is above ``min_bid`` and below ``dph_base`` (a real saving); vast ``min_bid`` is per
+machine, $/h. The price a plan quotes is what vast will charge per hour: bid + storage for an
+interruptible rental, ``dph_total`` for on-demand (:attr:`RentalChoice.price_per_hour_usd`).
 """
 
 from __future__ import annotations
@@ -77,19 +85,37 @@ _LABELS: dict[str, str] = {
 
 
 def bid_for(offer: Offer) -> Decimal | None:
-    """The interruptible bid for ``offer``, or None when no bid stays below on-demand.
+    """The interruptible bid ($/h, compute only) for ``offer``, or None when none can win.
 
-    ``max(min_bid x 1.15, min_bid + $0.01)`` rounded up to $0.001, capped at on-demand
-    minus $0.001; None if that cap is not above ``min_bid`` (no saving, bid would lose).
+    ``max(min_bid x 1.15, min_bid + $0.01)`` rounded up to $0.001, capped at the on-demand
+    compute price (``dph_base``; ``dph_total`` when the offer has no ``dph_base``). None when
+    that is not above ``min_bid`` (the bid would lose at once).
     """
     min_bid = offer.min_bid_per_hour_usd
     bid = max(min_bid * BID_MARGIN_FACTOR, min_bid + BID_MARGIN_MIN_USD)
     bid = bid.quantize(BID_QUANTUM, rounding=ROUND_CEILING)
-    cap = offer.price_per_hour_usd - BID_QUANTUM
-    bid = min(bid, cap)
+    bid = min(bid, _on_demand_compute(offer))
     if bid <= min_bid or bid <= 0:
         return None
     return bid
+
+
+def _on_demand_compute(offer: Offer) -> Decimal:
+    if offer.compute_per_hour_usd is not None:
+        return offer.compute_per_hour_usd
+    return offer.price_per_hour_usd
+
+
+def _charged_price(offer: Offer, rental_type: RentalType) -> Decimal | None:
+    """What vast charges per hour while running: bid + storage, or on-demand ``dph_total``.
+
+    None for an interruptible rental without a bid that saves (see the module docstring)."""
+    if rental_type is RentalType.ON_DEMAND:
+        return offer.price_per_hour_usd
+    bid = bid_for(offer)
+    if bid is None or bid >= _on_demand_compute(offer):
+        return None
+    return bid + offer.storage_per_hour_usd
 
 
 def _bad_data(offer: Offer) -> str | None:
@@ -147,13 +173,13 @@ def _failures(offer: Offer, req: Requirements, rental_type: RentalType) -> list[
         case RentalType.ON_DEMAND:
             price: Decimal | None = offer.price_per_hour_usd
         case RentalType.INTERRUPTIBLE:
-            price = bid_for(offer)
+            price = _charged_price(offer, rental_type)
             if price is None:
                 out.append(
                     (
                         "bid",
                         f"min bid ${offer.min_bid_per_hour_usd}/h leaves no bid below "
-                        f"on-demand ${offer.price_per_hour_usd}/h",
+                        f"on-demand ${_on_demand_compute(offer)}/h",
                     )
                 )
         case _:
@@ -182,18 +208,17 @@ def offer_matches(
 ) -> list[str]:
     """Why ``offer`` does not satisfy ``req``: one plain reason per failed requirement.
 
-    An empty list means it matches. The price cap applies to the on-demand price, or to the
-    bid we would place (:func:`bid_for`) when ``rental_type`` is interruptible. Offers with
+    An empty list means it matches. The price cap applies to the price vast would charge:
+    on-demand ``dph_total``, or our bid (:func:`bid_for`) plus storage per hour when
+    ``rental_type`` is interruptible. Offers with
     impossible values (price <= 0, NaN, no GPU) never match.
     """
     return [reason for _, reason in _failures(offer, req, rental_type)]
 
 
 def _effective_price(offer: Offer, rental_type: RentalType) -> Decimal:
-    if rental_type is RentalType.INTERRUPTIBLE:
-        bid = bid_for(offer)
-        return bid if bid is not None else offer.price_per_hour_usd
-    return offer.price_per_hour_usd
+    price = _charged_price(offer, rental_type)
+    return price if price is not None else offer.price_per_hour_usd
 
 
 def rank_offers(
@@ -204,7 +229,7 @@ def rank_offers(
 ) -> list[Offer]:
     """``offers`` sorted best first. Does not filter.
 
-    * ``PRICE``: the price we would pay ($/h: on-demand, or our bid for interruptible)
+    * ``PRICE``: the price we would pay ($/h: on-demand, or our bid + storage for interruptible)
       ascending, then reliability descending, then offer id.
     * ``DLPERF_PER_USD``: DLPerf per that price descending, then price, then offer id.
     """
@@ -359,7 +384,16 @@ def _reason(
     on_demand = offer.price_per_hour_usd
     if rental_type is RentalType.INTERRUPTIBLE:
         assert bid is not None
-        saving = f"the bid (${bid}/h) is {_pct_below(bid, on_demand)}% below on-demand"
+        charged = bid + offer.storage_per_hour_usd
+        storage = (
+            f" + ${offer.storage_per_hour_usd}/h storage = ${charged}/h"
+            if offer.storage_per_hour_usd
+            else ""
+        )
+        saving = (
+            f"the bid ${bid}/h{storage} is {_pct_below(charged, on_demand)}% below "
+            f"on-demand ${on_demand}/h"
+        )
         if mode is InterruptibleMode.YES:
             risk = (
                 "an outbid resumes from the last checkpoint"

@@ -153,7 +153,7 @@ class TestBid:
             ("0.20", "0.40", "0.230"),  # 15 % margin
             ("0.04", "0.40", "0.050"),  # at least one cent
             ("0.1234", "0.40", "0.142"),  # rounded up to 0.1 cent
-            ("0.38", "0.40", "0.399"),  # capped below on-demand
+            ("0.38", "0.40", "0.400"),  # capped at on-demand compute (no dph_base: dph_total)
             ("0.40", "0.40", None),  # no saving possible
             ("0.50", "0.40", None),
         ],
@@ -163,6 +163,71 @@ class TestBid:
             price_per_hour_usd=Decimal(on_demand), min_bid_per_hour_usd=Decimal(min_bid)
         )
         assert bid_for(offer) == (None if bid is None else Decimal(bid))
+
+    @pytest.mark.parametrize(
+        ("min_bid", "dph_base", "bid"),
+        [
+            # vast's type=bid search reports dph_total = min_bid + storage; the old policy capped
+            # at that minus $0.001 and bid only ~$0.006 over min_bid. The cap is dph_base now.
+            ("0.0800", "0.1750", "0.092"),
+            ("0.1600", "0.1700", "0.170"),  # capped at the on-demand compute price
+            ("0.1700", "0.1700", None),  # the cap is not above min_bid: no bid
+        ],
+    )
+    def test_bid_is_capped_at_dph_base_not_dph_total(
+        self, min_bid: str, dph_base: str, bid: str | None
+    ) -> None:
+        offer = make_offer(
+            price_per_hour_usd=Decimal(dph_base) + Decimal("0.0043"),
+            compute_per_hour_usd=Decimal(dph_base),
+            min_bid_per_hour_usd=Decimal(min_bid),
+        )
+        assert bid_for(offer) == (None if bid is None else Decimal(bid))
+
+    def test_bid_keeps_its_margin_over_min_bid(self) -> None:
+        """The incident: min_bid $0.0795, storage $0.0043/h: the bid must keep its 15 %."""
+        offer = make_offer(
+            price_per_hour_usd=Decimal("0.179333"),
+            compute_per_hour_usd=Decimal("0.175"),
+            min_bid_per_hour_usd=Decimal("0.0795"),
+        )
+        bid = bid_for(offer)
+        assert bid == Decimal("0.092")
+        assert bid - offer.min_bid_per_hour_usd >= Decimal("0.01")
+
+
+class TestChargedPrice:
+    OFFER = make_offer(
+        price_per_hour_usd=Decimal("0.179333"),
+        compute_per_hour_usd=Decimal("0.175"),
+        min_bid_per_hour_usd=Decimal("0.0795"),
+    )
+
+    def test_storage_per_hour_is_total_minus_base(self) -> None:
+        assert self.OFFER.storage_per_hour_usd == Decimal("0.004333")
+        assert make_offer().storage_per_hour_usd == Decimal(0)  # dph_base unknown
+
+    def test_interruptible_plan_quotes_bid_plus_storage(self) -> None:
+        choice = choose_rental(
+            [self.OFFER], REQ, mode=InterruptibleMode.YES, expected_hours=1, checkpoints=True
+        )
+        assert choice.bid_per_hour_usd == Decimal("0.092")
+        assert choice.price_per_hour_usd == Decimal("0.096333")
+        assert "$0.179333/h" in choice.reason and "$0.092/h" in choice.reason
+        assert "46% below" in choice.reason  # (0.179333 - 0.096333) / 0.179333
+
+    def test_on_demand_plan_quotes_dph_total(self) -> None:
+        choice = choose_rental(
+            [self.OFFER], REQ, mode=InterruptibleMode.AUTO, expected_hours=10, checkpoints=False
+        )
+        assert choice.rental_type is RentalType.ON_DEMAND
+        assert choice.price_per_hour_usd == Decimal("0.179333")
+        assert choice.reason.startswith("On-demand at $0.179333/h")
+
+    def test_price_cap_applies_to_the_charged_price(self) -> None:
+        req = dataclasses.replace(REQ, max_price_per_hour_usd=Decimal("0.095"))
+        reasons = offer_matches(self.OFFER, req, rental_type=RentalType.INTERRUPTIBLE)
+        assert any("$0.096333/h is above" in r for r in reasons), reasons
 
 
 class TestRanking:
