@@ -50,6 +50,8 @@ def test_offer_units_and_money() -> None:
     assert offer.disk_space_gb == 200.0
     assert offer.geolocation == "Texas, US"
     assert offer.inet_down_mbps == 900.0
+    assert offer.compute_per_hour_usd == Decimal("0.35")  # dph_base: compute, no storage
+    assert offer.storage_per_hour_usd == Decimal("0.0067")
 
 
 def test_datacenter_offer_with_sdk_added_key() -> None:

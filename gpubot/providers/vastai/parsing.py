@@ -43,6 +43,8 @@ def offer_from_vast(row: Mapping[str, Any]) -> Offer:
     ``datacenter`` is the SDK-added ``datacenter`` key when it is a bool, else
     ``hosting_type == 1``. ``verified`` is the ``verified`` key when present, else
     ``verification == "verified"``. A missing ``min_bid`` falls back to ``dph_total``.
+    ``dph_base`` (on-demand compute without storage) becomes ``compute_per_hour_usd``; the row
+    must come from an on-demand search for ``dph_total`` to be the on-demand price.
 
     Raises:
         ValueError: the row lacks ``id``, ``gpu_name`` or a usable ``dph_total``.
@@ -84,6 +86,7 @@ def offer_from_vast(row: Mapping[str, Any]) -> Offer:
         disk_space_gb=_float(row.get("disk_space")),
         geolocation=str(row.get("geolocation") or ""),
         inet_down_mbps=_float(row.get("inet_down")),
+        compute_per_hour_usd=_money(row.get("dph_base")),
     )
 
 
