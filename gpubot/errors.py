@@ -17,6 +17,7 @@ vendor exceptions (requests, paramiko, botocore, slack_sdk) at their boundary wi
     │   ├── NoCapacityError         offer gone / bid lost: try the next offer
     │   ├── ProvisioningError       this rental is dead: terminate it with a reason
     │   ├── TransientProviderError  429/5xx/timeouts: retry on a later tick
+    │   │   └── RateLimitedError    429 / quota / our own pacing: wait, not a failure
     │   └── ProviderAuthError       the API key was refused
     ├── RemoteError                 SSH to a rented instance
     │   ├── SSHConnectError         could not connect / authenticate / connection dropped
@@ -116,6 +117,15 @@ class ProvisioningError(ProviderError):
 
 class TransientProviderError(ProviderError):
     """Rate limit, 5xx or timeout: nothing changed, try again on a later tick."""
+
+
+class RateLimitedError(TransientProviderError):
+    """The provider (or our own pacing of it) says "not now": wait ``retry_after_seconds``
+    (None: unknown) and try again. Not a failure: it never counts toward giving up a job."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class ProviderAuthError(ProviderError):
