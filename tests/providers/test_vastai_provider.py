@@ -101,13 +101,15 @@ def test_search_returns_parsed_offers_cheapest_first(provider: VastAIProvider) -
     assert all(o.disk_space_gb >= 20 for o in offers)
 
 
-def test_bid_search_prices_at_min_bid(provider: VastAIProvider) -> None:
+def test_interruptible_search_keeps_on_demand_prices(provider: VastAIProvider) -> None:
+    """A bid search's dph_total is min_bid + storage, not on-demand: it is never used."""
     req = Requirements(min_reliability=0.0, verified_only=False)
     on_demand = {o.offer_id: o for o in provider.search_offers(req, interruptible=False)}
     bids = provider.search_offers(req, interruptible=True)
     common = [o for o in bids if o.offer_id in on_demand]
     assert common
-    assert all(o.price_per_hour_usd <= on_demand[o.offer_id].price_per_hour_usd for o in common)
+    assert all(o.price_per_hour_usd == on_demand[o.offer_id].price_per_hour_usd for o in common)
+    assert all(o.min_bid_per_hour_usd < o.price_per_hour_usd for o in common)
 
 
 def test_price_cap_is_sent(provider: VastAIProvider) -> None:

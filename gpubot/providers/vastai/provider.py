@@ -11,7 +11,15 @@ Vendor behaviour handled here (vast_api.md, gotchas.md):
   reply is checked here.
 - A bid below ``min_bid`` creates a *stopped* instance and answers ``success: false`` with
   ``new_contract``: we destroy it before raising :class:`NoCapacityError`.
+  Whether that reply comes as a 200 or as an error status (the SDK then raises ``HTTPError``),
+  the body's ``new_contract`` is read and the stopped instance destroyed in the same call.
 - Destroying an instance that is already gone (404 / ``no_such_instance``) is success.
+- Rate limits: vast limits each endpoint by a minimum interval between calls and sends no
+  ``Retry-After``; the SDK's own retries give up after about 1.2 s and never retry
+  ``search_quota_exceeded``. Every call first takes a turn from a shared :class:`Pace`
+  (``gpubot.providers.vastai.pace``); a 429 or quota reply that is left raises
+  :class:`RateLimitedError` (``retry_after_seconds`` from ``Retry-After``, the
+  ``threshold=`` in vast's message or ``X-RateLimit-Reset``) and rests the endpoint.
 
 Output: on the dict-query paths used here the SDK prints nothing (``quiet=True`` is passed
 anyway; ``explain``/``curl`` are never enabled — ``curl=True`` would ``sys.exit``).
@@ -25,6 +33,8 @@ vendor exception is kept as ``__cause__`` (its text holds the URL, which never c
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -37,9 +47,11 @@ from gpubot.errors import (
     NoCapacityError,
     ProviderAuthError,
     ProviderError,
+    RateLimitedError,
     TransientProviderError,
 )
 from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
+from gpubot.providers.vastai.pace import Pace
 from gpubot.providers.vastai.parsing import observation_from_vast, offer_from_vast
 from gpubot.providers.vastai.query import search_body
 
@@ -58,6 +70,9 @@ AUTH_ERRORS = frozenset({"auth_error", "invalid_api_key", "unauthorized"})
 RATE_LIMIT_ERRORS = frozenset({"rate_limit_exceeded", "search_quota_exceeded"})
 MAX_CHARGE_PAGES = 50
 MAX_MESSAGE_CHARS = 300
+RATE_LIMIT_DEFER_SECONDS = 5.0
+"""How long an endpoint rests after a 429 that names no threshold (vast sends no Retry-After)."""
+_THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
 def _default_sdk_factory(**kwargs: Any) -> Any:
@@ -89,6 +104,7 @@ class VastAIProvider:
         retry_attempts: int = 5,
         request_timeout_seconds: float = 30.0,
         sdk_factory: SdkFactory | None = None,
+        pace: Pace | None = None,
     ) -> None:
         """Build the SDK client. Nothing is sent until the first call.
 
@@ -102,6 +118,8 @@ class VastAIProvider:
             request_timeout_seconds: per HTTP request (the SDK's default is 120 s, which with
                 retries could hold a tick for ten minutes).
             sdk_factory: replaces ``vastai.VastAI`` (tests); same keyword arguments.
+            pace: turns per vast endpoint shared by every worker (``make_pace``); None sends
+                at once (tests). The composition root may also set :attr:`pace` later.
 
         Raises:
             ConfigError: empty key or URL, or ``retry_attempts < 1``.
@@ -115,6 +133,7 @@ class VastAIProvider:
                 "retry_attempts must be >= 1 (vastai's retry=0 sends no request at all)"
             )
         self._api_key = api_key
+        self.pace = pace
         self.server_url = server_url.strip().rstrip("/")
         factory = sdk_factory or _default_sdk_factory
         self._sdk = factory(
@@ -134,13 +153,30 @@ class VastAIProvider:
     # ------------------------------------------------------------------------ offers
 
     def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
-        """Offers the marketplace returns for ``requirements``, cheapest ``dph_total`` first.
+        """Offers of the ON-DEMAND market for ``requirements``; may be empty.
 
-        Rows are re-parsed but never filtered (the core re-checks them); a row that cannot be
-        parsed at all (no id, name or price) is skipped with a warning. May be empty.
+        Always ``type=on-demand``, also when ``interruptible``: vast's ``type=bid`` search
+        reports ``dph_total = min_bid + storage`` (vast_api.md §3.1), which would then pass for
+        the on-demand price. Each row's ``dph_total`` is the on-demand price (with the job's
+        disk as ``allocated_storage``), ``dph_base`` its compute part and ``min_bid`` the
+        interruptible floor; the core derives the bid from those (``gpubot.offers.bid_for``).
+
+        With ``interruptible`` the price cap filters ``min_bid`` instead of ``dph_total``
+        (an offer whose on-demand price is above the cap may still take a bid below it) and
+        rows come cheapest ``min_bid`` first; otherwise cheapest ``dph_total`` first. Rows are
+        re-parsed but never filtered (the core re-checks them); a row that cannot be parsed at
+        all (no id, name or price) is skipped with a warning.
         """
-        kwargs = search_body(requirements, interruptible=interruptible)
-        rows = self._call("search offers", lambda: self._sdk.search_offers(**kwargs))
+        kwargs = search_body(requirements, interruptible=False)
+        if interruptible:
+            query = dict(kwargs["query"])
+            cap = query.pop("dph_total", None)
+            if cap is not None:
+                query["min_bid"] = cap
+            kwargs = {**kwargs, "query": query, "order": "min_bid+"}
+        rows = self._call(
+            "search offers", lambda: self._sdk.search_offers(**kwargs), endpoint="search"
+        )
         if not isinstance(rows, list):
             raise TransientProviderError("vast.ai search offers: unexpected reply shape")
         offers: list[Offer] = []
@@ -195,8 +231,14 @@ class VastAIProvider:
                     cancel_unavail=bid is None,
                 ),
                 check_success=False,
+                endpoint="create",
             )
         except ProviderError as e:
+            body = _error_body(e)
+            if body is not None and body.get("new_contract"):
+                # The low-bid "created stopped" answer with an error status: the SDK raised,
+                # but vast did rent (the stopped instance bills storage).
+                self._refused_create(what, body, cause=e)
             status, code = _vendor_failure(e)
             if not isinstance(e, (ProviderAuthError, TransientProviderError)) and (
                 status in (404, 410) or code in NO_CAPACITY_ERRORS
@@ -205,32 +247,9 @@ class VastAIProvider:
             raise
         if not isinstance(reply, Mapping):
             raise TransientProviderError(f"vast.ai {what}: unexpected reply shape")
-        new_contract = reply.get("new_contract")
         if reply.get("success") is False:
-            code, msg = _error_fields(reply)
-            if new_contract:
-                instance_id = str(new_contract)
-                cleanup = "it was destroyed"
-                try:
-                    self.destroy(instance_id)
-                except ProviderError as destroy_error:
-                    log.error(
-                        "vast.ai left stopped instance %s after a refused create and destroying "
-                        "it failed: %s",
-                        instance_id,
-                        destroy_error,
-                    )
-                    cleanup = "destroying it FAILED, destroy it later"
-                raise NoCapacityError(
-                    self._redact(
-                        f"vast.ai {what} refused ({code or 'no error code'}: {msg}); vast "
-                        f"created stopped instance {instance_id} anyway and {cleanup}"
-                    ),
-                    created_instance_id=instance_id,
-                )
-            if code in NO_CAPACITY_ERRORS:
-                raise NoCapacityError(self._redact(f"vast.ai {what} refused ({code}: {msg})"))
-            self._raise_refused(what, reply)
+            self._refused_create(what, reply)
+        new_contract = reply.get("new_contract")
         if not new_contract:
             raise ProviderError(f"vast.ai {what}: the reply has no instance id")
         instance_id = str(new_contract)
@@ -240,6 +259,42 @@ class VastAIProvider:
             except ProviderError as e:
                 log.warning("attaching the SSH key to new instance %s failed: %s", instance_id, e)
         return instance_id
+
+    def _refused_create(
+        self, what: str, body: Mapping[str, Any], *, cause: BaseException | None = None
+    ) -> NoReturn:
+        """One path for every refused create, a 200 ``success: false`` or an error status.
+
+        A ``new_contract`` in ``body`` is an instance vast created anyway (stopped: the bid was
+        below ``min_bid``): it is destroyed here, then :class:`NoCapacityError` names it.
+        """
+        code, msg = _error_fields(body)
+        new_contract = body.get("new_contract")
+        if new_contract:
+            instance_id = str(new_contract)
+            cleanup = "it was destroyed"
+            try:
+                self.destroy(instance_id)
+            except ProviderError as destroy_error:
+                log.error(
+                    "vast.ai left stopped instance %s after a refused create and destroying "
+                    "it failed: %s",
+                    instance_id,
+                    destroy_error,
+                )
+                cleanup = "destroying it FAILED, destroy it later"
+            raise NoCapacityError(
+                self._redact(
+                    f"vast.ai {what} refused ({code or 'no error code'}: {msg}); vast "
+                    f"created stopped instance {instance_id} anyway and {cleanup}"
+                ),
+                created_instance_id=instance_id,
+            ) from cause
+        if code in NO_CAPACITY_ERRORS:
+            raise NoCapacityError(
+                self._redact(f"vast.ai {what} refused ({code}: {msg})")
+            ) from cause
+        self._raise_refused(what, body)
 
     def observe(self, provider_id: str) -> InstanceObservation | None:
         """The instance's current state, or None when vast no longer knows it.
@@ -271,7 +326,7 @@ class VastAIProvider:
         """
         what = "list instances"
         try:
-            rows = self._call(what, self._sdk.show_instances)
+            rows = self._call(what, self._sdk.show_instances, endpoint="list")
         except ProviderAuthError:
             raise
         except TransientProviderError:
@@ -293,7 +348,10 @@ class VastAIProvider:
         what = f"destroy instance {provider_id}"
         try:
             reply = self._call(
-                what, lambda: self._sdk.destroy_instance(instance_id), check_success=False
+                what,
+                lambda: self._sdk.destroy_instance(instance_id),
+                check_success=False,
+                endpoint="destroy",
             )
         except ProviderError as e:
             status, code = _vendor_failure(e)
@@ -387,8 +445,27 @@ class VastAIProvider:
         except (ValueError, TypeError, AttributeError) as e:
             raise TransientProviderError(f"vast.ai {what}: unreadable instance row") from e
 
-    def _call(self, what: str, fn: Callable[[], T], *, check_success: bool = True) -> T:
-        """Run one SDK call, translating every vendor failure into the gpubot error tree."""
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        check_success: bool = True,
+        endpoint: str = "other",
+    ) -> T:
+        """Take a turn on ``endpoint`` (see :attr:`pace`), run one SDK call, and translate every
+        vendor failure into the gpubot error tree. A rate-limit answer rests the endpoint."""
+        if self.pace is None:
+            return self._call_now(what, fn, check_success=check_success)
+        self.pace.turn(endpoint)  # RateLimitedError when the next turn is too far away
+        try:
+            return self._call_now(what, fn, check_success=check_success)
+        except RateLimitedError as e:
+            rest = e.retry_after_seconds
+            self.pace.defer(endpoint, rest if rest is not None else RATE_LIMIT_DEFER_SECONDS)
+            raise
+
+    def _call_now(self, what: str, fn: Callable[[], T], *, check_success: bool) -> T:
         try:
             result = fn()
         except requests.HTTPError as e:
@@ -423,9 +500,9 @@ class VastAIProvider:
         error: ProviderError
         if status in (401, 403) or code in AUTH_ERRORS:
             error = ProviderAuthError(text)
+        elif status == 429 or code in RATE_LIMIT_ERRORS:
+            error = RateLimitedError(text, retry_after_seconds=_retry_after(response, msg))
         elif status in TRANSIENT_STATUS or (status is not None and status >= 500):
-            error = TransientProviderError(text)
-        elif code in RATE_LIMIT_ERRORS:
             error = TransientProviderError(text)
         else:
             error = ProviderError(text)
@@ -441,7 +518,7 @@ class VastAIProvider:
         if code in AUTH_ERRORS:
             error = ProviderAuthError(text)
         elif code in RATE_LIMIT_ERRORS:
-            error = TransientProviderError(text)
+            error = RateLimitedError(text, retry_after_seconds=_threshold(msg))
         else:
             error = ProviderError(text)
         raise error
@@ -489,3 +566,45 @@ def _response_error_fields(response: requests.Response | None) -> tuple[str, str
     if isinstance(body, Mapping):
         return _error_fields(body)
     return "", ""
+
+
+def _error_body(error: ProviderError) -> Mapping[str, Any] | None:
+    """The JSON object of the HTTP error reply behind ``error``, if it has one."""
+    cause = error.__cause__
+    if not isinstance(cause, requests.HTTPError) or cause.response is None:
+        return None
+    try:
+        body = cause.response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, Mapping) else None
+
+
+def _threshold(msg: str) -> float | None:
+    """vast's "API requests too frequent endpoint threshold=4.5" -> 4.5 (seconds)."""
+    match = _THRESHOLD_RE.search(msg or "")
+    return float(match.group(1)) if match else None
+
+
+def _retry_after(response: requests.Response | None, msg: str) -> float | None:
+    """Seconds to wait after a 429: ``Retry-After``, else the message's ``threshold=``, else
+    ``X-RateLimit-Reset`` (epoch seconds; the daily search quota), else None."""
+    if response is None:
+        return _threshold(msg)
+    try:
+        header = response.headers.get("Retry-After")
+        if header is not None:
+            return max(0.0, float(header))
+    except ValueError:
+        pass
+    threshold = _threshold(msg)
+    if threshold is not None:
+        return threshold
+    try:
+        reset = response.headers.get("X-RateLimit-Reset")
+        if reset is not None:
+            return max(0.0, float(reset) - time.time())
+    except ValueError:
+        pass
+    return None
+
