@@ -32,6 +32,7 @@ from gpubot.errors import (
     NoCapacityError,
     NoOfferError,
     ProviderError,
+    RateLimitedError,
     RemoteError,
     StaleLockError,
     StorageError,
@@ -100,6 +101,8 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
         result = _pre_checks(deps, job, instance) or step(deps, job, instance)
         job.progress = dict(job.progress or {}) | {"error_count": 0}
         result.changes.setdefault("progress", job.progress)
+    except RateLimitedError as exc:
+        result = _rate_limited(deps, job, exc)
     except (TransientProviderError, RemoteError, StorageError) as exc:
         result = _retry_later(deps, job, exc)
     except StaleLockError:
@@ -197,6 +200,22 @@ def _retry_later(deps: EngineDeps, job: JobRow, exc: BaseException) -> StepResul
         )
     return StepResult(
         changes={"progress": progress, "phase_detail": f"retrying: {message}"[:300]},
+    )
+
+
+def _rate_limited(deps: EngineDeps, job: JobRow, exc: RateLimitedError) -> StepResult:
+    """vast said "not now" (429, search quota, our own pace): try again after the wait it
+    named (at least one tick, at most an hour). Not a failure: the consecutive-error count
+    that fails a job is left as it was (a 429 storm must not fail a healthy job)."""
+    wait = exc.retry_after_seconds
+    tick = float(deps.settings.tick_seconds)
+    delay = max(tick, min(float(wait), 3600.0)) if wait is not None else tick
+    logger.info("job %s: %s rate limited, retrying in %.0f s", job.id, job.state, delay)
+    return StepResult(
+        changes={
+            "phase_detail": f"vast.ai rate limit, retrying in {delay:.0f} s"[:300],
+            "due_at": deps.clock() + timedelta(seconds=delay),
+        }
     )
 
 
@@ -328,15 +347,27 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     except NoCapacityError as exc:
         why = str(exc)
         excluded_offers = list(excluded.get("offers", [])) + [choice.offer.offer_id]
+        # The placeholder is NOT abandoned here: the SDK retries a create that timed out,
+        # so "offer gone" can be the answer to our own retry after the first attempt did
+        # rent (seen in tests/faults with a create timeout: the instance leaked). The next
+        # step looks for our label first and adopts or abandons the placeholder.
+        # A refused low bid is different: vast created a *stopped* instance with our label
+        # (``created_instance_id``) and the provider already asked for its destroy. It is
+        # recorded as destroying, so the next step never adopts it, the reconcile verifies it
+        # is gone and the teardown retries its destroy if that failed.
+        refused: dict[int, dict[str, Any]] = {}
+        if exc.created_instance_id:
+            refused[placeholder_id] = {
+                "provider_id": exc.created_instance_id,
+                "destroy_requested_at": deps.clock(),
+                "status": "destroying",
+            }
         return StepResult(
             changes={
                 "failed_offer_ids": {**excluded, "offers": excluded_offers[-50:]},
                 "phase_detail": f"offer {choice.offer.offer_id} gone, trying the next one",
             },
-            # The placeholder is NOT abandoned here: the SDK retries a create that timed out,
-            # so "offer gone" can be the answer to our own retry after the first attempt did
-            # rent (seen in tests/faults with a create timeout: the instance leaked). The next
-            # step looks for our label first and adopts or abandons the placeholder.
+            instance_changes=refused,
             immediate=True,
             notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({why}); trying another.")],
         )
