@@ -199,7 +199,7 @@ class InstanceObservation:
     label: str | None
     is_bid: bool
     price_per_hour_usd: Decimal
-    """Current contract $/h (vast ``dph_total``)."""
+    """Current all-in contract $/h (vast ``dph_total``: compute + storage + fee)."""
     storage_per_gb_month_usd: Decimal = Decimal(0)
     disk_gb: float = 0.0
     ssh_host: str | None = None
@@ -212,6 +212,19 @@ class InstanceObservation:
     started_at: datetime | None = None
     raw_status: dict[str, Any] = field(default_factory=dict)
     """The vendor's own status fields (actual_status, cur_state, ...) for display and audit."""
+    compute_per_hour_usd: Decimal | None = None
+    """$/h charged only while running: the all-in price minus the storage rate per hour (vast
+    ``dph_total - storage_total_cost``). None when the provider gave no usable price."""
+    bytes_up_billed: int | None = None
+    """Cumulative billed upload (from the instance), in bytes; None when not reported."""
+    bytes_down_billed: int | None = None
+    """Cumulative billed download (to the instance), in bytes; None when not reported."""
+    pull_error: str | None = None
+    """The provider's own message when the image could not be pulled (quoted, never
+    reworded); None otherwise."""
+    readable: bool = True
+    """False when the provider listed this instance but a field failed validation: the
+    instance exists (never "gone") but nothing else in this observation may be trusted."""
 
     @property
     def ssh_ready(self) -> bool:

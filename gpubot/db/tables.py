@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -160,8 +161,12 @@ class InstanceRow(Base):
     host_key: Mapped[str | None] = mapped_column(Text)
     """Pinned SSH host key (trust on first use)."""
     gpu_util_pct: Mapped[float | None]
-    bytes_up_billed: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_down_billed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_up_billed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down_billed: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Cumulative billed traffic in bytes (BIGINT: a 32-bit column overflows at 2.1 GB)."""
+    pull_error: Mapped[str | None] = mapped_column(Text)
+    """The provider's message when the image could not be pulled (the booting step fails the
+    job quoting it); None otherwise."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     running_since: Mapped[datetime | None]
     metered_until: Mapped[datetime | None]
@@ -171,6 +176,15 @@ class InstanceRow(Base):
     destroyed_at: Mapped[datetime | None]
     """Set only once the instance left the provider's listing (verified)."""
     escalated_at: Mapped[datetime | None]
+
+
+class CounterRow(Base):
+    """A monotonic event counter shared by every process (exposed on /metrics)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class LedgerEntryRow(Base):

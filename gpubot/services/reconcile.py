@@ -4,7 +4,11 @@ Every ``GPUBOT_TICK_SECONDS`` the tick:
 1. lists the account's instances once (all pages) — a failed listing is an error, never
    evidence that nothing exists;
 2. writes what it saw onto our instance rows and meters the ledger (compute while running,
-   storage until the destroy was requested, bandwidth from the provider's counters);
+   storage until the destroy was requested, bandwidth from the provider's counters). A listed
+   row that failed validation (``readable=False``, see providers/vastai/parsing.py) is counted
+   in the ``provider_rows_rejected`` counter and skipped: its instance is known to exist, so it
+   is neither metered nor taken as gone this tick (metering resumes from ``metered_until`` once
+   the row reads again);
 3. verifies requested destroys (the instance left the listing);
 4. every few ticks, sweeps orphans (labelled instances without a live record);
 5. claims due jobs with lock tokens and hands each to ``advance_job``.
@@ -21,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import claim_due_jobs
-from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation
 from gpubot.services.deps import EngineDeps
@@ -40,12 +45,16 @@ it; a smaller limit would make every job wait several ticks at scale (bench/tick
 
 GONE = "gone"
 """provider_status of a row whose instance was absent from a successful listing."""
+ROWS_REJECTED_COUNTER = "provider_rows_rejected"
+"""CounterRow name: listed instance rows skipped because a field failed validation (exposed on
+/metrics as ``gpubot_provider_rows_rejected_total``)."""
 
 
 @dataclass
 class TickReport:
     listed_ok: bool
     instances_seen: int = 0
+    rows_rejected: int = 0
     ledger_entries: int = 0
     destroys_verified: int = 0
     claimed: list[tuple[str, str]] = field(default_factory=list)
@@ -69,7 +78,10 @@ def reconcile_tick(
         listing = []
         listed_ok = False
     report = TickReport(listed_ok=listed_ok, instances_seen=len(listing))
+    report.rows_rejected = sum(1 for obs in listing if not obs.readable)
     with session_scope(deps.sessions) as session:
+        if report.rows_rejected:
+            add_to_counter(session, ROWS_REJECTED_COUNTER, report.rows_rejected)
         entries, verified = observe_and_meter(session, listing, listed_ok=listed_ok, now=now)
         report.ledger_entries = entries
         report.destroys_verified = verified
@@ -111,8 +123,18 @@ def observe_and_meter(
     listed_ok: bool,
     now: datetime,
 ) -> tuple[int, int]:
-    """Apply the listing to our rows and append ledger entries. Returns (entries, verified)."""
-    by_id = {obs.provider_id: obs for obs in listing}
+    """Apply the listing to our rows and append ledger entries. Returns (entries, verified).
+
+    Unreadable observations (``readable=False``) are skipped: a row whose instance was listed
+    unreadable keeps its state and meters nothing this tick; it is never marked gone.
+    """
+    by_id: dict[str, InstanceObservation] = {}
+    unreadable: set[str] = set()
+    for obs in listing:
+        if obs.readable:
+            by_id[obs.provider_id] = obs
+        elif obs.provider_id:
+            unreadable.add(obs.provider_id)
     # FOR UPDATE, in id order: two workers may run ticks at the same moment. Without the row
     # locks both read the same ``metered_until`` and append the same interval to the ledger
     # twice; without a fixed order they deadlock on each other's rows (both seen with two real
@@ -140,7 +162,7 @@ def observe_and_meter(
         for row in rows:
             assert row.provider_id is not None
             obs = by_id.get(row.provider_id)
-            if obs is None and not listed_ok:
+            if obs is None and (not listed_ok or row.provider_id in unreadable):
                 continue
             entries += _apply_observation(session, row, jobs.get(row.job_id), obs, now)
             verified += int(obs is None and row.destroyed_at == now)
@@ -165,10 +187,16 @@ def _apply_observation(
     row.provider_status = obs.status.value
     row.ssh_host = obs.ssh_host
     row.ssh_port = obs.ssh_port
+    # None when the host sent no sample (null, or the 0/0 util/temperature pair): never a
+    # stale or invented "idle" reading (services/idle.py treats None as "no sample").
     row.gpu_util_pct = obs.gpu_util_pct
+    row.pull_error = obs.pull_error
     row.last_seen_at = now
-    if obs.price_per_hour_usd:
-        row.price_per_hour_usd = obs.price_per_hour_usd
+    if obs.compute_per_hour_usd is not None and obs.price_per_hour_usd > 0:
+        # The compute rate only: vast's dph_total includes storage ("$/hr, current price incl.
+        # storage", vastai Instance dataclass / vast docs), and storage is metered on its own
+        # below for the whole life of the instance.
+        row.price_per_hour_usd = obs.compute_per_hour_usd
     if obs.status.value == "running" and row.running_since is None:
         row.running_since = now
     return entries
@@ -209,8 +237,11 @@ def _meter(
             )
         )
     if obs is not None:
-        up = int(obs.raw_status.get("inet_up_billed") or 0)
-        down = int(obs.raw_status.get("inet_down_billed") or 0)
+        # Bytes, converted and validated by the provider adapter (vast sends kilobytes).
+        up = obs.bytes_up_billed if obs.bytes_up_billed is not None else row.bytes_up_billed
+        down = (
+            obs.bytes_down_billed if obs.bytes_down_billed is not None else row.bytes_down_billed
+        )
         delta_up = max(0, up - row.bytes_up_billed)
         delta_down = max(0, down - row.bytes_down_billed)
         if delta_up or delta_down:
@@ -245,3 +276,23 @@ def _meter(
     if end > start:
         row.metered_until = end
     return added
+
+
+def add_to_counter(session: Session, name: str, amount: int) -> None:
+    """Add ``amount`` to the monotonic counter ``name`` (created at 0 when missing).
+
+    Atomic across workers: one ``UPDATE ... SET value = value + n``; the first increment inserts
+    the row inside a savepoint and, if another worker inserted it first, updates instead.
+    """
+    stmt = (
+        update(CounterRow)
+        .where(CounterRow.name == name)
+        .values(value=CounterRow.value + amount)
+    )
+    if session.execute(stmt).rowcount:  # type: ignore[attr-defined]
+        return
+    try:
+        with session.begin_nested():
+            session.add(CounterRow(name=name, value=amount))
+    except IntegrityError:
+        session.execute(stmt)

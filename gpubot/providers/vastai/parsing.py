@@ -2,7 +2,8 @@
 
 Units (vast_api.md §3.4, §4.1): ``gpu_ram`` is MB per GPU (÷1000, vast's own multiplier, gives
 GB); ``dph_total``/``min_bid`` are $/h for the whole machine; ``storage_cost`` is $/GB/month;
-``inet_*_cost`` is $/GB; ``gpu_util`` is percent; ``start_date`` is epoch seconds. Money is
+``inet_*_cost`` is $/GB; ``inet_*_billed`` are cumulative KILOBYTES (see
+:data:`BYTES_PER_KB`); ``gpu_util`` is percent; ``start_date`` is epoch seconds. Money is
 converted with ``Decimal(str(value))`` so 0.3567 stays 0.3567.
 
 Status mapping (vast_api.md §4.2, §4.3) is :func:`status_from_vast`; values we do not know map
@@ -11,6 +12,9 @@ to :attr:`ProviderStatus.UNKNOWN`, never to an exception.
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -18,7 +22,11 @@ from typing import Any
 
 from gpubot.models import InstanceObservation, Offer, ProviderStatus
 
+logger = logging.getLogger(__name__)
+
 MB_PER_GB = 1000
+HOURS_PER_STORAGE_MONTH = Decimal(720)
+"""vast quotes storage in $/GB/month; a month is 30 days (as gpubot.costs)."""
 OCI_FAILURE = "oci runtime create failed"
 """dstack's marker for a container that can never start (``status_msg`` of a ``created`` row)."""
 
@@ -30,8 +38,6 @@ RAW_STATUS_KEYS = (
     "status_msg",
     "is_bid",
 )
-BANDWIDTH_KEYS = ("inet_up_billed", "inet_down_billed")
-"""Cumulative billed traffic counters (not in the official schema; [3P] measured as KB)."""
 
 
 # ---------------------------------------------------------------------------------- offers
@@ -152,53 +158,256 @@ def ssh_endpoint(row: Mapping[str, Any]) -> tuple[str | None, int | None]:
     Prefers the proxy pair ``ssh_host``/``ssh_port`` as ``VastAI.ssh_url`` does, then the direct
     pair ``public_ipaddr`` + ``ports["22/tcp"][0]["HostPort"]`` (HostPort is a string). Unlike
     ``ssh_url`` the host and port always come from the same pair.
+    A host that is not a plain hostname/IP (at most 255 characters, the ``ssh_host`` column) or a
+    port outside 1..65535 counts as absent.
     """
-    host = row.get("ssh_host")
-    port = _int_or_none(row.get("ssh_port"))
+    host = _host(row.get("ssh_host"))
+    port = _port(row.get("ssh_port"))
     if host and port:
-        return str(host), port
-    direct_host = row.get("public_ipaddr")
-    direct_port = _direct_ssh_port(row.get("ports"))
+        return host, port
+    direct_host = _host(row.get("public_ipaddr"))
+    direct_port = _port(_direct_ssh_port(row.get("ports")))
     if direct_host and direct_port:
-        return str(direct_host), direct_port
+        return direct_host, direct_port
     return None, None
 
 
-def observation_from_vast(row: Mapping[str, Any]) -> InstanceObservation:
-    """One instance row (``show_instance``/``show_instances``) as an observation.
+def _host(value: Any) -> str | None:
+    if not isinstance(value, str) or not _HOST_RE.match(value.strip()):
+        return None
+    return value.strip()
 
-    ``raw_status`` keeps vast's own status fields and, when present, the bandwidth counters
-    ``inet_up_billed``/``inet_down_billed``.
 
-    Raises:
-        ValueError: the row has no ``id``.
+def _port(value: Any) -> int | None:
+    return _bounded_int(value, 1, 65535) if value is not None else None
+
+
+class RowRejected(ValueError):
+    """A field of an instance row failed validation. The message names the field only (values
+    may be anything a host typed, so they are never logged)."""
+
+    def __init__(self, field_name: str) -> None:
+        super().__init__(f"field {field_name!r} failed validation")
+        self.field_name = field_name
+
+
+MAX_PRICE_PER_HOUR_USD = Decimal(1000)
+"""Upper bound for any $/h (or $/GB/month) field. vast's dearest machines (8x H200) rent for a
+few tens of $/h; anything above is junk and would overflow NUMERIC(18, 8) long before 1e12."""
+MAX_COUNTER_KB = 10**15
+"""Upper bound of the traffic counters (an exabyte): far beyond any rental, far below BIGINT."""
+BYTES_PER_KB = 1000
+"""The ``inet_*_billed`` counters are KILOBYTES of 1000 bytes: not in vast's schema; measured by
+third-party users of the live API (dstack's vastai backend, gpuhunt), and vast bills traffic per
+decimal GB (10^9 bytes), so the decimal kilobyte is the consistent reading."""
+MAX_ID = 2**63 - 1
+MAX_DISK_GB = 1_000_000.0
+# Column lengths of what reconcile stores (gpubot/db/tables.py): InstanceRow.label String(128),
+# ssh_host String(255), gpu_name String(64), provider_id String(64); messages are bounded for
+# display and for the pull_error column.
+MAX_LABEL_CHARS = 128
+MAX_HOST_CHARS = 255
+MAX_GPU_NAME_CHARS = 64
+MAX_MESSAGE_CHARS = 500
+_HOST_RE = re.compile(r"^[A-Za-z0-9.\-:\[\]]{1,255}$")
+PULL_ERROR_MARKERS = (
+    "pull access denied",
+    "manifest unknown",
+    "repository does not exist",
+    "failed to pull",
+    "error pulling image",
+    "no such image",
+)
+"""Docker daemon messages for an image that cannot be pulled (moby's own wording, e.g. "Error
+response from daemon: pull access denied for x, repository does not exist or may require
+'docker login'" and "manifest for x:y not found: manifest unknown"). vast copies docker's
+errors into ``status_msg`` (vast docs: it "may contain docker errors")."""
+
+
+def observation_from_vast(row: Any) -> InstanceObservation:
+    """One instance row (``show_instance``/``show_instances``) as an observation. Never raises.
+
+    Every field is validated where it is read: prices must be finite and within
+    0..:data:`MAX_PRICE_PER_HOUR_USD`, traffic counters finite, non-negative and at most
+    :data:`MAX_COUNTER_KB`; strings are stripped of control characters and cut to the column
+    they are stored in; ids are positive integers. Soft fields are cleared rather than
+    trusted (a bad ``gpu_util`` is no sample, a bad ``ssh_port`` no endpoint). A bad price or
+    counter (which would be metered) makes the whole row *unreadable*: the observation then
+    has ``readable=False``, status UNKNOWN, only the id and a cleaned label, and the caller
+    must treat the instance as existing-but-unknown (never as gone). A row without a usable id
+    gives ``provider_id=""`` and ``readable=False``.
+
+    Money: ``price_per_hour_usd`` is ``dph_total`` (all-in: compute + storage, vast docs and
+    the ``vastai`` ``Instance`` dataclass: "$/hr, current price incl. storage");
+    ``compute_per_hour_usd`` is ``dph_total - storage_total_cost`` (``storage_total_cost`` is
+    the storage part in $/h; without it ``storage_cost`` $/GB/month x ``disk_space`` / 720 h),
+    so storage, metered on its own for the whole life, is not counted twice while running.
+    ``dph_base`` is not used: it omits vast's platform fee where one applies.
     """
-    if row.get("id") is None:
-        raise ValueError("instance row without id")
+    if not isinstance(row, Mapping):
+        return _unreadable("", None)
+    try:
+        provider_id = _instance_id(row.get("id"))
+    except RowRejected:
+        logger.warning("vast instance row without a usable id: skipped")
+        return _unreadable("", None)
+    label = _text_or_none(row.get("label"), MAX_LABEL_CHARS)
+    try:
+        return _parse_instance(row, provider_id, label)
+    except RowRejected as e:
+        logger.warning("vast instance %s: %s; row skipped this tick", provider_id, e)
+        return _unreadable(provider_id, label)
+
+
+def _parse_instance(
+    row: Mapping[str, Any], provider_id: str, label: str | None
+) -> InstanceObservation:
+    total = _price(row, "dph_total")
+    storage_month = _price(row, "storage_cost")
+    disk_gb = _bounded_float(row.get("disk_space"), 0.0, MAX_DISK_GB) or 0.0
+    storage_hour = _price(row, "storage_total_cost")
+    if storage_hour is None and storage_month is not None:
+        storage_hour = storage_month * Decimal(repr(disk_gb)) / HOURS_PER_STORAGE_MONTH
+    compute = None
+    if total is not None:
+        compute = max(Decimal(0), total - (storage_hour or Decimal(0)))
+    status = status_from_vast(row)
+    message = _text(row.get("status_msg"), MAX_MESSAGE_CHARS)
     host, port = ssh_endpoint(row)
-    raw: dict[str, Any] = {key: row.get(key) for key in RAW_STATUS_KEYS}
-    for key in BANDWIDTH_KEYS:
-        if row.get(key) is not None:
-            raw[key] = row[key]
-    label = row.get("label")
+    raw: dict[str, Any] = {
+        key: _text_or_none(row.get(key), MAX_MESSAGE_CHARS) for key in RAW_STATUS_KEYS
+    }
+    raw["is_bid"] = bool(row.get("is_bid"))
     return InstanceObservation(
-        provider_id=_id_str(row["id"]),
-        status=status_from_vast(row),
-        label=str(label) if label is not None else None,
+        provider_id=provider_id,
+        status=status,
+        label=label,
         is_bid=bool(row.get("is_bid")),
-        price_per_hour_usd=_money(row.get("dph_total")) or Decimal(0),
-        storage_per_gb_month_usd=_money(row.get("storage_cost")) or Decimal(0),
-        disk_gb=_float(row.get("disk_space")),
+        price_per_hour_usd=total or Decimal(0),
+        storage_per_gb_month_usd=storage_month or Decimal(0),
+        disk_gb=disk_gb,
         ssh_host=host,
         ssh_port=port,
-        gpu_util_pct=_float_or_none(row.get("gpu_util")),
-        gpu_name=str(row.get("gpu_name") or ""),
-        num_gpus=_int(row.get("num_gpus")) or 1,
-        min_bid_per_hour_usd=_money(row.get("min_bid")),
-        status_message=str(row.get("status_msg") or ""),
+        gpu_util_pct=gpu_util_sample(row),
+        gpu_name=_text(row.get("gpu_name"), MAX_GPU_NAME_CHARS),
+        num_gpus=_bounded_int(row.get("num_gpus"), 1, 64) or 1,
+        min_bid_per_hour_usd=_price(row, "min_bid"),
+        status_message=message,
         started_at=_epoch(row.get("start_date")),
         raw_status=raw,
+        compute_per_hour_usd=compute,
+        bytes_up_billed=_counter_bytes(row, "inet_up_billed"),
+        bytes_down_billed=_counter_bytes(row, "inet_down_billed"),
+        pull_error=pull_error_of(status, message),
     )
+
+
+def _unreadable(provider_id: str, label: str | None) -> InstanceObservation:
+    return InstanceObservation(
+        provider_id=provider_id,
+        status=ProviderStatus.UNKNOWN,
+        label=label,
+        is_bid=False,
+        price_per_hour_usd=Decimal(0),
+        readable=False,
+    )
+
+
+def gpu_util_sample(row: Mapping[str, Any]) -> float | None:
+    """``gpu_util`` in percent, or None when the host sent no sample.
+
+    No sample: null, not a finite number in 0..100, or the ``0.0``/``0.0`` util/temperature pair
+    that some hosts report when they have no reading (third-party observation of the live API,
+    dstack's vastai backend notes; a powered GPU never reads 0 °C). A real idle GPU reports
+    ``0.0`` with a real temperature and counts as a sample.
+    """
+    util = _bounded_float(row.get("gpu_util"), 0.0, 100.0)
+    if util is None:
+        return None
+    if util == 0.0:
+        temp = _float_or_none(row.get("gpu_temp"))
+        if temp is not None and temp == 0.0:
+            return None
+    return util
+
+
+def pull_error_of(status: ProviderStatus, status_message: str) -> str | None:
+    """``status_message`` when it reports an image pull failure of a not-yet-running instance."""
+    if status is ProviderStatus.RUNNING or not status_message:
+        return None
+    lowered = status_message.lower()
+    if any(marker in lowered for marker in PULL_ERROR_MARKERS) or (
+        "error response from daemon" in lowered and "not found" in lowered
+    ):
+        return status_message
+    return None
+
+
+def _instance_id(value: Any) -> str:
+    """A positive integer id as a string (``123.0`` and ``"123"`` accepted)."""
+    if isinstance(value, bool):
+        raise RowRejected("id")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        raise RowRejected("id")
+    if not 0 < number <= MAX_ID:
+        raise RowRejected("id")
+    return str(number)
+
+
+def _price(row: Mapping[str, Any], key: str) -> Decimal | None:
+    """A $ field: None when absent/null; :class:`RowRejected` when present but not a finite
+    number within 0..MAX_PRICE_PER_HOUR_USD."""
+    value = row.get(key)
+    if value is None:
+        return None
+    money = _money(value) if isinstance(value, int | float | str | Decimal) else None
+    if money is None or not Decimal(0) <= money <= MAX_PRICE_PER_HOUR_USD:
+        raise RowRejected(key)
+    return money
+
+
+def _counter_bytes(row: Mapping[str, Any], key: str) -> int | None:
+    """A cumulative traffic counter (kilobytes on the wire) in bytes; None when absent."""
+    value = row.get(key)
+    if value is None:
+        return None
+    amount = _money(value) if isinstance(value, int | float | str | Decimal) else None
+    if amount is None or not Decimal(0) <= amount <= MAX_COUNTER_KB:
+        raise RowRejected(key)
+    return int(amount * BYTES_PER_KB)
+
+
+def _bounded_float(value: Any, lo: float, hi: float) -> float | None:
+    result = _float_or_none(value)
+    if result is None or not math.isfinite(result) or not lo <= result <= hi:
+        return None
+    return result
+
+
+def _bounded_int(value: Any, lo: int, hi: int) -> int | None:
+    result = _bounded_float(value, lo, hi)
+    return int(result) if result is not None else None
+
+
+def _text(value: Any, max_chars: int) -> str:
+    """Printable text: str/number values only; control, format and unassigned characters
+    (anything ``str.isprintable`` refuses: escapes, bidi overrides) become spaces; cut to fit."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value)[: max_chars * 4])
+    return text.strip()[:max_chars].strip()
+
+
+def _text_or_none(value: Any, max_chars: int) -> str | None:
+    if value is None:
+        return None
+    return _text(value, max_chars) or None
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -238,7 +447,7 @@ def _float(value: Any) -> float:
 
 def _int_or_none(value: Any) -> int | None:
     result = _float_or_none(value)
-    return int(result) if result is not None else None
+    return int(result) if result is not None and math.isfinite(result) else None
 
 
 def _int(value: Any) -> int:
