@@ -174,3 +174,23 @@ def test_search_quota_exceeded_is_rate_limited_until_the_reset(sim: SimServer) -
         assert "search_quota_exceeded" in str(info.value)
     finally:
         proxy.stop()
+
+
+# ----------------------------------------------------------------------------- account SSH key
+
+ACCOUNT_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bot"
+)
+
+
+def test_account_key_is_registered_once_and_lands_on_new_instances(sim: SimServer) -> None:
+    provider = VastAIProvider(api_key=KEY, server_url=sim.url, retry_attempts=2)
+    assert provider.ensure_account_ssh_key(ACCOUNT_KEY) is True
+    again = ACCOUNT_KEY.rsplit(" ", 1)[0] + " other-comment"
+    assert provider.ensure_account_ssh_key(again) is False  # same key, other comment
+    assert [k["public_key"] for k in sim.engine.account_keys] == [ACCOUNT_KEY]
+    offer = provider.search_offers(Requirements(min_reliability=0.0), interruptible=False)[0]
+    spec = LaunchSpec(image="pytorch/pytorch:latest", disk_gb=20, label="gpubot:k",
+                      ssh_public_key="")  # no per-instance attach
+    instance_id = provider.create_instance(offer, spec)
+    assert ACCOUNT_KEY in sim.engine.instances[int(instance_id)].keys

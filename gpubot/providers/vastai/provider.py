@@ -398,6 +398,37 @@ class VastAIProvider:
 
     # ----------------------------------------------------------------------- account
 
+    def ensure_account_ssh_key(self, public_key: str) -> bool:
+        """Register ``public_key`` on the vast ACCOUNT unless it is there; True if it was added.
+
+        vast adds the account's keys to every instance at creation (vast docs, "SSH
+        connection": keys on the account are applied to new instances; SDK ``show_ssh_keys``
+        ``GET /ssh/``, ``create_ssh_key`` ``POST /ssh/``), so SSH works from the first boot.
+        Idempotent: the account's keys are listed first and compared by type and body (the
+        comment is ignored). Call once per process; the per-instance attach stays as fallback.
+
+        Raises:
+            ProviderError (and subclasses): the listing or the registration failed.
+        """
+        wanted = _key_body(public_key)
+        if not wanted:
+            raise ProviderError("not an OpenSSH public key line")
+        reply = self._call("show ssh keys", self._sdk.show_ssh_keys)
+        rows: Any = reply
+        if isinstance(reply, Mapping):
+            rows = reply.get("ssh_keys") or reply.get("keys") or []
+        if not isinstance(rows, list):
+            raise TransientProviderError("vast.ai show ssh keys: unexpected reply shape")
+        for row in rows:
+            if not isinstance(row, Mapping):
+                continue
+            text = row.get("public_key") or row.get("ssh_key") or row.get("key") or ""
+            if isinstance(text, str) and _key_body(text) == wanted:
+                return False
+        self._call("create ssh key", lambda: self._sdk.create_ssh_key(public_key.strip()))
+        log.info("registered the bot's SSH public key on the vast.ai account")
+        return True
+
     def account(self) -> AccountInfo:
         """Money left: ``credit`` of ``GET /users/current`` (``balance`` is post-paid and
         often 0, vast_api.md §2.1)."""
@@ -608,3 +639,11 @@ def _retry_after(response: requests.Response | None, msg: str) -> float | None:
         pass
     return None
 
+
+
+def _key_body(public_key: str) -> tuple[str, str] | None:
+    """(type, base64 body) of an OpenSSH public key line; None if it is not one."""
+    parts = public_key.strip().split()
+    if len(parts) < 2:
+        return None
+    return parts[0], parts[1]
