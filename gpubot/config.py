@@ -429,6 +429,7 @@ _RESOURCE_KEYS = (
     "expected_hours",
     "checkpoints",
     "ranking",
+    "boot_timeout_minutes",
 )
 _IDLE_KEYS = ("gpu_util_threshold_pct", "window_minutes", "grace_minutes", "stuck_window_minutes")
 _BUDGET_KEYS = (
@@ -773,6 +774,10 @@ def _resources(ctx: _Ctx, path: Path_, r: dict[str, Any]) -> ResourceSpec:
         kw["checkpoints"] = ctx.boolean(path + ("checkpoints",), r["checkpoints"])
     if "ranking" in r:
         kw["ranking"] = ctx.enum(path + ("ranking",), r["ranking"], OfferRanking)
+    if "boot_timeout_minutes" in r:
+        kw["boot_timeout_minutes"] = ctx.integer(
+            path + ("boot_timeout_minutes",), r["boot_timeout_minutes"], lo=1, hi=240
+        )
     return ResourceSpec(**kw)
 
 

@@ -168,6 +168,9 @@ class ResourceSpec:
     checkpoints: bool = False
     """The job writes checkpoints and can resume from GPUBOT_RESUME_FROM."""
     ranking: OfferRanking = OfferRanking.PRICE
+    boot_timeout_minutes: int | None = None
+    """Minutes a rental may take to be running with SSH before it is given up (large image
+    pulls take minutes on real hosts); None: the engine's default, lifecycle.BOOT_DEADLINE."""
 
 
 @dataclass(frozen=True, slots=True)
