@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, JobRow, LedgerEntryRow
 from gpubot.models import JobState
-from gpubot.render.slack import home_view
+from gpubot.render import mrkdwn as md
+from gpubot.render.slack import MAX_HOME_JOBS, home_view
 from gpubot.render.text import usd
 from gpubot.services import events, permissions
 from gpubot.services.deps import EngineDeps
@@ -50,7 +51,7 @@ def build_home_view(deps: EngineDeps, user: str) -> dict[str, Any]:
                 select(JobRow)
                 .where(JobRow.requester == user, JobRow.state.in_(live))
                 .order_by(JobRow.created_at.desc())
-                .limit(30)
+                .limit(MAX_HOME_JOBS + 1)
             )
         )
         views = [events.job_view(session, job) for job in jobs]
@@ -70,7 +71,8 @@ def build_home_view(deps: EngineDeps, user: str) -> dict[str, Any]:
         if not permissions.is_admin(deps.config, user):
             query = query.where(AuditEventRow.actor == user)
         audit_lines = [
-            f"{r.at:%m-%d %H:%M} <@{r.actor}> {r.action} {r.target}"
+            f"{r.at:%m-%d %H:%M} {md.mention(r.actor)} {md.inline(r.action, 60)} "
+            f"{md.inline(r.target, 120)}"
             for r in session.scalars(query)
         ]
     spend_lines = [

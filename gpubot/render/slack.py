@@ -2,7 +2,9 @@
 
 Status cards are drawn by :func:`gpubot.render.text.card_blocks` (the engine writes them into
 the outbox). Texts here are mrkdwn; every builder returns a list of blocks (at most 50 for a
-message, 100 for a view).
+message, 100 for a view) whose texts stay within Slack's limits (see
+:mod:`gpubot.render.mrkdwn`). Raw values (plan lines, offers, labels, user ids) are escaped
+here; arguments documented as "mrkdwn" must already be escaped by the caller.
 """
 
 from __future__ import annotations
@@ -12,54 +14,76 @@ from decimal import Decimal
 from typing import Any
 
 from gpubot.models import Offer
+from gpubot.render import mrkdwn as md
 from gpubot.render.blocks import ACTION_APPROVE, ACTION_REJECT, button
 from gpubot.render.text import card_lines, usd
 from gpubot.render.views import JobView
 
-MAX_SECTION_CHARS = 2900
-"""Slack rejects section texts above 3000 characters."""
+MAX_SECTION_CHARS = md.SECTION_TEXT_MAX
+"""Slack rejects section texts above 3000 characters ("Section block" reference)."""
+MAX_JOB_CARDS = 40
+"""Job lists show at most this many cards (a message holds at most 50 blocks)."""
+MAX_HOME_JOBS = 30
 
 
-def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION_CHARS]}}
+def section(text: str, *, keep: str = "head") -> dict[str, Any]:
+    """A mrkdwn section; ``text`` (already mrkdwn) is clamped at line boundaries to Slack's
+    3000 characters, keeping the first (``keep="head"``) or last (``"tail"``) lines; an open
+    code fence is closed."""
+    return {"type": "section", "text": {"type": "mrkdwn", "text": md.clamp(text, keep=keep)}}
 
 
 def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:MAX_SECTION_CHARS]}]}
+    """A context block with one mrkdwn element (``text`` already mrkdwn, clamped)."""
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": md.clamp(text)}]}
 
 
 def text_blocks(text: str) -> list[dict[str, Any]]:
-    """Plain text as one section (code blocks kept intact)."""
+    """Already-escaped mrkdwn ``text`` as one section (clamped at line boundaries; a code
+    fence is never left open)."""
     return [section(text)]
+
+
+def code_blocks(title: str, lines: Sequence[str] | str) -> list[dict[str, Any]]:
+    """A bold ``title`` (raw) over raw ``lines`` in a code block; the NEWEST lines are kept
+    when they exceed a section (log tails)."""
+    head = f"*{md.inline(title, 300)}*\n"
+    return [section(head + md.code_block(lines, MAX_SECTION_CHARS - len(head)))]
 
 
 def plan_blocks(
     job_id: str, plan_lines: Sequence[str], *, awaiting_approval: bool
 ) -> list[dict[str, Any]]:
-    """The ephemeral answer to a launch: the plan and what happens next."""
-    head = f"*{plan_lines[0]}*" if plan_lines else f"*{job_id}*"
-    blocks = [section(head + "\n" + "\n".join(plan_lines[1:]))]
+    """The ephemeral answer to a launch: the plan (raw lines, escaped here) and what happens
+    next."""
+    jid = md.inline(job_id, 60)
+    head = f"*{md.inline(plan_lines[0], 500)}*" if plan_lines else f"*{jid}*"
+    blocks = [section(head + "\n" + "\n".join(md.escape(line) for line in plan_lines[1:]))]
     if awaiting_approval:
-        blocks.append(context(f"{job_id} is waiting for an admin's approval (see the thread)."))
+        blocks.append(context(f"{jid} is waiting for an admin's approval (see the thread)."))
     else:
-        blocks.append(context(f"{job_id} is queued; progress appears in the thread."))
+        blocks.append(context(f"{jid} is queued; progress appears in the thread."))
     return blocks
 
 
 def approval_blocks(
     job_id: str, requester: str, plan_lines: Sequence[str], reason: str, admins: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """The approval request posted in the job's thread, with Approve / Reject buttons."""
-    who = " ".join(f"<@{a}>" for a in admins) or "an admin"
+    """The approval request posted in the job's thread, with Approve / Reject buttons.
+
+    ``plan_lines`` and ``reason`` are raw text (escaped here); ids become mentions only when
+    they are valid Slack user ids."""
+    who = " ".join(md.mention(a) for a in admins[:20]) or "an admin"
     return [
         section(
-            f":raised_hand: <@{requester}>'s launch {job_id} needs approval ({reason}).\n"
-            + "\n".join(plan_lines[1:])
+            f":raised_hand: {md.mention(requester)}'s launch {md.inline(job_id, 60)} needs "
+            f"approval ({md.inline(reason, 1000)}).\n"
+            + "\n".join(md.escape(line) for line in plan_lines[1:])
         ),
         context(f"{who}: approve or reject. The requester can't approve their own launch."),
         {
             "type": "actions",
-            "block_id": f"approval:{job_id}",
+            "block_id": f"approval:{job_id}"[: md.ACTION_ID_MAX],
             "elements": [
                 button(ACTION_APPROVE, "Approve", job_id, "primary"),
                 button(ACTION_REJECT, "Reject", job_id, "danger"),
@@ -69,7 +93,8 @@ def approval_blocks(
 
 
 def offers_table(offers: Sequence[Offer]) -> str:
-    """A fixed-width table of offers (cheapest first) for a code block."""
+    """A fixed-width table of offers (cheapest first) for a code block. Raw text: pass it to
+    :func:`gpubot.render.mrkdwn.code_block` (which escapes) before it becomes mrkdwn."""
     if not offers:
         return "No offer matches these filters right now."
     lines = [f"{'offer':>10}  {'gpu':<16} {'n':>2} {'ram':>5} {'$/h':>8} {'reliab':>7}  where"]
@@ -82,22 +107,33 @@ def offers_table(offers: Sequence[Offer]) -> str:
 
 
 def offers_blocks(offers: Sequence[Offer], title: str) -> list[dict[str, Any]]:
-    return [section(f"*{title}*\n```{offers_table(offers)}```")]
+    """The offers table under a raw ``title``; a table over 3000 characters keeps its first
+    (cheapest) rows and says how many more there are."""
+    head = f"*{md.inline(title, 300)}*\n"
+    table = md.clamp(offers_table(offers), MAX_SECTION_CHARS - len(head) - 40)
+    return [section(head + md.code_block(table, MAX_SECTION_CHARS - len(head)))]
 
 
 def cost_table(rows: Sequence[tuple[str, Decimal]], title: str) -> list[dict[str, Any]]:
-    """Spend per group as a code-block table."""
-    width = max([len(r[0]) for r in rows] + [5])
-    body = "\n".join(f"{label:<{width}}  {usd(amount):>10}" for label, amount in rows)
-    return [section(f"*{title}*\n```{body or 'nothing spent'}```")]
+    """Spend per group (raw labels) as a code-block table; the first rows are kept when it
+    exceeds a section."""
+    width = min(40, max([len(r[0]) for r in rows] + [5]))
+    body = "\n".join(f"{label[:40]:<{width}}  {usd(amount):>10}" for label, amount in rows)
+    head = f"*{md.inline(title, 300)}*\n"
+    table = md.clamp(body or "nothing spent", MAX_SECTION_CHARS - len(head) - 40)
+    return [section(head + md.code_block(table, MAX_SECTION_CHARS - len(head)))]
 
 
 def jobs_blocks(views: Sequence[JobView], title: str) -> list[dict[str, Any]]:
+    """A raw ``title`` and one section per job (at most :data:`MAX_JOB_CARDS`)."""
+    head = f"*{md.inline(title, 300)}*"
     if not views:
-        return [section(f"*{title}*\nNo jobs.")]
-    blocks: list[dict[str, Any]] = [section(f"*{title}*")]
-    for view in views[:40]:
+        return [section(f"{head}\nNo jobs.")]
+    blocks: list[dict[str, Any]] = [section(head)]
+    for view in views[:MAX_JOB_CARDS]:
         blocks.append(section("\n".join(card_lines(view))))
+    if len(views) > MAX_JOB_CARDS:
+        blocks.append(context(f"… and {len(views) - MAX_JOB_CARDS} more."))
     return blocks
 
 
@@ -108,16 +144,21 @@ def home_view(
     spend_lines: Sequence[str],
     audit_lines: Sequence[str],
 ) -> dict[str, Any]:
-    """The App Home tab: the user's live jobs and instances, spend vs budgets, recent audit."""
+    """The App Home tab: the user's live jobs and instances, spend vs budgets, recent audit.
+
+    ``spend_lines`` and ``audit_lines`` are mrkdwn (the caller escapes their values); at most
+    :data:`MAX_HOME_JOBS` cards, always within a view's 100 blocks."""
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "gpubot"}},
-        section(f"Hi <@{user}>. Type `/gpu help` in a channel to start."),
+        section(f"Hi {md.mention(user)}. Type `/gpu help` in a channel to start."),
         {"type": "divider"},
         section("*Your live jobs*"),
     ]
     if jobs:
-        for view in jobs[:30]:
+        for view in jobs[:MAX_HOME_JOBS]:
             blocks.append(section("\n".join(card_lines(view))))
+        if len(jobs) > MAX_HOME_JOBS:
+            blocks.append(context(f"… and {len(jobs) - MAX_HOME_JOBS} more: `/gpu jobs`."))
     else:
         blocks.append(context("No live jobs."))
     blocks += [{"type": "divider"}, section("*Spend and budgets*")]

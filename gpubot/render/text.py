@@ -1,11 +1,20 @@
-"""Console/plain-text and Block Kit renderings of job cards and events. Pure."""
+"""Console/plain-text and Block Kit renderings of job cards and events. Pure.
+
+Every value of a job (template, phase detail, metric keys, GPU name, failure reason with its
+log lines) goes through :mod:`gpubot.render.mrkdwn` before it becomes mrkdwn: the lines
+returned here are mrkdwn (escaped), also used as Slack's fallback ``text``.
+"""
 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from gpubot.render import mrkdwn as md
 from gpubot.render.views import JobView
+
+REASON_LOG_CHARS = 2000
+"""At most this many characters of a failure reason's log lines go into a card."""
 
 PHASE_LABELS = {
     "awaiting_approval": "waiting for approval",
@@ -58,12 +67,25 @@ def eta_text(seconds: float | None) -> str:
     return f"{secs} s"
 
 
+def _reason_parts(reason: str) -> tuple[str, list[str]]:
+    """A failure reason's first line (the summary) and its further lines (log lines)."""
+    first, _, rest = md.strip_control(reason).strip().partition("\n")
+    return first, [line for line in rest.split("\n")] if rest.strip() else []
+
+
 def card_lines(view: JobView) -> list[str]:
-    """The status card as lines of text (console front; also the Slack fallback text)."""
-    phase = PHASE_LABELS.get(view.state, view.state)
-    head = f"{STATE_EMOJI.get(view.state, ':gear:')} {view.job_id} {view.template}: {phase}"
+    """The status card as lines of mrkdwn (console front; also the Slack fallback text).
+
+    Job values are escaped; a failure reason's log lines come as one closed code block that
+    keeps the newest lines (at most :data:`REASON_LOG_CHARS` characters).
+    """
+    phase = PHASE_LABELS.get(view.state, md.inline(view.state, 40))
+    head = (
+        f"{STATE_EMOJI.get(view.state, ':gear:')} {md.inline(view.job_id, 40)} "
+        f"{md.inline(view.template, 60)}: {phase}"
+    )
     if view.phase_detail:
-        head += f" ({view.phase_detail})"
+        head += f" ({md.inline(view.phase_detail, 200)})"
     lines = [head]
     if view.step is not None:
         bar = progress_bar(view.step, view.total_steps)
@@ -71,7 +93,9 @@ def card_lines(view: JobView) -> list[str]:
         eta = eta_text(view.eta_seconds)
         lines.append(f"step {view.step}{of} {bar}" + (f" ETA {eta}" if eta else ""))
     if view.metrics:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(view.metrics.items())[:6])
+        shown = ", ".join(
+            f"{md.inline(k, 40)}={v:.4g}" for k, v in sorted(view.metrics.items())[:6]
+        )
         lines.append(f"metrics: {shown}")
     money = f"spent {usd(view.spent_usd)}"
     if view.price_per_hour_usd is not None:
@@ -81,36 +105,45 @@ def card_lines(view: JobView) -> list[str]:
     lines.append(money)
     if view.provider_id:
         kind = (view.rental_type or "").replace("_", "-")
-        lines.append(f"instance {view.provider_id} {view.gpu_name} {kind}".rstrip())
+        lines.append(
+            f"instance {md.inline(view.provider_id, 40)} {md.inline(view.gpu_name, 60)} "
+            f"{md.inline(kind, 30)}".rstrip()
+        )
     if view.ssh_command:
-        lines.append(f"ssh: {view.ssh_command}")
+        lines.append(f"ssh: `{md.inline(view.ssh_command, 200)}`")
     if view.reason and view.state in {"failed", "cancelled", "interrupted"}:
-        lines.append(f"reason: {view.reason}")
+        first, log_lines = _reason_parts(view.reason)
+        lines.append(f"reason: {md.inline(first, 500)}")
+        if log_lines:
+            lines.append(md.code_block(log_lines, REASON_LOG_CHARS))
     return lines
 
 
 def card_blocks(view: JobView, *, buttons: bool = True) -> list[dict[str, Any]]:
-    """The status card as Block Kit."""
+    """The status card as Block Kit: the headline, the details, a Cancel button while live.
+
+    Every section stays within Slack's 3000 characters (log lines keep the newest).
+    """
     lines = card_lines(view)
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{lines[0]}*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": md.clamp(f"*{lines[0]}*")}},
     ]
     if len(lines) > 1:
         blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines[1:])}}
+            {"type": "section", "text": {"type": "mrkdwn", "text": md.clamp("\n".join(lines[1:]))}}
         )
     if buttons and view.state not in {"succeeded", "failed", "cancelled"}:
         blocks.append(
             {
                 "type": "actions",
-                "block_id": f"job:{view.job_id}",
+                "block_id": f"job:{view.job_id}"[:255],
                 "elements": [
                     {
                         "type": "button",
                         "action_id": "job.cancel",
                         "text": {"type": "plain_text", "text": "Cancel"},
                         "style": "danger",
-                        "value": view.job_id,
+                        "value": view.job_id[:2000],
                     }
                 ],
             }

@@ -1,7 +1,8 @@
 """Job events as outbox messages: the status card and the replies that matter.
 
 Called inside the engine's applying transaction, so a message exists exactly when the state
-change it reports was committed.
+change it reports was committed. Texts are mrkdwn: every job, user or provider value goes
+through :mod:`gpubot.render.mrkdwn` (escaped) before it is put into a message.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from sqlalchemy.orm import Session
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
 from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
 from gpubot.models import RentalChoice
+from gpubot.redact import redact_for_chat
+from gpubot.render import mrkdwn as md
 from gpubot.render.text import card_blocks, card_lines, usd
 from gpubot.render.views import JobView
 from gpubot.services import outbox
@@ -93,6 +96,8 @@ def refresh_card(session: Session, job: JobRow) -> None:
 
 
 def note(session: Session, job: JobRow, text: str) -> None:
+    """A reply in the job's thread. ``text`` is mrkdwn: callers escape the values they put in
+    (:func:`gpubot.render.mrkdwn.escape`)."""
     outbox.reply(session, channel=job.channel, thread_key=job.id, text=text, job_id=job.id)
 
 
@@ -101,48 +106,53 @@ def rented(session: Session, job: JobRow, choice: RentalChoice, provider_id: str
     note(
         session,
         job,
-        f"Rented instance {provider_id}: {choice.offer.num_gpus}x {choice.offer.gpu_name}, "
+        f"Rented instance {md.inline(provider_id, 40)}: {choice.offer.num_gpus}x "
+        f"{md.inline(choice.offer.gpu_name, 60)}, "
         f"{kind} at {usd(choice.price_per_hour_usd)}/h (attempt {job.attempts}).",
     )
 
 
 def started(session: Session, job: JobRow) -> None:
-    note(session, job, f":rocket: {job.id} is running.")
+    note(session, job, f":rocket: {md.inline(job.id, 60)} is running.")
 
 
 def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> None:
     note(
         session,
         job,
-        f":computer: Your box is ready: `ssh -p {instance.ssh_port} root@{instance.ssh_host}` "
-        f"({instance.gpu_name}, {usd(instance.price_per_hour_usd)}/h). "
-        "It is destroyed when idle; `/gpu keep <job> <hours>` keeps it.",
+        f":computer: Your box is ready: "
+        f"`{md.inline(f'ssh -p {instance.ssh_port} root@{instance.ssh_host}', 200)}` "
+        f"({md.inline(instance.gpu_name, 60)}, {usd(instance.price_per_hour_usd)}/h). "
+        "It is destroyed when idle; `/gpu keep &lt;job&gt; &lt;hours&gt;` keeps it.",
     )
 
 
 def checkpoint_saved(session: Session, job: JobRow, key: str) -> None:
-    note(session, job, f":floppy_disk: Checkpoint saved: {key.rstrip('/').rsplit('/', 1)[-1]}")
+    name = key.rstrip("/").rsplit("/", 1)[-1]
+    note(session, job, f":floppy_disk: Checkpoint saved: {md.inline(name, 200)}")
 
 
 def interrupted(session: Session, job: JobRow) -> None:
+    reason = md.inline(job.reason, 500)
     note(
         session,
         job,
-        f":warning: Instance lost ({job.reason}). Renting a replacement and resuming from the "
+        f":warning: Instance lost ({reason}). Renting a replacement and resuming from the "
         "newest checkpoint." if job.checkpoint_key else
-        f":warning: Instance lost ({job.reason}). Renting a replacement.",
+        f":warning: Instance lost ({reason}). Renting a replacement.",
     )
 
 
 def restored(session: Session, job: JobRow, key: str) -> None:
     name = key.rstrip("/").rsplit("/", 1)[-1]
-    note(session, job, f":arrows_counterclockwise: Resumed from checkpoint {name}.")
+    note(session, job, f":arrows_counterclockwise: Resumed from checkpoint {md.inline(name)}.")
 
 
 def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> None:
+    pid = md.inline(instance.provider_id, 40)
     text = (
-        f":rotating_light: Could not confirm destruction of instance {instance.provider_id} "
-        f"(job {job.id}). Destroy it by hand: `vastai destroy instance {instance.provider_id}`."
+        f":rotating_light: Could not confirm destruction of instance {pid} "
+        f"(job {md.inline(job.id, 60)}). Destroy it by hand: `vastai destroy instance {pid}`."
     )
     note(session, job, text)
     from gpubot.services import ops
@@ -151,7 +161,11 @@ def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> 
 
 
 def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -> None:
-    """The closing replies: outcome, results links and final cost; the loss chart if any."""
+    """The closing replies: outcome, results links and final cost; the loss chart if any.
+
+    A failure's log lines are quoted as a code block of at most one section (newest lines
+    kept); when lines had to be dropped and ``charts_dir`` is given, the whole quoted log
+    also goes to the thread as a text file (redacted)."""
     spent = spent_usd(session, job.id)
     points = [(int(p[0]), float(p[1])) for p in (job.metrics_history or {}).get("points", [])]
     if charts_dir is not None and len(points) >= 2:
@@ -166,25 +180,61 @@ def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -
             title=f"{job.id} loss curve",
             job_id=job.id,
         )
+    jid = md.inline(job.id, 60)
     if job.state == "succeeded":
         files = (job.results or {}).get("files", [])
-        lines = [f":white_check_mark: {job.id} succeeded. Final cost {usd(spent)}."]
+        lines = [f":white_check_mark: {jid} succeeded. Final cost {usd(spent)}."]
         for item in files[:20]:
+            url = item.get("url")
             lines.append(
-                f"• <{item.get('url')}|{item.get('name')}> "
-                f"({item.get('size_bytes')} B, sha256 {str(item.get('sha256', ''))[:12]}…)"
+                f"• {md.link(str(url) if url else None, item.get('name'))} "
+                f"({md.inline(item.get('size_bytes'), 20)} B, "
+                f"sha256 {md.inline(str(item.get('sha256', ''))[:12], 12)}…)"
             )
+        if len(files) > 20:
+            lines.append(f"… and {len(files) - 20} more files.")
         metrics = (job.progress or {}).get("metrics") or {}
         if metrics:
             lines.append(
-                "Final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                "Final metrics: "
+                + ", ".join(f"{md.inline(k, 40)}={_metric(v)}" for k, v in metrics.items())
             )
-        note(session, job, "\n".join(lines))
+        note(session, job, md.clamp("\n".join(lines), md.SECTION_TEXT_MAX))
     else:
         verb = "was cancelled" if job.state == "cancelled" else "failed"
-        note(
-            session,
-            job,
-            f":x: {job.id} {verb}: {job.reason or 'no reason recorded'}. "
-            f"Instance destroyed. Final cost {usd(spent)}.",
-        )
+        reason = md.strip_control(job.reason or "no reason recorded").strip()
+        first, _, log = reason.partition("\n")
+        text = f":x: {jid} {verb}: {md.inline(first, 500)}. "
+        text += f"Instance destroyed. Final cost {usd(spent)}."
+        clamped = False
+        if log.strip():
+            room = md.SECTION_TEXT_MAX - len(text) - 1
+            text += "\n" + md.code_block(log.split("\n"), room)
+            clamped = len(md.code_block(log.split("\n"), 10**9)) > room
+        note(session, job, text)
+        if clamped and charts_dir is not None:
+            _upload_log(session, job, charts_dir, log)
+
+
+def _metric(value: object) -> str:
+    """A metric value as ``4g`` when numeric, else escaped text."""
+    try:
+        return f"{float(value):.4g}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return md.inline(value, 40)
+
+
+def _upload_log(session: Session, job: JobRow, folder: Path, log: str) -> None:
+    """The full log lines of a failure reason as a text file in the thread (a snippet), for
+    when the reply's code block had to drop older lines."""
+    path = folder / f"{job.id}-log-tail.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(redact_for_chat(log), encoding="utf-8")
+    outbox.upload(
+        session,
+        channel=job.channel,
+        thread_key=job.id,
+        path=str(path),
+        title=f"{job.id} log tail",
+        job_id=job.id,
+    )
