@@ -115,6 +115,11 @@ class EnginePolicy:
     """A labelled instance with no record is destroyed once it is older than this."""
     max_concurrent_children: int = 4
     """Sweep runs / OCR shards running at once per parent job."""
+    vast_min_interval_seconds: Mapping[str, float] = field(default_factory=dict)
+    """Minimum seconds between vast.ai calls per endpoint, shared by every worker
+    (``create``, ``destroy``, ``list``, ``search``, ``other``); missing endpoints keep the
+    defaults of ``gpubot.providers.vastai.pace``. vast limits each endpoint by a minimum
+    interval between calls and sends no Retry-After (vast docs, rate-limits-and-errors)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,7 +461,9 @@ _ENGINE_KEYS = (
     "sweep_every_ticks",
     "orphan_grace_minutes",
     "max_concurrent_children",
+    "vast_min_interval_seconds",
 )
+_VAST_ENDPOINTS = ("create", "destroy", "list", "search", "other")
 _REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$")
 _REPO_RE = re.compile(r"^(?:https://|ssh://|git@)[A-Za-z0-9@._:/~+-]+$")
 _SOURCE_KEYS = ("workdir", "repo", "ref")
@@ -866,4 +873,11 @@ def _engine(ctx: _Ctx, t: dict[str, Any]) -> EnginePolicy:
                 ctx.fail(path + ("blocked_host_ids",), f"host ids are numbers or strings: {v!r}")
             ids.append(str(v))
         kw["blocked_host_ids"] = frozenset(ids)
+    if "vast_min_interval_seconds" in t:
+        p = path + ("vast_min_interval_seconds",)
+        table = ctx.table(p, t["vast_min_interval_seconds"])
+        ctx.keys(p, table, _VAST_ENDPOINTS)
+        kw["vast_min_interval_seconds"] = {
+            k: ctx.number(p + (k,), v, lo=0, hi=600) for k, v in table.items()
+        }
     return EnginePolicy(**kw)
