@@ -7,7 +7,7 @@ import os
 
 from gpubot.config import BotConfig, load_config
 from gpubot.db.engine import make_engine, make_sessionmaker, upgrade_to_head
-from gpubot.errors import ConfigError
+from gpubot.errors import ConfigError, GpubotError
 from gpubot.providers.base import Provider
 from gpubot.redact import register_secret
 from gpubot.remote.runner import Runner, SSHTarget
@@ -47,6 +47,31 @@ def register_secrets(settings: Settings) -> None:
     register_secret(os.environ.get("AWS_SECRET_ACCESS_KEY"))
 
 
+def prepare_vast(
+    provider: Provider, settings: Settings, config: BotConfig, public_key: str
+) -> None:
+    """Once per process, for the vast.ai provider built from settings:
+
+    - pace its calls per endpoint, shared by every worker: through the broker's Redis when
+      GPUBOT_BROKER_URL is ``redis://`` (one key per endpoint), in-process for the embedded
+      broker (one worker process); intervals from ``[engine] vast_min_interval_seconds``;
+    - register the bot's SSH public key on the vast account (idempotent), so vast adds it to
+      every instance at creation; a failure is logged and the per-instance attach (done after
+      every create) still authorises the key.
+    """
+    from gpubot.providers.vastai import VastAIProvider
+    from gpubot.providers.vastai.pace import make_pace
+
+    if not isinstance(provider, VastAIProvider):
+        return
+    if provider.pace is None:
+        provider.pace = make_pace(settings.broker_url, config.engine.vast_min_interval_seconds)
+    try:
+        provider.ensure_account_ssh_key(public_key)
+    except GpubotError as exc:
+        logger.warning("registering the SSH key on the vast.ai account failed: %s", exc)
+
+
 def build_engine_deps(
     settings: Settings | None = None,
     *,
@@ -71,11 +96,14 @@ def build_engine_deps(
         upgrade_to_head(url)
     sessions = make_sessionmaker(make_engine(url))
     _, public_key = load_or_create_key(settings.effective_ssh_key_path)
+    if provider is None:
+        provider = make_provider(settings)
+        prepare_vast(provider, settings, config, public_key)
     deps = EngineDeps(
         settings=settings,
         config=config,
         sessions=sessions,
-        provider=provider or make_provider(settings),
+        provider=provider,
         store=store or make_store(settings),
         connect=ssh_connect,
         ssh_key_path=settings.effective_ssh_key_path,

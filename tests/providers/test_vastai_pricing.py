@@ -68,9 +68,7 @@ def test_interruptible_price_cap_is_not_applied_to_on_demand_prices(
     market = provider.search_offers(REQ, interruptible=False)
     cheapest_bid = min(market, key=lambda o: o.min_bid_per_hour_usd)
     cap = (cheapest_bid.min_bid_per_hour_usd * 2).quantize(Decimal("0.001"))
-    assert cap < cheapest_bid.price_per_hour_usd or any(
-        o.price_per_hour_usd > cap for o in market
-    )
+    assert cap < cheapest_bid.price_per_hour_usd or any(o.price_per_hour_usd > cap for o in market)
     capped = Requirements(
         min_reliability=0.0, verified_only=False, disk_gb=DISK_GB, max_price_per_hour_usd=cap
     )
@@ -79,9 +77,7 @@ def test_interruptible_price_cap_is_not_applied_to_on_demand_prices(
     assert all(o.min_bid_per_hour_usd <= cap for o in found)
 
 
-def _rent_and_measure(
-    provider: VastAIProvider, sim: SimServer, choice: RentalChoice
-) -> Decimal:
+def _rent_and_measure(provider: VastAIProvider, sim: SimServer, choice: RentalChoice) -> Decimal:
     """$/h the simulator bills the rental while it runs (compute + storage over one hour)."""
     spec = LaunchSpec(
         image="pytorch/pytorch:latest",

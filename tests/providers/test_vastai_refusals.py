@@ -190,7 +190,8 @@ def test_account_key_is_registered_once_and_lands_on_new_instances(sim: SimServe
     assert provider.ensure_account_ssh_key(again) is False  # same key, other comment
     assert [k["public_key"] for k in sim.engine.account_keys] == [ACCOUNT_KEY]
     offer = provider.search_offers(Requirements(min_reliability=0.0), interruptible=False)[0]
-    spec = LaunchSpec(image="pytorch/pytorch:latest", disk_gb=20, label="gpubot:k",
-                      ssh_public_key="")  # no per-instance attach
+    spec = LaunchSpec(
+        image="pytorch/pytorch:latest", disk_gb=20, label="gpubot:k", ssh_public_key=""
+    )  # no per-instance attach
     instance_id = provider.create_instance(offer, spec)
     assert ACCOUNT_KEY in sim.engine.instances[int(instance_id)].keys

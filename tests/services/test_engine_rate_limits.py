@@ -103,8 +103,15 @@ def test_refused_low_bid_is_recorded_as_destroying_never_adopted(
     recorded as destroyed-requested, not adopted by the next renting step."""
     from gpubot import offers
 
-    monkeypatch.setattr(offers, "bid_for", lambda o: (o.min_bid_per_hour_usd / 2).quantize(
-        Decimal("0.001")) if o.min_bid_per_hour_usd > Decimal("0.01") else None)
+    monkeypatch.setattr(
+        offers,
+        "bid_for",
+        lambda o: (
+            (o.min_bid_per_hour_usd / 2).quantize(Decimal("0.001"))
+            if o.min_bid_per_hour_usd > Decimal("0.01")
+            else None
+        ),
+    )
     _renting_job(deps, "j-low", {"disk_gb": 20, "interruptible": "yes"})
     job = _step(deps, clock, "j-low")
     assert job.state == JobState.RENTING.value

@@ -640,7 +640,6 @@ def _retry_after(response: requests.Response | None, msg: str) -> float | None:
     return None
 
 
-
 def _key_body(public_key: str) -> tuple[str, str] | None:
     """(type, base64 body) of an OpenSSH public key line; None if it is not one."""
     parts = public_key.strip().split()
