@@ -65,7 +65,11 @@ def prepare_vast(
     if not isinstance(provider, VastAIProvider):
         return
     if provider.pace is None:
-        provider.pace = make_pace(settings.broker_url, config.engine.vast_min_interval_seconds)
+        provider.pace = make_pace(
+            settings.broker_url,
+            config.engine.vast_min_interval_seconds,
+            identity=provider.pace_identity,
+        )
     try:
         provider.ensure_account_ssh_key(public_key)
     except GpubotError as exc:

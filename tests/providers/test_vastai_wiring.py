@@ -49,6 +49,10 @@ def test_redis_broker_gets_a_shared_pace(sim: SimServer, tmp_path: Path) -> None
     provider = VastAIProvider(api_key=KEY, server_url=sim.url)
     prepare_vast(provider, settings, load_config_text(""), PUBLIC)
     assert isinstance(provider.pace, RedisPace)
+    assert provider.pace.key_prefix.endswith(provider.pace_identity)
+    assert KEY not in provider.pace.key_prefix
+    other = VastAIProvider(api_key=KEY + "-other-account", server_url=sim.url)
+    assert other.pace_identity != provider.pace_identity
 
 
 def test_a_refused_registration_does_not_stop_startup(sim: SimServer, tmp_path: Path) -> None:

@@ -189,14 +189,21 @@ def make_pace(
     broker_url: str | None,
     intervals: Mapping[str, float] | None = None,
     *,
+    identity: str = "default",
     max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
 ) -> Pace:
     """A :class:`RedisPace` on the broker's Redis when ``broker_url`` is ``redis://`` or
-    ``rediss://``, else a :class:`LocalPace` (the embedded broker: one worker process)."""
+    ``rediss://``, else a :class:`LocalPace` (the embedded broker: one worker process).
+
+    ``identity`` names the vast account (``VastAIProvider.pace_identity``, a hash): callers
+    with the same identity share turns; other accounts on the same Redis do not."""
     if broker_url and broker_url.split("://", 1)[0] in ("redis", "rediss"):
         import redis
 
         return RedisPace(
-            redis.Redis.from_url(broker_url), intervals, max_wait_seconds=max_wait_seconds
+            redis.Redis.from_url(broker_url),
+            intervals,
+            key_prefix=f"gpubot:vast-pace:{identity}",
+            max_wait_seconds=max_wait_seconds,
         )
     return LocalPace(intervals, max_wait_seconds=max_wait_seconds)

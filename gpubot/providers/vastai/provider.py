@@ -32,6 +32,7 @@ vendor exception is kept as ``__cause__`` (its text holds the URL, which never c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -149,6 +150,13 @@ class VastAIProvider:
 
     def __repr__(self) -> str:
         return f"VastAIProvider(server_url={self.server_url!r})"
+
+    @property
+    def pace_identity(self) -> str:
+        """Names this account at this server for a shared :class:`Pace` (vast limits per API
+        key): a short SHA-256 of URL and key, never the key itself."""
+        digest = hashlib.sha256(f"{self.server_url}\0{self._api_key}".encode()).hexdigest()
+        return digest[:16]
 
     # ------------------------------------------------------------------------ offers
 
