@@ -2,7 +2,8 @@
 
 ``/slack/events`` hands the raw body and headers to Bolt, which verifies the signature
 (401 on a bad or stale one) before any listener runs. ``/metrics`` is Prometheus text:
-jobs by state, live instances, the ledger total and the outbox backlog.
+jobs by state, live instances, the ledger total, the outbox backlog and the provider rows
+rejected by validation (a counter in the database, so every worker's ticks add to it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
+from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow, MessageRow
 from gpubot.models import JobState
 from gpubot.services.deps import EngineDeps
 
@@ -43,6 +44,9 @@ def metrics_text(deps: EngineDeps) -> str:
         backlog = session.scalar(
             select(func.count()).select_from(MessageRow).where(MessageRow.dirty.is_(True))
         )
+        rows_rejected = session.scalar(
+            select(CounterRow.value).where(CounterRow.name == "provider_rows_rejected")
+        )
     lines = [
         "# HELP gpubot_jobs Jobs by state.",
         "# TYPE gpubot_jobs gauge",
@@ -59,6 +63,10 @@ def metrics_text(deps: EngineDeps) -> str:
         "# HELP gpubot_outbox_backlog Chat messages not yet delivered.",
         "# TYPE gpubot_outbox_backlog gauge",
         f"gpubot_outbox_backlog {int(backlog or 0)}",
+        "# HELP gpubot_provider_rows_rejected_total Listed instance rows skipped because a field"
+        " failed validation.",
+        "# TYPE gpubot_provider_rows_rejected_total counter",
+        f"gpubot_provider_rows_rejected_total {int(rows_rejected or 0)}",
     ]
     return "\n".join(lines) + "\n"
 

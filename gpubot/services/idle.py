@@ -1,6 +1,7 @@
 """Idle and stuck detection (in the spirit of dstack's utilization policy).
 
-An instance is *idle* while its GPU utilisation is at or below the policy's threshold, the
+An instance is *idle* while its GPU utilisation is at or below the policy's threshold (a
+missing sample is never idle, see :func:`gpu_sample_idle`), the
 job's progress does not advance and (for jobs) no job process runs — or, for an interactive
 rental, nobody works on it. Idle for ``window_minutes`` → a warning with Keep alive / Destroy
 buttons; still idle ``grace_minutes`` later → destroyed. A running job whose GPU idles and
@@ -29,14 +30,23 @@ def policy_for(deps: EngineDeps, job: JobRow) -> IdlePolicy:
     return deps.config.idle
 
 
+def gpu_sample_idle(util_pct: float | None, threshold_pct: float) -> bool:
+    """True only for a real sample at or below ``threshold_pct``.
+
+    None means the host sent no sample (null ``gpu_util``, or the 0/0 util/temperature pair the
+    adapter maps to None): unknown is never idle, so a box whose telemetry is missing is not
+    reaped or called stuck on that alone.
+    """
+    return util_pct is not None and util_pct <= threshold_pct
+
+
 def idle_changes(
     deps: EngineDeps, job: JobRow, instance: InstanceRow, status: JobStatus | None
 ) -> dict[str, Any]:
     """New ``idle_since`` (None when busy) and, when due, ``idle_warned_at``."""
     now = deps.clock()
     policy = policy_for(deps, job)
-    util = instance.gpu_util_pct
-    gpu_idle = util is None or util <= policy.gpu_util_threshold_pct
+    gpu_idle = gpu_sample_idle(instance.gpu_util_pct, policy.gpu_util_threshold_pct)
     advancing = False
     if status is not None:
         last_advance = (job.progress or {}).get("last_advance_at")
