@@ -70,7 +70,8 @@ class SimControl:
 
     def billing(self, instance_id: int | str | None = None) -> dict[str, Any]:
         """Billing totals. With an id: ``compute_usd``, ``storage_usd``, ``bandwidth_usd``,
-        ``total_usd`` (decimal strings), ``inet_down_bytes``/``inet_up_bytes``. Without:
+        ``total_usd`` (decimal strings), ``inet_down_bytes``/``inet_up_bytes`` (always bytes,
+        whatever ``bandwidth_unit`` the rows use). Without:
         ``{"instances": {id: row}, "total_usd", "credit_usd"}``. Destroyed instances count."""
         if instance_id is None:
             return dict(self._call("GET", "/_sim/billing"))
@@ -84,6 +85,40 @@ class SimControl:
         """Rent directly (cheapest offer unless ``offer_id``), e.g. to plant an orphan."""
         reply = self._call("POST", "/_sim/instances", {"label": label, "offer_id": offer_id})
         return str(reply["new_contract"])
+
+    def settings(self) -> dict[str, Any]:
+        """The current fidelity switches (:class:`gpubot.sim.settings.SimSettings` as JSON)."""
+        return dict(self._call("GET", "/_sim/settings"))
+
+    def configure(self, profile: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Change switches now (e.g. ``configure(destroyed_linger_s=60)``); ``profile``
+        first resets every switch to that profile. Returns the new settings; a bad name or
+        value is a :class:`SimControlError` 400 and changes nothing."""
+        body = dict(changes)
+        if profile is not None:
+            body["profile"] = profile
+        return dict(self._call("POST", "/_sim/settings", body))
+
+    def rate_limits(self) -> dict[str, Any]:
+        """``limits_real_s``, ``enforce``, per-endpoint ``calls``, ``violations`` (calls that
+        broke the endpoint's minimum interval), ``rejected`` (answered 429), and
+        ``search_quota`` (``per_day``, ``used``, ``resets_at`` epoch, ``rejected``)."""
+        return dict(self._call("GET", "/_sim/rate_limits"))
+
+    def reset_rate_limits(self) -> None:
+        """Zero the call/violation counters and forget the last call times."""
+        self._call("POST", "/_sim/rate_limits/reset", {})
+
+    def fail_pull(self, instance_id: int | str) -> None:
+        """The instance's current (or next) image pull fails once, ending in
+        ``settings.pull_error_status`` with a docker ``manifest ... not found`` status_msg."""
+        self._call("POST", f"/_sim/instances/{int(instance_id)}/pull_error", {})
+
+    def telemetry_gap(self, instance_id: int | str, seconds: float, kind: str = "null") -> None:
+        """For ``seconds`` simulated seconds the row reports ``gpu_util`` null (``null``) or
+        0 with 0 memory (``zero``)."""
+        self._call("POST", f"/_sim/instances/{int(instance_id)}/telemetry_gap",
+                   {"seconds": seconds, "kind": kind})
 
     def instance_processes(self, instance_id: int | str) -> list[int]:
         """Pids of the instance's live processes (marker in /proc/*/environ)."""

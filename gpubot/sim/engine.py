@@ -13,7 +13,11 @@ Billing (exact ``Decimal`` USD, accrued continuously, settled at every phase cha
 - storage: ``storage_cost`` $/GB/month × disk GB / 720 h, from create until destroy, whatever
   the state;
 - bandwidth: bytes through the instance's SSH channels × ``inet_down_cost`` (to the instance)
-  or ``inet_up_cost`` (from it), in $ per GB of 10⁹ bytes.
+  or ``inet_up_cost`` (from it), in $ per GB of 10⁹ bytes (exact bytes, whatever unit the
+  ``inet_*_billed`` row counters are reported in).
+
+Fidelity switches (min_bid drift, lingering destroyed rows, slow and failing pulls, telemetry
+gaps, …) live in :class:`gpubot.sim.settings.SimSettings` (``engine.settings``).
 """
 
 from __future__ import annotations
@@ -36,14 +40,22 @@ import paramiko
 
 from gpubot.sim import procs
 from gpubot.sim.market import HOURS_PER_MONTH, generate_offers, price_offer
+from gpubot.sim.settings import SimSettings
 from gpubot.sim.sshd import InstanceSSHServer
 
 log = logging.getLogger(__name__)
 
-PROVISION_S = 3.0
-"""Sim seconds with ``actual_status`` null after create."""
-LOADING_S = 5.0
-"""Sim seconds in ``loading`` before ``running`` (also after a start)."""
+PROVISION_S = SimSettings.provision_s
+"""Default sim seconds with ``actual_status`` null after create (``settings.provision_s``)."""
+LOADING_S = SimSettings.loading_s
+"""Default sim seconds in ``loading`` before ``running`` (``settings.loading_s``)."""
+PULL_ERROR_AFTER_S = 5.0
+"""A failing pull fails after at most this many sim seconds of ``loading`` (a missing manifest
+is known as soon as the registry answers)."""
+DRIFT_ANCHOR_STEPS = 256
+"""The min_bid walk restarts from a seeded uniform draw every this many steps, so its value at
+any step is a function of (seed, offer, step) alone and costs at most this many steps."""
+DAY_S = 86400
 INITIAL_CREDIT = Decimal("100.00")
 BYTES_PER_GB = Decimal(10**9)
 STATE_VERSION = 1
@@ -102,6 +114,11 @@ class Instance:
     ssh: InstanceSSHServer | None = None
     cpu_prev: dict[int, float] = field(default_factory=dict)
     cpu_prev_at: float = 0.0
+    forced_min_bid: float = 0.0
+    pull_error: bool = False
+    pull_failing: bool = False
+    telemetry_gap_until: float | None = None
+    telemetry_gap_kind: str | None = None
 
     @property
     def is_bid(self) -> bool:
@@ -153,8 +170,13 @@ class SimEngine:
 
     def __init__(self, *, home: Path, seed: int = 0, speed: float = 1.0,
                  outbid_rate_per_hour: float = 0.0, offer_count: int = 300,
-                 ssh_host: str = "127.0.0.1") -> None:
+                 ssh_host: str = "127.0.0.1", settings: SimSettings | None = None) -> None:
         self.home = home
+        self.seed = seed
+        self.settings = (settings or SimSettings()).validate()
+        self._drift_cache: dict[int, tuple[tuple[int, float], int, float]] = {}
+        self.search_day = 0
+        self.search_count = 0
         self.sim_dir = home / "sim"
         self.state_path = self.sim_dir / "state.json"
         self.speed = speed
@@ -181,6 +203,7 @@ class SimEngine:
             self._base = time.time()
             self.offers = {o["id"]: o for o in generate_offers(seed, offer_count, now=self._base)}
             self.rented: dict[int, int] = {}
+            self.drift_epoch = self._base
             self._save()
 
     # -- clock -----------------------------------------------------------------------------
@@ -220,6 +243,9 @@ class SimEngine:
                 "account_keys": self.account_keys,
                 "next_instance_id": self.next_instance_id,
                 "next_key_id": self.next_key_id,
+                "drift_epoch": self.drift_epoch,
+                "search_day": self.search_day,
+                "search_count": self.search_count,
             }
             tmp = self.state_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(data))
@@ -236,6 +262,9 @@ class SimEngine:
         self.account_keys = data["account_keys"]
         self.next_instance_id = data["next_instance_id"]
         self.next_key_id = data["next_key_id"]
+        self.drift_epoch = float(data.get("drift_epoch", data["now"]))
+        self.search_day = int(data.get("search_day", 0))
+        self.search_count = int(data.get("search_count", 0))
         for raw in data["instances"]:
             inst = Instance.from_json(raw)
             self.instances[inst.id] = inst
@@ -282,9 +311,27 @@ class SimEngine:
         inst.cpu_prev = {}
 
     def _settle(self, inst: Instance, now: float) -> None:
-        """Bill up to ``now`` and apply every phase change that fell due, in order."""
+        """Bill up to ``now`` and apply every phase change that fell due, in order; with
+        min_bid drift on, an interruptible instance is outbid at the first drift step whose
+        min_bid is above its bid."""
         if inst.destroyed_at is not None:
             return
+        if self._drift_applies(inst):
+            step_s = self.settings.min_bid_drift_step_s
+            first = math.floor((inst.billed_until - self.drift_epoch) / step_s) + 1
+            last = math.floor((now - self.drift_epoch) / step_s)
+            for k in range(first, last + 1):
+                at = self.drift_epoch + k * step_s
+                self._settle_to(inst, at)
+                if not self._drift_applies(inst):
+                    break
+                if (inst.bid or 0.0) < max(self._market_min_bid(inst.offer, k),
+                                           inst.forced_min_bid):
+                    self._outbid(inst, raise_min_bid=False)
+                    break
+        self._settle_to(inst, now)
+
+    def _settle_to(self, inst: Instance, now: float) -> None:
         while True:
             due = inst.phase_until
             end = now if due is None or due > now else due
@@ -304,7 +351,12 @@ class SimEngine:
         if inst.actual_status is None:
             inst.actual_status = "loading"
             inst.status_msg = f"Pulling {inst.image}"
-            inst.phase_until = at + LOADING_S
+            self._begin_pull(inst, at)
+        elif inst.actual_status == "loading" and inst.pull_failing:
+            inst.pull_failing = inst.pull_error = False
+            inst.actual_status = self.settings.pull_error_status
+            inst.status_msg = pull_error_msg(inst.image)
+            inst.phase_until = None
         elif inst.actual_status == "loading":
             inst.actual_status = "running"
             inst.status_msg = f"success, running {inst.image}/ssh"
@@ -313,6 +365,68 @@ class SimEngine:
         else:
             inst.phase_until = None
         self._dirty = True
+
+    def _begin_pull(self, inst: Instance, at: float) -> None:
+        """Enter the image pull: ``loading_s`` long, or a failure after at most
+        :data:`PULL_ERROR_AFTER_S` when the image matches ``pull_error_pattern`` or a control
+        call asked for one."""
+        pattern = self.settings.pull_error_pattern
+        inst.pull_failing = inst.pull_error or bool(pattern and re.search(pattern, inst.image))
+        loading = self.settings.loading_s
+        inst.phase_until = at + (min(loading, PULL_ERROR_AFTER_S) if inst.pull_failing
+                                 else loading)
+
+    # -- min_bid drift ---------------------------------------------------------------------
+
+    def _drift_applies(self, inst: Instance) -> bool:
+        return (self.settings.min_bid_drift_pct > 0 and inst.is_bid and inst.destroyed_at is None
+                and not inst.outbid and inst.actual_status in (None, "loading", "running"))
+
+    def _drift_step(self, now: float) -> int:
+        return math.floor((now - self.drift_epoch) / self.settings.min_bid_drift_step_s)
+
+    def _drift_value(self, offer_id: int, step: int) -> float:
+        """The walk's relative offset in [-A, +A] (A = amplitude/100) at ``step``: reflecting
+        steps of up to ±A/4, restarted from a seeded uniform draw every
+        :data:`DRIFT_ANCHOR_STEPS` steps (deterministic for (seed, offer, step))."""
+        amp = self.settings.min_bid_drift_pct / 100
+        if step <= 0:
+            return 0.0
+        anchor = step - step % DRIFT_ANCHOR_STEPS
+        cached = self._drift_cache.get(offer_id)
+        if cached is not None and cached[0][0] == anchor and cached[0][1] == amp \
+                and anchor <= cached[1] <= step:
+            k, value = cached[1], cached[2]
+        elif anchor == 0:
+            k, value = 0, 0.0
+        else:
+            k = anchor
+            value = random.Random(f"drift:{self.seed}:{offer_id}:{anchor}").uniform(-amp, amp)
+        while k < step:
+            k += 1
+            value += random.Random(f"drift:{self.seed}:{offer_id}:{k}").uniform(-amp / 4,
+                                                                                amp / 4)
+            if value > amp:
+                value = 2 * amp - value
+            elif value < -amp:
+                value = -2 * amp - value
+        self._drift_cache[offer_id] = ((anchor, amp), k, value)
+        return value
+
+    def _market_min_bid(self, offer: dict[str, Any], step: int | None = None) -> float:
+        """The machine's current min_bid ($/h): its base, moved by the drift when it is on."""
+        base = float(offer["min_bid"])
+        if self.settings.min_bid_drift_pct <= 0:
+            return base
+        if step is None:
+            step = self._drift_step(self.now())
+        return round(base * (1 + self._drift_value(int(offer["id"]), step)), 4)
+
+    def instance_min_bid(self, inst: Instance) -> float:
+        """The min_bid shown on the instance row and used to decide outbids and resumes."""
+        if self.settings.min_bid_drift_pct <= 0 or inst.destroyed_at is not None:
+            return inst.min_bid
+        return max(self._market_min_bid(inst.offer), inst.forced_min_bid)
 
     def sync(self) -> None:
         """Settle every instance at ``now()`` (called by each request and the ticker)."""
@@ -369,10 +483,14 @@ class SimEngine:
 
     def priced_offers(self, *, allocated_storage_gb: float,
                       offer_type: str) -> list[dict[str, Any]]:
-        """Un-rented offers priced for the query (rented offers are not listed)."""
+        """Un-rented offers priced for the query (rented offers are not listed); ``min_bid``
+        is the machine's current one (drifted when the drift is on)."""
         now = self.now()
         with self._lock:
-            return [price_offer(o, allocated_storage_gb=allocated_storage_gb,
+            drift = self.settings.min_bid_drift_pct > 0
+            step = self._drift_step(now)
+            return [price_offer(dict(o, min_bid=self._market_min_bid(o, step)) if drift else o,
+                                allocated_storage_gb=allocated_storage_gb,
                                 offer_type=offer_type, now=now)
                     for oid, o in self.offers.items()
                     if oid not in self.rented and o["disk_space"] >= allocated_storage_gb]
@@ -392,11 +510,30 @@ class SimEngine:
             self.sync()
             return [i for i in self.instances.values() if i.destroyed_at is None]
 
+    def is_listed(self, inst: Instance) -> bool:
+        """Live, or destroyed less than ``destroyed_linger_s`` sim seconds ago."""
+        return inst.destroyed_at is None or (
+            self.now() < inst.destroyed_at + self.settings.destroyed_linger_s)
+
+    def listed_instances(self) -> list[Instance]:
+        """What ``GET /instances`` lists: live instances plus lingering destroyed rows."""
+        with self._lock:
+            self.sync()
+            return [i for i in self.instances.values() if self.is_listed(i)]
+
+    def get_listed(self, instance_id: int) -> Instance | None:
+        """``GET /instances/{id}/``: the live or lingering instance, else None."""
+        with self._lock:
+            self.sync()
+            inst = self.instances.get(instance_id)
+            return inst if inst is not None and self.is_listed(inst) else None
+
     def create(self, offer_id: int, body: dict[str, Any]) -> dict[str, Any]:
         """Rent ``offer_id`` (vast_api.md §1.6); returns the reply body.
 
-        A bid below the offer's ``min_bid`` creates a stopped instance and replies
-        ``success: false`` with ``new_contract``.
+        A bid below the offer's current ``min_bid`` creates a stopped instance and replies
+        ``success: false``, ``error: "insufficient_bid"`` with ``new_contract`` (the server
+        chooses the HTTP status, ``settings.low_bid_status``).
         """
         with self._lock:
             self.sync()
@@ -446,7 +583,7 @@ class SimEngine:
                 runtype=str(body.get("runtype") or "ssh"),
                 bid=bid,
                 created_at=self.now(),
-                min_bid=float(offer["min_bid"]),
+                min_bid=self._market_min_bid(offer),
                 keys=[k["public_key"] for k in self.account_keys],
             )
             inst.billed_until = inst.created_at
@@ -457,30 +594,38 @@ class SimEngine:
             procs.write_nvidia_smi(self.root_of(inst.id))
             reply: dict[str, Any] = {"success": True, "new_contract": inst.id,
                                      "instance_api_key": f"sim-instance-{inst.id}"}
-            if bid is not None and bid < float(offer["min_bid"]):
+            if bid is not None and bid < inst.min_bid:
                 inst.actual_status = "stopped"
                 inst.intended_status = inst.cur_state = inst.next_state = "stopped"
                 inst.outbid = True
-                inst.status_msg = (f"bid {bid} below min_bid {offer['min_bid']}: "
+                inst.status_msg = (f"bid {bid} below min_bid {inst.min_bid}: "
                                    "created stopped")
                 reply = {"success": False, "error": "insufficient_bid",
                          "msg": f"Your bid {bid} is below the current minimum bid "
-                                f"{offer['min_bid']}; the instance was created stopped.",
+                                f"{inst.min_bid}; the instance was created stopped.",
                          "new_contract": inst.id}
             else:
-                inst.phase_until = inst.created_at + PROVISION_S
+                inst.phase_until = inst.created_at + self.settings.provision_s
             self._save()
             return reply
 
     def destroy(self, instance_id: int) -> None:
-        """Kill processes, remove files, free the offer. Unknown/gone → 404 no_such_instance."""
+        """Kill processes, remove files, free the offer, stop billing. Unknown/gone (lingering
+        rows included) → 404 no_such_instance.
+
+        The row keeps ``cur_state``/``next_state`` ``"unloaded"`` and ``actual_status``
+        ``"exited"`` (null if no container ever existed) while it lingers.
+        """
         with self._lock:
             self.sync()
             inst = self.get(instance_id)
             self._halt(inst)
+            inst.min_bid = self.instance_min_bid(inst)
             inst.destroyed_at = self.now()
-            inst.actual_status = None
+            inst.actual_status = None if inst.actual_status is None else "exited"
+            inst.phase_until = None
             inst.cur_state = inst.next_state = "unloaded"
+            inst.status_msg = "destroyed"
             self.rented.pop(int(inst.offer["id"]), None)
             shutil.rmtree(self.sim_dir / "instances" / str(inst.id), ignore_errors=True)
             self._save()
@@ -500,7 +645,7 @@ class SimEngine:
                 inst.intended_status = "running"
                 if inst.actual_status in ("running", "loading", None):
                     pass
-                elif inst.is_bid and inst.outbid and (inst.bid or 0) < inst.min_bid:
+                elif inst.is_bid and inst.outbid and (inst.bid or 0) < self.instance_min_bid(inst):
                     inst.status_msg = "Scheduling: bid below min_bid, waiting for the GPU"
                 else:
                     self._resume(inst)
@@ -513,7 +658,7 @@ class SimEngine:
         inst.actual_status = "loading"
         inst.intended_status = inst.cur_state = inst.next_state = "running"
         inst.status_msg = f"Starting {inst.image}"
-        inst.phase_until = self.now() + LOADING_S
+        self._begin_pull(inst, self.now())
 
     def set_label(self, instance_id: int, label: str | None) -> None:
         with self._lock:
@@ -535,7 +680,7 @@ class SimEngine:
             if not 0.001 <= bid <= 32:
                 raise SimError(400, "invalid_args", "Please set a bid price >= 0.001.")
             inst.bid = bid
-            if inst.outbid and bid >= inst.min_bid:
+            if inst.outbid and bid >= self.instance_min_bid(inst):
                 self._resume(inst)
             self._save()
 
@@ -577,13 +722,17 @@ class SimEngine:
             self._outbid(inst)
             self._save()
 
-    def _outbid(self, inst: Instance) -> None:
+    def _outbid(self, inst: Instance, *, raise_min_bid: bool = True) -> None:
+        """Pause ``inst``; ``raise_min_bid`` (a forced outbid) lifts its min_bid above the bid,
+        a drift outbid leaves it to the drift."""
+        if raise_min_bid:
+            raised = round(max(self.instance_min_bid(inst), inst.bid or 0.0) * 1.25 + 0.01, 4)
+            inst.min_bid = inst.forced_min_bid = raised
         self._halt(inst)
         inst.outbid = True
         inst.actual_status = "stopped"
         inst.intended_status = inst.cur_state = inst.next_state = "stopped"
         inst.phase_until = None
-        inst.min_bid = round(max(inst.min_bid, inst.bid or 0.0) * 1.25 + 0.01, 4)
         inst.status_msg = "outbid: paused, a higher bid holds the GPU"
         self._dirty = True
 
@@ -611,6 +760,60 @@ class SimEngine:
                 inst.status_msg = {"offline": "host offline", "unknown": "no host heartbeat",
                                    "exited": "container exited"}[status]
             self._save()
+
+    def fail_pull(self, instance_id: int) -> None:
+        """The instance's current (or next) image pull fails, once (vast-like daemon error)."""
+        with self._lock:
+            self.sync()
+            inst = self.get(instance_id)
+            inst.pull_error = True
+            if inst.actual_status == "loading" and not inst.pull_failing:
+                inst.pull_failing = True
+                inst.phase_until = min(inst.phase_until or self.now(),
+                                       self.now() + PULL_ERROR_AFTER_S)
+            self._save()
+
+    def set_telemetry_gap(self, instance_id: int, seconds: float, kind: str = "null") -> None:
+        """For the next ``seconds`` sim seconds the instance's row reports no GPU sample
+        (``kind`` ``null``) or 0 % with 0 memory (``zero``)."""
+        if kind not in ("null", "zero") or seconds < 0:
+            raise SimError(400, "invalid_args", "kind must be null or zero, seconds >= 0")
+        with self._lock:
+            inst = self.get(instance_id)
+            inst.telemetry_gap_until = self.now() + seconds
+            inst.telemetry_gap_kind = kind
+            self._save()
+
+    def telemetry_gap(self, inst: Instance) -> str | None:
+        """``None`` (a normal sample), ``"null"`` or ``"zero"`` for the row shown now: the
+        instance's window, else a seeded draw per ``telemetry_sample_s`` bucket."""
+        now = self.now()
+        if inst.telemetry_gap_until is not None and now < inst.telemetry_gap_until:
+            return inst.telemetry_gap_kind
+        s = self.settings
+        if s.gpu_util_null_fraction <= 0 and s.gpu_util_zero_fraction <= 0:
+            return None
+        bucket = math.floor(now / s.telemetry_sample_s)
+        draw = random.Random(f"telemetry:{self.seed}:{inst.id}:{bucket}").random()
+        if draw < s.gpu_util_null_fraction:
+            return "null"
+        if draw < s.gpu_util_null_fraction + s.gpu_util_zero_fraction:
+            return "zero"
+        return None
+
+    def take_search(self) -> float | None:
+        """Count one search against the daily quota of the simulated UTC day. Returns None
+        when allowed, else the epoch of the next UTC midnight (the quota's reset)."""
+        with self._lock:
+            day = math.floor(self.now() / DAY_S)
+            if day != self.search_day:
+                self.search_day, self.search_count = day, 0
+            quota = self.settings.search_quota_per_day
+            if quota and self.search_count >= quota:
+                return float((day + 1) * DAY_S)
+            self.search_count += 1
+            self._dirty = True
+            return None
 
     def drop_ssh(self, instance_id: int) -> int:
         with self._lock:
@@ -673,6 +876,13 @@ def _bill_row(inst: Instance) -> dict[str, Any]:
         "running_seconds": inst.running_seconds, "created_at": inst.created_at,
         "destroyed_at": inst.destroyed_at,
     }
+
+
+def pull_error_msg(image: str) -> str:
+    """The docker daemon's error for an image whose manifest the registry does not have."""
+    name = image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest"
+    return (f"Error response from daemon: manifest for {name} not found: "
+            "manifest unknown: manifest unknown")
 
 
 def _check_key(key: str) -> None:

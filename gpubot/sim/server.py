@@ -5,6 +5,11 @@ Serves ``/api/v0`` and ``/api/v1`` (with and without trailing slashes) so that t
 ``/_sim/`` (same bearer key) wrapped by :class:`gpubot.sim.control.SimControl`.
 
 Every JSON reply has ``Content-Type: application/json`` exactly (the CLI insists).
+
+Fidelity switches (:class:`gpubot.sim.settings.SimSettings`, ``engine.settings``) decide the
+per-endpoint minimum call intervals (429 without ``Retry-After``), the daily search quota
+(429 ``search_quota_exceeded`` with ``X-RateLimit-Reset``), the status of the low-bid reply,
+the unit of the bandwidth counters and the telemetry gaps of the rows.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -30,6 +36,14 @@ from gpubot.sim import query as q
 from gpubot.sim.control import SimControl
 from gpubot.sim.engine import Instance, SimEngine, SimError
 from gpubot.sim.market import CATALOGUE
+from gpubot.sim.settings import (
+    ENV_PREFIX,
+    FIELD_TYPES,
+    PROFILES,
+    SimSettings,
+    from_env,
+    profile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +84,27 @@ class Injection:
         return resp
 
 
+_RATE_LIMIT_SHAPES = ("text", "detail", "json")
+
+
+def rate_limited(threshold_s: float, shape: str) -> Response:
+    """A 429 as vast answers a call that came too soon: no ``Retry-After``; the body is plain
+    text, ``{"detail": ...}`` or ``{"success": false, "error": "rate_limit_exceeded", ...}``."""
+    msg = f"API requests too frequent endpoint threshold={threshold_s:g}"
+    if shape == "detail":
+        return _json({"detail": msg}, 429)
+    if shape == "json":
+        return _json({"success": False, "error": "rate_limit_exceeded", "msg": msg}, 429)
+    resp = Response(msg, status=429)
+    resp.headers["Content-Type"] = "text/plain"
+    return resp
+
+
+def _billed_counter(n_bytes: int, unit: str) -> float | int:
+    """``inet_*_billed`` as reported: whole kilobytes of 1000 bytes (``kb``) or bytes."""
+    return float(n_bytes // 1000) if unit == "kb" else n_bytes
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log lines (they would drown test output)."""
 
@@ -86,6 +121,15 @@ def instance_row(inst: Instance, engine: SimEngine) -> dict[str, Any]:
     storage = float(inst.storage_rate)
     with engine._bytes_lock:
         down, up = inst.bytes_down, inst.bytes_up
+    unit = engine.settings.bandwidth_unit
+    gpu_util: float | None = inst.gpu_util if running else 0.0
+    gpu_temp: float | None = round(35 + inst.gpu_util / 2, 1) if running else None
+    mem_usage: float | None = None
+    gap = engine.telemetry_gap(inst) if running else None
+    if gap == "null":
+        gpu_util = gpu_temp = None
+    elif gap == "zero":
+        gpu_util, gpu_temp, mem_usage = 0.0, 0.0, 0.0
     row: dict[str, Any] = {
         "id": inst.id, "machine_id": o["machine_id"], "host_id": o["host_id"],
         "bundle_id": o["bundle_id"], "ask_contract_id": o["id"],
@@ -108,21 +152,22 @@ def instance_row(inst: Instance, engine: SimEngine) -> dict[str, Any]:
         "num_gpus": o["num_gpus"], "gpu_name": o["gpu_name"], "gpu_arch": o["gpu_arch"],
         "gpu_ram": o["gpu_ram"], "gpu_totalram": o["gpu_total_ram"], "gpu_frac": 1.0,
         "gpu_lanes": o.get("gpu_lanes"), "gpu_mem_bw": o.get("gpu_mem_bw"), "bw_nvlink": 0.0,
-        "gpu_util": inst.gpu_util if running else 0.0,
-        "gpu_temp": round(35 + inst.gpu_util / 2, 1) if running else None,
+        "gpu_util": gpu_util, "gpu_temp": gpu_temp,
         "cpu_name": o["cpu_name"], "cpu_arch": o["cpu_arch"], "cpu_cores": o["cpu_cores"],
         "cpu_cores_effective": o["cpu_cores_effective"], "cpu_util": 0.0,
-        "cpu_ram": o["cpu_ram"], "mem_usage": None, "mem_limit": None, "vmem_usage": None,
+        "cpu_ram": o["cpu_ram"], "mem_usage": mem_usage, "mem_limit": None,
+        "vmem_usage": mem_usage,
         "disk_space": inst.disk_gb, "disk_usage": -1, "disk_util": -1,
         "disk_name": o.get("disk_name"), "disk_bw": o.get("disk_bw"),
         "inet_up": o["inet_up"], "inet_down": o["inet_down"],
         "inet_up_cost": o["inet_up_cost"], "inet_down_cost": o["inet_down_cost"],
-        "inet_up_billed": up, "inet_down_billed": down,
+        "inet_up_billed": _billed_counter(up, unit),
+        "inet_down_billed": _billed_counter(down, unit),
         "dph_base": compute, "dph_total": round(compute + storage, 6),
         "storage_cost": o["storage_cost"], "storage_total_cost": round(storage, 6),
         "vram_costperhour": o.get("vram_costperhour"),
         "search": o.get("search"), "instance": o.get("instance"),
-        "is_bid": inst.is_bid, "min_bid": inst.min_bid,
+        "is_bid": inst.is_bid, "min_bid": engine.instance_min_bid(inst),
         "credit_balance": None, "credit_discount": None, "credit_discount_max": 0.4,
         "reliability2": o["reliability"], "verification": o["verification"],
         "geolocation": o["geolocation"], "country_code": o["geolocation"][-2:],
@@ -140,13 +185,26 @@ def instance_row(inst: Instance, engine: SimEngine) -> dict[str, Any]:
 
 
 class SimApp:
-    """The WSGI application: routing, auth, fault injection."""
+    """The WSGI application: routing, auth, fault injection, rate limits, search quota.
+
+    Rate limits are per endpoint name and identity (bearer key + client address), measured in
+    REAL seconds (clients pace in real time) from the last call that was let through. Every
+    call to a limited or unlimited endpoint is counted (``calls``); one that came sooner than
+    its endpoint's interval counts as a violation and, when enforced, is answered 429.
+    """
 
     def __init__(self, engine: SimEngine, api_key: str) -> None:
         self.engine = engine
         self.api_key = api_key
         self.injections: list[Injection] = []
         self._inj_lock = threading.Lock()
+        self._rl_lock = threading.Lock()
+        self._last_call: dict[tuple[str, str], float] = {}
+        self.calls: dict[str, int] = {}
+        self.violations: dict[str, int] = {}
+        self.rejected: dict[str, int] = {}
+        self.quota_rejected = 0
+        self._shape_index = 0
         n = _ID
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., Response]]] = [
             (m, re.compile(f"^{p}$"), h) for m, p, h in [
@@ -176,8 +234,23 @@ class SimApp:
                 ("GET", "/_sim/billing", self.sim_billing),
                 ("GET", f"/_sim/billing/{n}", self.sim_billing_one),
                 ("GET", "/_sim/state", self.sim_state),
+                ("GET", "/_sim/settings", self.sim_settings),
+                ("POST", "/_sim/settings", self.sim_configure),
+                ("GET", "/_sim/rate_limits", self.sim_rate_limits),
+                ("POST", "/_sim/rate_limits/reset", self.sim_rate_limits_reset),
+                ("POST", f"/_sim/instances/{n}/pull_error", self.sim_pull_error),
+                ("POST", f"/_sim/instances/{n}/telemetry_gap", self.sim_telemetry_gap),
             ]
         ]
+        self.endpoint_of: dict[Callable[..., Response], str] = {
+            self.search: "search", self.search_new: "search", self.create: "create",
+            self.list_instances: "list", self.instance_filters: "list",
+            self.show_instance: "show", self.destroy: "destroy", self.manage: "manage",
+            self.change_bid: "change_bid", self.reboot: "reboot",
+            self.attach_ssh: "ssh", self.detach_ssh: "ssh", self.list_keys: "ssh",
+            self.add_key: "ssh", self.delete_key: "ssh",
+            self.charges: "charges", self.user: "user",
+        }
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -218,11 +291,43 @@ class SimApp:
             m = pattern.match(path)
             if m and method == request.method:
                 args = [int(g) for g in m.groups()]
+                endpoint = self.endpoint_of.get(handler)
+                if endpoint is not None:
+                    refused = self._admit(endpoint, f"{auth}|{request.remote_addr}")
+                    if refused is not None:
+                        return refused
                 if handler == self.list_instances:
                     return handler(request, version)
                 return handler(request, *args)
         return _json({"success": False, "error": "not_found",
                       "msg": f"no such endpoint: {request.method} {full_path}"}, 404)
+
+    def _admit(self, endpoint: str, identity: str) -> Response | None:
+        """Count the call; a 429 if it broke the endpoint's interval (enforced) or the
+        daily search quota; else None (go on)."""
+        settings = self.engine.settings
+        interval = settings.rate_limits_real_s.get(endpoint, 0.0)
+        now = time.monotonic()
+        with self._rl_lock:
+            self.calls[endpoint] = self.calls.get(endpoint, 0) + 1
+            last = self._last_call.get((endpoint, identity))
+            if interval > 0 and last is not None and now - last < interval:
+                self.violations[endpoint] = self.violations.get(endpoint, 0) + 1
+                if settings.rate_limit_enforce:
+                    self.rejected[endpoint] = self.rejected.get(endpoint, 0) + 1
+                    shape = _RATE_LIMIT_SHAPES[self._shape_index % len(_RATE_LIMIT_SHAPES)]
+                    self._shape_index += 1
+                    return rate_limited(interval, shape)
+            self._last_call[(endpoint, identity)] = now
+        if endpoint == "search":
+            reset = self.engine.take_search()
+            if reset is not None:
+                with self._rl_lock:
+                    self.quota_rejected += 1
+                return _json({"success": False, "error": "search_quota_exceeded",
+                              "msg": "Daily search quota exceeded; it resets at 00:00 UTC."},
+                             429, {"X-RateLimit-Reset": str(int(reset))})
+        return None
 
     def _take_injection(self, method: str, path: str) -> Response | None:
         with self._inj_lock:
@@ -286,11 +391,13 @@ class SimApp:
     # -- instances -------------------------------------------------------------------------
 
     def create(self, request: Request, offer_id: int) -> Response:
-        return _json(self.engine.create(offer_id, self._body(request)))
+        reply = self.engine.create(offer_id, self._body(request))
+        status = self.engine.settings.low_bid_status if reply.get("success") is False else 200
+        return _json(reply, status)
 
     def _rows(self) -> list[dict[str, Any]]:
         with self.engine._lock:
-            return [instance_row(i, self.engine) for i in self.engine.live_instances()]
+            return [instance_row(i, self.engine) for i in self.engine.listed_instances()]
 
     def list_instances(self, request: Request, version: int) -> Response:
         rows = self._rows()
@@ -340,12 +447,9 @@ class SimApp:
         return _json({"filters": list(combos.values())})
 
     def show_instance(self, request: Request, instance_id: int) -> Response:
-        try:
-            with self.engine._lock:
-                self.engine.sync()
-                row = instance_row(self.engine.get(instance_id), self.engine)
-        except SimError:
-            return _json({"instances": None})
+        with self.engine._lock:
+            inst = self.engine.get_listed(instance_id)
+            row = None if inst is None else instance_row(inst, self.engine)
         return _json({"instances": row})
 
     def destroy(self, request: Request, instance_id: int) -> Response:
@@ -490,6 +594,61 @@ class SimApp:
         seconds = float(self._body(request).get("seconds", 0))
         return _json({"success": True, "now": self.engine.advance(seconds)})
 
+    def sim_settings(self, request: Request) -> Response:
+        return _json(self.engine.settings.to_json())
+
+    def sim_configure(self, request: Request) -> Response:
+        body = self._body(request)
+        try:
+            if "profile" in body:
+                base = profile(str(body.pop("profile")))
+            else:
+                base = self.engine.settings
+            new = base.updated(body)
+        except (ValueError, TypeError, re.error) as e:
+            raise SimError(400, "invalid_args", f"bad settings: {e}") from e
+        with self.engine._lock:
+            self.engine.sync()  # what happened so far happened under the old settings
+            self.engine.settings = new
+        return _json(new.to_json())
+
+    def sim_rate_limits(self, request: Request) -> Response:
+        with self.engine._lock:
+            day_reset = (self.engine.search_day + 1) * 86400
+            used = self.engine.search_count
+        with self._rl_lock:
+            return _json({
+                "limits_real_s": self.engine.settings.rate_limits_real_s,
+                "enforce": self.engine.settings.rate_limit_enforce,
+                "calls": dict(self.calls), "violations": dict(self.violations),
+                "rejected": dict(self.rejected),
+                "search_quota": {"per_day": self.engine.settings.search_quota_per_day,
+                                 "used": used, "resets_at": day_reset,
+                                 "rejected": self.quota_rejected},
+            })
+
+    def sim_rate_limits_reset(self, request: Request) -> Response:
+        with self._rl_lock:
+            self._last_call.clear()
+            self.calls.clear()
+            self.violations.clear()
+            self.rejected.clear()
+            self.quota_rejected = 0
+        return _json({"success": True})
+
+    def sim_pull_error(self, request: Request, instance_id: int) -> Response:
+        self.engine.fail_pull(instance_id)
+        return _json({"success": True})
+
+    def sim_telemetry_gap(self, request: Request, instance_id: int) -> Response:
+        body = self._body(request)
+        try:
+            seconds = float(body.get("seconds", 60.0))
+        except (TypeError, ValueError) as e:
+            raise SimError(400, "invalid_args", "seconds must be a number") from e
+        self.engine.set_telemetry_gap(instance_id, seconds, str(body.get("kind", "null")))
+        return _json({"success": True})
+
     def sim_billing(self, request: Request) -> Response:
         return _json(self.engine.billing())
 
@@ -509,6 +668,10 @@ class SimApp:
                 "instances": instances,
                 "destroyed_instance_ids": [i.id for i in self.engine.instances.values()
                                            if i.destroyed_at is not None],
+                "lingering_instance_ids": [i.id for i in self.engine.instances.values()
+                                           if i.destroyed_at is not None
+                                           and self.engine.is_listed(i)],
+                "settings": self.engine.settings.to_json(),
                 "pending_create_failures": len(self.engine.fail_creates),
                 "injections": [vars(i) for i in self.injections],
             })
@@ -544,7 +707,8 @@ class SimServer:
 
     State lives in ``home/sim`` (``state.json``, instance roots, the SSH host key) and survives
     :meth:`stop`/:meth:`start` and new ``SimServer`` objects on the same home. ``stop()`` kills
-    every instance's processes (files are kept).
+    every instance's processes (files are kept). ``settings`` (default: :class:`SimSettings`
+    defaults) are the fidelity switches at start; they are not persisted.
     """
 
     TICK_S = 0.2
@@ -552,8 +716,10 @@ class SimServer:
 
     def __init__(self, *, home: Path, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
                  speed: float = 1.0, api_key: str = DEFAULT_API_KEY,
-                 outbid_rate_per_hour: float = 0.0, offer_count: int = 300) -> None:
+                 outbid_rate_per_hour: float = 0.0, offer_count: int = 300,
+                 settings: SimSettings | None = None) -> None:
         self.home = Path(home)
+        self.settings = (settings or SimSettings()).validate()
         self.host = host
         self.port = port
         self.seed = seed
@@ -589,7 +755,8 @@ class SimServer:
         self._stopping.clear()
         self.engine = SimEngine(home=self.home, seed=self.seed, speed=self.speed,
                                 outbid_rate_per_hour=self.outbid_rate_per_hour,
-                                offer_count=self.offer_count, ssh_host=self.host)
+                                offer_count=self.offer_count, ssh_host=self.host,
+                                settings=self.settings)
         self.app = SimApp(self.engine, self._api_key)
         self._http = make_server(self.host, self.port, self.app, threaded=True,
                                  request_handler=_QuietHandler)
@@ -618,9 +785,12 @@ class SimServer:
             last = now
 
     def stop(self) -> None:
-        """Stop HTTP and SSH, kill instance processes, persist. Idempotent."""
+        """Stop HTTP and SSH, kill instance processes, persist. Idempotent. Settings changed
+        at run time are kept for a later :meth:`start` of this object."""
         if self._http is None:
             return
+        assert self.engine is not None
+        self.settings = self.engine.settings
         self._stopping.set()
         self._http.shutdown()
         self._http.server_close()
@@ -651,7 +821,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outbid-rate", type=float, default=0.0,
                         help="random outbids per running interruptible instance per sim hour")
     parser.add_argument("--offers", type=int, default=300, help="market size")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                        help="fidelity profile: default, or realistic (everything on); "
+                             "env GPUBOT_SIM_PROFILE")
+    for name, kind in FIELD_TYPES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}", default=None,
+                            metavar="NAME=S,..." if kind == "limits" else kind.upper(),
+                            help=f"setting {name} (env {ENV_PREFIX}{name.upper()})")
     args = parser.parse_args(argv)
+    try:
+        base = profile(args.profile) if args.profile else None
+        settings = from_env(os.environ, base)
+        settings = settings.updated({name: getattr(args, f"set_{name}") for name in FIELD_TYPES
+                                     if getattr(args, f"set_{name}") is not None})
+    except (ValueError, re.error) as e:
+        parser.error(str(e))
     home = args.home
     if home is None:
         from gpubot.settings import Settings
@@ -659,9 +843,13 @@ def main(argv: list[str] | None = None) -> int:
         home = Settings().home
     server = SimServer(home=home, host=args.host, port=args.port, seed=args.seed,
                        speed=args.speed, api_key=args.api_key,
-                       outbid_rate_per_hour=args.outbid_rate, offer_count=args.offers)
+                       outbid_rate_per_hour=args.outbid_rate, offer_count=args.offers,
+                       settings=settings)
     server.start()
     print(f"gpubot sim: serving {server.url}  (state in {server.home / 'sim'})")
+    changed = {k: v for k, v in settings.to_json().items()
+               if v != getattr(SimSettings(), k)}
+    print(f"  settings: {json.dumps(changed) if changed else 'defaults'}")
     print(f"  API key:  {server.api_key}")
     print(f"  bot/SDK:  export VAST_URL={server.url} VAST_API_KEY={server.api_key}")
     print(f"  CLI:      VAST_URL={server.url} vastai --url {server.url} "

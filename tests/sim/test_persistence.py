@@ -7,6 +7,7 @@ from pathlib import Path
 from vastai import VastAI
 
 from gpubot.sim.server import SimServer
+from gpubot.sim.settings import SimSettings
 from tests.fixtures.sim import make_ssh_key, run_until_running, ssh_connect, ssh_run
 
 
@@ -45,3 +46,28 @@ def test_restart_keeps_instances_files_and_billing(tmp_path: Path) -> None:
         assert offers_after == set(offers_before) - rented  # market and rentals persisted
         vast.destroy_instance(iid)
         vast.destroy_instance(stopped)
+
+
+def test_restart_keeps_lingering_rows_quota_and_the_drift(tmp_path: Path) -> None:
+    """A host reboot keeps contracts, files, lingering destroyed rows, today's search count
+    and the min_bid walk (a function of seed and simulated time); switches are start options."""
+    settings = SimSettings(destroyed_linger_s=600, search_quota_per_day=3, min_bid_drift_pct=10)
+    home = tmp_path / "home"
+    with SimServer(home=home, seed=3, speed=0.0, offer_count=30, settings=settings) as first:
+        vast = VastAI(api_key=first.api_key, server_url=first.url)
+        gone = int(first.control.create_instance("gone"))
+        loading = int(first.control.create_instance("loading"))
+        first.control.advance(4)
+        vast.destroy_instance(gone)
+        vast.search_offers("num_gpus=1", limit=1)
+        first.control.advance(300)
+        prices = {o["id"]: o["min_bid"] for o in vast.search_offers("", type="bid", limit=100)}
+    with SimServer(home=home, seed=3, speed=0.0, offer_count=30, settings=settings) as second:
+        vast = VastAI(api_key=second.api_key, server_url=second.url)
+        assert vast.show_instance(gone)["cur_state"] == "unloaded"
+        assert vast.show_instance(loading)["actual_status"] == "running"
+        again = {o["id"]: o["min_bid"] for o in vast.search_offers("", type="bid", limit=100)}
+        assert again == prices  # same simulated step, same walk
+        assert second.control.rate_limits()["search_quota"]["used"] == 3
+        second.control.advance(300)
+        assert vast.show_instance(gone) is None
