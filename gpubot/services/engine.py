@@ -393,12 +393,26 @@ def _step_booting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     verdict = remote_job.verdict_of(instance)
     if verdict is InstanceVerdict.READY:
         return StepResult(changes={"state": JobState.CONNECTING.value}, immediate=True)
+    if instance.pull_error:
+        # The image cannot be pulled: another host would fail the same way, so the job fails
+        # now (not at the boot deadline, not by re-renting), quoting the provider's own words.
+        reason = (
+            f"instance {instance.provider_id} could not pull the image: “{instance.pull_error}”"
+        )
+        return _with_destroy_now(deps, job, _teardown(job, outcome=JobState.FAILED, reason=reason))
     if verdict is InstanceVerdict.LOST:
         return _interrupted(job, instance, f"instance {instance.provider_id} failed to start")
-    if deps.clock() - job.step_started_at > BOOT_DEADLINE:
+    if deps.clock() - job.step_started_at > _boot_deadline(deps, job):
         return _interrupted(job, instance, f"instance {instance.provider_id} did not boot in time")
     detail = f"instance {instance.provider_id}: {instance.provider_status or 'requested'}"
     return StepResult(changes={"phase_detail": detail})
+
+
+def _boot_deadline(deps: EngineDeps, job: JobRow) -> timedelta:
+    """The template's ``resources.boot_timeout_minutes``, else lifecycle.BOOT_DEADLINE."""
+    template = deps.config.templates.get(job.template)
+    minutes = template.resources.boot_timeout_minutes if template is not None else None
+    return timedelta(minutes=minutes) if minutes else BOOT_DEADLINE
 
 
 def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
