@@ -42,6 +42,9 @@ MESSAGE_BLOCKS_MAX = 50
 VIEW_BLOCKS_MAX = 100
 MESSAGE_TEXT_MAX = 40_000
 """Slack truncates a message's top-level ``text`` above 40,000 characters."""
+TEXT_SOFT_MAX = 4000
+"""chat.postMessage: "we recommend keeping messages to 4,000 characters" (text-only messages
+such as group cards are clamped to this)."""
 
 ELLIPSIS = "…"
 FENCE = "```"

@@ -51,6 +51,29 @@ def code_blocks(title: str, lines: Sequence[str] | str) -> list[dict[str, Any]]:
     return [section(head + md.code_block(lines, MAX_SECTION_CHARS - len(head)))]
 
 
+def code_sections(text: str, *, max_blocks: int = 10) -> list[dict[str, Any]]:
+    """Raw ``text`` (help, usage) as code-block sections of at most 3000 characters each,
+    split at line boundaries and escaped, so nothing is dropped until ``max_blocks``
+    sections are full (then the first lines are kept, with a marker)."""
+    sections: list[dict[str, Any]] = []
+    chunk: list[str] = []
+    room = MAX_SECTION_CHARS - 2 * len(md.FENCE) - 2
+    used = 0
+    for line in md.strip_control(text).split("\n"):
+        escaped = md.escape(line)
+        cost = len(escaped) + (1 if chunk else 0)
+        if chunk and used + cost > room:
+            sections.append(section(md.code_block(chunk)))
+            chunk, used, cost = [], 0, len(escaped)
+        chunk.append(line)
+        used += cost
+    if chunk or not sections:
+        sections.append(section(md.code_block(chunk)))
+    if len(sections) > max_blocks:
+        sections = sections[: max_blocks - 1] + [context("… (more not shown)")]
+    return sections
+
+
 def plan_blocks(
     job_id: str, plan_lines: Sequence[str], *, awaiting_approval: bool
 ) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, InstanceRow, JobRow, LedgerEntryRow
 from gpubot.errors import CommandError
 from gpubot.models import JobState
+from gpubot.render import mrkdwn as md
 from gpubot.render.blocks import ACTION_CANCEL, ACTION_EXTEND_BUDGET, button
 from gpubot.services import ops, outbox
 from gpubot.services.deps import EngineDeps
@@ -109,13 +110,13 @@ def scope_display(scope: str, scope_id: str) -> str:
     """How a scope is named in chat: ``user <@U1>``, ``channel <#C1>``, ``the team``."""
     match scope:
         case "user":
-            return f"user <@{scope_id}>"
+            return f"user {md.mention(scope_id)}"
         case "channel":
-            return f"channel <#{scope_id}>"
+            return f"channel {md.channel_ref(scope_id)}"
         case "team":
             return "the team"
         case _:
-            return f"job {scope_id}"
+            return f"job {md.inline(scope_id, 60)}"
 
 
 def job_stop_reason(limit_usd: Decimal, spent_usd: Decimal) -> str:
@@ -707,8 +708,8 @@ def show(deps: EngineDeps, *, user: str, channel: str) -> str:
                     f"{costs.format_usd(dec(job.budget_usd))} ({pct}%)"
                 )
         for scope, scope_id, label in (
-            ("user", user, f"you (<@{user}>)"),
-            ("channel", channel, f"this channel (<#{channel}>)"),
+            ("user", user, f"you ({md.mention(user)})"),
+            ("channel", channel, f"this channel ({md.channel_ref(channel)})"),
             ("team", TEAM_ID, "the team"),
         ):
             limits = limits_for(deps, session, scope, scope_id)
@@ -791,7 +792,7 @@ def set_budget(
                 channel=job.channel,
                 thread_key=job.id,
                 job_id=job.id,
-                text=f"<@{actor}> set the budget to {costs.format_usd(amount)}.",
+                text=f"{md.mention(actor)} set the budget to {costs.format_usd(amount)}.",
             )
             old_str = None if old is None else str(old)
         else:
@@ -918,7 +919,8 @@ def reconcile_charges(deps: EngineDeps, *, now: datetime) -> list[str]:
                     differing.append(pid)
                     ops.escalate(
                         session,
-                        f"Billing: instance {pid} (label {ch.label}) was charged "
+                        f"Billing: instance {md.inline(pid, 40)} "
+                        f"(label {md.inline(ch.label, 100)}) was charged "
                         f"{costs.format_usd(ch.amount_usd)} but has no record in our ledger.",
                     )
                 continue

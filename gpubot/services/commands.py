@@ -64,6 +64,7 @@ from gpubot.errors import (
 from gpubot.models import InterruptibleMode, JobState, OfferRanking, RentalType
 from gpubot.redact import redact
 from gpubot.render import blocks as action_ids
+from gpubot.render import mrkdwn as md
 from gpubot.render import slack as slack_render
 from gpubot.render.text import card_lines, usd
 from gpubot.services import audit, events, launch, outbox, permissions, planning
@@ -144,9 +145,9 @@ def handle_command(
     try:
         command = parse_command(text, deps.config)
     except CommandSyntaxError as e:
-        body = e.user_message
+        body = md.escape(e.user_message)
         if e.usage:
-            body += "\n\n" + e.usage
+            body += "\n\n" + md.escape(e.usage)
         return Reply(text=body, blocks=slack_render.text_blocks(body), ok=False)
     try:
         if not isinstance(command, HelpCommand):
@@ -156,14 +157,14 @@ def handle_command(
         _audit(deps, user, "denied", command.verb, e.user_message, {"text": text})
         return _refusal(e.user_message)
     except NoOfferError as e:
-        return _refusal(f"No offer fits: {redact(str(e))}")
+        return _refusal(f"No offer fits: {md.escape(redact(str(e)))}")
     except TransientProviderError:
         return _refusal("The GPU market is not answering right now; try again in a minute.")
     except CommandError as e:
-        return _refusal(redact(e.user_message))
+        return _refusal(md.escape(redact(e.user_message)))
     except GpubotError as e:
         logger.warning("command %r failed: %s", command.verb, redact(str(e)))
-        return _refusal(f"That failed: {redact(e.user_message)}")
+        return _refusal(f"That failed: {md.escape(redact(e.user_message))}")
     if reply.duplicate:
         return reply
     if not isinstance(command, LaunchCommand | RentCommand):
@@ -190,7 +191,7 @@ def handle_action(
     handled (a replayed click) returns the earlier answer and changes nothing.
     """
     if action_id not in JOB_ACTIONS:
-        return _refusal(f"Unknown action {action_id[:40]!r}.")
+        return _refusal(f"Unknown action {md.inline(repr(action_id[:40]))}.")
     if request_key:
         earlier = _earlier_reply(deps, request_key)
         if earlier is not None:
@@ -209,9 +210,11 @@ def _handle_action(
         permissions.check_may_use(deps.config, user, channel)
         match action_id:
             case action_ids.ACTION_CANCEL:
-                return _cancel(deps, job_id, user, reason=f"cancelled by <@{user}>")
+                return _cancel(deps, job_id, user, reason=f"cancelled by {md.mention(user)}")
             case action_ids.ACTION_DESTROY:
-                return _cancel(deps, job_id, user, reason=f"destroyed on request of <@{user}>")
+                return _cancel(
+                    deps, job_id, user, reason=f"destroyed on request of {md.mention(user)}"
+                )
             case action_ids.ACTION_KEEP:
                 return _keep(deps, job_id, user, hours=_number(arg, 2.0))
             case action_ids.ACTION_APPROVE:
@@ -298,7 +301,7 @@ def _cancel_unstarted(session: Session, job_id: str, reason: str, now: datetime)
 
 
 def _no_job(job_id: str) -> Reply:
-    return _refusal(f"There is no job {job_id[:20]!r}. `/gpu jobs` lists yours.")
+    return _refusal(f"There is no job {md.inline(repr(job_id[:20]))}. `/gpu jobs` lists yours.")
 
 
 def _dispatch(
@@ -324,7 +327,7 @@ def _dispatch(
         case CancelCommand() if command.job_id.startswith("g-"):
             return _cancel_group(deps, command.job_id, user)
         case CancelCommand():
-            return _cancel(deps, command.job_id, user, reason=f"cancelled by <@{user}>")
+            return _cancel(deps, command.job_id, user, reason=f"cancelled by {md.mention(user)}")
         case KeepCommand():
             return _keep(deps, command.job_id, user, hours=command.hours)
         case BudgetCommand():
@@ -335,7 +338,7 @@ def _dispatch(
             return _audit_list(deps, command, user)
         case HelpCommand():
             text = usage(command.topic, deps.config) if command.topic else help_text(deps.config)
-            return Reply(text=text, blocks=slack_render.text_blocks(f"```{text}```"))
+            return Reply(text=md.escape(text), blocks=slack_render.code_sections(text))
     raise CommandError(f"unhandled command {command!r}")  # pragma: no cover
 
 
@@ -404,10 +407,12 @@ def _cancel_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
         if group is None:
             return _no_job(group_id)
         if group.requester != user and not permissions.is_admin(deps.config, user):
-            return _refusal(f"Only <@{group.requester}> or an admin can cancel {group_id}.")
+            return _refusal(
+                f"Only {md.mention(group.requester)} or an admin can cancel {group_id}."
+            )
     count = groups.cancel_group(deps, group_id, user)
     with session_scope(deps.sessions) as session:
-        audit.record(session, user, "cancel_group", group_id, f"cancelled by <@{user}>")
+        audit.record(session, user, "cancel_group", group_id, f"cancelled by {md.mention(user)}")
     return Reply(text=f"{group_id}: cancelling {count} run(s).", job_id=group_id)
 
 
@@ -453,16 +458,16 @@ def _launch(
                 channel=channel,
                 thread_key=job_id,
                 job_id=job_id,
-                text=f"{job_id} needs an admin's approval: {reason}",
+                text=f"{job_id} needs an admin's approval: {md.inline(reason, 1000)}",
                 blocks=slack_render.approval_blocks(
                     job_id, user, lines, reason, deps.config.roles.admins
                 ),
             )
             audit.record(session, user, "approval.request", job_id, reason)
-        after = f"{job_id} waits for an admin's approval ({reason})."
+        after = f"{job_id} waits for an admin's approval ({md.inline(reason, 1000)})."
     else:
         after = f"{job_id} is queued; follow it in the thread."
-    text = "\n".join(lines) + "\n" + after
+    text = "\n".join(md.escape(line) for line in lines) + "\n" + after
     return Reply(
         text=text,
         blocks=slack_render.plan_blocks(job_id, lines, awaiting_approval=bool(reason)),
@@ -513,7 +518,7 @@ def _offers(deps: EngineDeps, command: OffersCommand) -> Reply:
     title = f"{len(best)} cheapest matching offers" + (" (bid prices)" if interruptible else "")
     table = slack_render.offers_table(best)
     return Reply(
-        text=f"{title}\n```{table}```",
+        text=f"{title}\n{md.code_block(table, md.MESSAGE_TEXT_MAX - 200)}",
         blocks=slack_render.offers_blocks(best, title),
     )
 
@@ -532,7 +537,7 @@ def _status(deps: EngineDeps, job_id: str) -> Reply:
 
         path = deps.settings.home / "charts" / f"{job_id}-loss.png"
         file_path = str(loss_chart_png([(int(p[0]), float(p[1])) for p in points], path))
-        text += f"\nloss chart: {file_path}"
+        text += f"\nloss chart: {md.inline(file_path, 500)}"
     return Reply(
         text=text,
         blocks=slack_render.text_blocks(text),
@@ -590,9 +595,12 @@ def _logs(deps: EngineDeps, command: LogsCommand, user: str, channel: str) -> Re
             tail = remote.tail(job, command.lines)
     except RemoteError as e:
         return _refusal(f"Could not read the log of {job.id}: {redact(e.user_message)}")
-    tail = redact(tail)[-MAX_LOG_CHARS:]
-    text = f"Last {command.lines} lines of {job.id}:\n```{tail or '(empty)'}```"
-    return Reply(text=text, blocks=slack_render.text_blocks(text), job_id=job.id)
+    tail_lines = redact(tail).split("\n")
+    title = f"Last {command.lines} lines of {job.id}:"
+    text = f"{md.escape(title)}\n{md.code_block(tail_lines, MAX_LOG_CHARS)}"
+    return Reply(
+        text=text, blocks=slack_render.code_blocks(title, tail_lines), job_id=job.id
+    )
 
 
 # -- changes ----------------------------------------------------------------------------------
@@ -650,7 +658,9 @@ def _keep(deps: EngineDeps, job_id: str, user: str, *, hours: float) -> Reply:
         )
         session.refresh(job)
         when = until.strftime("%Y-%m-%d %H:%M UTC")
-        events.note(session, job, f":hourglass: <@{user}> keeps {job_id} alive until {when}.")
+        events.note(
+            session, job, f":hourglass: {md.mention(user)} keeps {job_id} alive until {when}."
+        )
         audit.record(session, user, "keep", job_id, f"{hours:g} h", {"until": until.isoformat()})
     return Reply(text=f"{job_id} is kept alive until {when}.", job_id=job_id)
 
@@ -671,7 +681,9 @@ def _approve(deps: EngineDeps, job_id: str, user: str) -> Reply:
         if done.rowcount != 1:  # type: ignore[attr-defined]
             return Reply(text=f"{job_id} is {job.state}; nothing to approve.", job_id=job_id)
         session.refresh(job)
-        events.note(session, job, f":white_check_mark: Approved by <@{user}>; renting now.")
+        events.note(
+            session, job, f":white_check_mark: Approved by {md.mention(user)}; renting now."
+        )
         events.refresh_card(session, job)
         audit.record(session, user, "approve", job_id, "", {"requester": job.requester})
     deps.enqueuer.kick()
@@ -685,7 +697,7 @@ def _reject(deps: EngineDeps, job_id: str, user: str) -> Reply:
         if job is None:
             return _no_job(job_id)
         permissions.check_admin(deps.config, user, "reject a launch")
-        reason = f"rejected by <@{user}>"
+        reason = f"rejected by {md.mention(user)}"
         if not _cancel_unstarted(session, job_id, reason, now):
             return Reply(text=f"{job_id} is {job.state}; nothing to reject.", job_id=job_id)
         session.refresh(job)
@@ -718,7 +730,9 @@ def _extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) -
             .execution_options(synchronize_session=False)
         )
         session.refresh(job)
-        events.note(session, job, f":moneybag: <@{user}> raised the budget to {usd(new)}.")
+        events.note(
+            session, job, f":moneybag: {md.mention(user)} raised the budget to {usd(new)}."
+        )
         events.refresh_card(session, job)
         audit.record(
             session, user, "budget.extend", job_id, "", {"from": str(old), "to": str(new)}
@@ -783,8 +797,9 @@ def _audit_list(deps: EngineDeps, command: AuditCommand, user: str) -> Reply:
     with session_scope(deps.sessions) as session:
         rows = audit.recent(session, command.limit)
         lines = [
-            f"{r.at:%Y-%m-%d %H:%M} <@{r.actor}> {r.action} {r.target}"
-            + (f" ({r.reason})" if r.reason else "")
+            f"{r.at:%Y-%m-%d %H:%M} {md.mention(r.actor)} {md.inline(r.action, 60)} "
+            f"{md.inline(r.target, 120)}"
+            + (f" ({md.inline(r.reason, 300)})" if r.reason else "")
             for r in rows
         ]
     text = "Recent audit events:\n" + ("\n".join(lines) if lines else "none")
