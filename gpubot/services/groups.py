@@ -54,6 +54,7 @@ from gpubot.db.tables import (
 )
 from gpubot.errors import BudgetError, CommandError, GpubotError, PermissionDenied
 from gpubot.models import JobState
+from gpubot.render import mrkdwn as md
 from gpubot.render.text import usd
 from gpubot.services import events, launch, outbox, permissions, planning, staging
 from gpubot.services.deps import EngineDeps
@@ -356,7 +357,7 @@ def _submit_group(
             outbox.post_parent(
                 session,
                 channel=channel,
-                text=f"<@{requester}> {group_id}\n{text}",
+                text=f"{md.mention(requester)} {group_id}\n{text}",
                 group_id=group_id,
             )
             session.add(
@@ -443,11 +444,11 @@ def _plan_lines(
         lines.append(f"• group budget: {usd(budget_usd)} (all runs stop when it is reached)")
     if kind == "sweep" and template.target_metric:
         lines.append(f"• ranked by {template.target_metric} ({template.target_mode.value})")
-    lines += [f"  {i + 1}. {label}" for i, label in enumerate(labels[:50])]
+    lines += [f"  {i + 1}. {md.inline(label, 200)}" for i, label in enumerate(labels[:50])]
     if len(labels) > 50:
         lines.append(f"  … and {len(labels) - 50} more")
     if reason:
-        lines.append(f"• needs an admin's approval: {reason}")
+        lines.append(f"• needs an admin's approval: {md.inline(reason, 1000)}")
     return lines
 
 
@@ -754,25 +755,26 @@ def _refresh_group_card(
         best_id = best["job_id"] if best else None
     for r in ordered:
         mark = " :trophy: best" if r["job_id"] == best_id else ""
-        metric_text = f" · {metric}={_fmt_metric(r['metric'])}" if metric else ""
+        metric_text = f" · {md.inline(metric, 40)}={_fmt_metric(r['metric'])}" if metric else ""
         lines.append(
-            f"• {r['job_id']} {r['label']} · {r['state']} · {usd(r['spent_usd'])}"
+            f"• {r['job_id']} {md.inline(r['label'], 200)} · {r['state']} · {usd(r['spent_usd'])}"
             f"{metric_text}{mark}"
         )
     result = (group.spec or {}).get("result") or {}
     if result.get("manifest"):
         lines.append(
-            f"Results: {result['location']} ({result['ok']}/{result['total']} files ok)"
+            f"Results: {md.inline(result['location'], 300)} "
+            f"({result['ok']}/{result['total']} files ok)"
         )
         if result.get("failed"):
             lines.append(f"Failed files ({len(result['failed'])}): "
-                         + ", ".join(result["failed"][:20]))
+                         + ", ".join(md.inline(f, 200) for f in result["failed"][:20]))
     outbox.upsert_card(
         session,
         job_id=group.id,
         channel=group.channel,
         thread_key=group.id,
-        text="\n".join(lines),
+        text=md.clamp("\n".join(lines), md.TEXT_SOFT_MAX),
         group_id=group.id,
     )
 
@@ -890,18 +892,19 @@ def _final_text(
                                            (group.spec or {}).get("labels", []), strict=False)}
         mode = template.target_mode.value if template else "min"
         if metric:
-            lines.append(f"Results by {metric} ({mode}):")
+            lines.append(f"Results by {md.inline(metric, 40)} ({mode}):")
         for r in results.get("ranking", []):
             mark = " :trophy: best" if r["job_id"] == results.get("best") else ""
-            lines.append(f"• {r['job_id']} {labels.get(r['job_id'], '')} · {r['state']}"
-                         f" · {metric or 'metric'}={_fmt_metric(r['metric'])}{mark}")
+            lines.append(f"• {r['job_id']} {md.inline(labels.get(r['job_id'], ''), 200)}"
+                         f" · {r['state']} · {md.inline(metric or 'metric', 40)}="
+                         f"{_fmt_metric(r['metric'])}{mark}")
     else:
-        lines.append(f"Merged results: {results.get('location')} "
+        lines.append(f"Merged results: {md.inline(results.get('location'), 300)} "
                      f"({results.get('ok')}/{results.get('total')} files ok; manifest.jsonl)")
         if results.get("failed"):
             lines.append(f"{len(results['failed'])} files failed; `retry` {group.id} runs "
                          "them again in one new shard.")
-    return "\n".join(lines)
+    return md.clamp("\n".join(lines), md.TEXT_SOFT_MAX)
 
 
 # -- user actions -----------------------------------------------------------------------------
@@ -915,7 +918,8 @@ def _owned_group(session: Session, deps: EngineDeps, group_id: str, actor: str,
     if actor != group.requester and not permissions.is_admin(deps.config, actor):
         raise PermissionDenied(
             f"{actor} may not {what} {group_id}",
-            user_message=f"Only <@{group.requester}> (who launched {group_id}) or an admin can "
+            user_message=f"Only {md.mention(group.requester)} (who launched {group_id}) or an "
+            f"admin can "
             f"{what} it.",
         )
     return group
@@ -930,7 +934,7 @@ def cancel_group(deps: EngineDeps, group_id: str, actor: str) -> int:
         CommandError: no such group. PermissionDenied: not the requester or an admin.
     """
     now = deps.clock()
-    reason = f"group {group_id} cancelled by <@{actor}>"
+    reason = f"group {group_id} cancelled by {md.mention(actor)}"
     count = 0
     with session_scope(deps.sessions) as session:
         group = _owned_group(session, deps, group_id, actor, "cancel")
@@ -981,7 +985,8 @@ def approve_group(deps: EngineDeps, group_id: str, actor: str) -> list[str]:
         session.flush()
         _hold_excess(session, group, now, deps.config.engine.max_concurrent_children)
         outbox.reply(session, channel=group.channel, thread_key=group.id, group_id=group.id,
-                     text=f":white_check_mark: Approved by <@{actor}>; starting the runs.")
+                     text=f":white_check_mark: Approved by {md.mention(actor)}; "
+                     "starting the runs.")
         session.add(AuditEventRow(at=now, actor=actor, action="approve", target=group_id))
     deps.enqueuer.kick()
     return approved
@@ -1046,7 +1051,8 @@ def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:
         group.spec = spec
         group.state = RUNNING
         outbox.reply(session, channel=group.channel, thread_key=group.id, group_id=group.id,
-                     text=f":arrows_counterclockwise: <@{actor}> retries {len(failed)} failed "
+                     text=f":arrows_counterclockwise: {md.mention(actor)} retries "
+                     f"{len(failed)} failed "
                      f"files in {job_id}.")
         session.add(AuditEventRow(at=deps.clock(), actor=actor, action="retry",
                                   target=group_id, detail={"job_id": job_id,
