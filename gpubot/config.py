@@ -7,6 +7,9 @@ path is given, the operator's gpubot.toml merged over it:
   template of the same name, or add a new template. Setting ``workdir`` or ``repo`` in the
   user's table drops the built-in's code source (``workdir``/``repo``/``ref``).
 * Every other section overrides the built-in defaults key by key.
+* ``[inputs.<name>]`` declares a named input (``src``, ``description``, ``max_files``,
+  ``max_total_gb``): the only data a user can point a sharded run at (``src=<name>``). A
+  local ``src`` must be absolute and must neither be inside GPUBOT_HOME nor contain it.
 
 Any unknown key or bad value raises :class:`gpubot.errors.ConfigError` naming the dotted key
 and the line in the file it came from (tomllib reports no lines for valid TOML, so they are
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -35,19 +39,24 @@ from gpubot.templates import (
     BUILTIN_WORKDIR_PREFIX,
     DATA_DEST_RE,
     DEFAULT_EXCLUDE,
+    DEFAULT_INPUT_MAX_FILES,
+    DEFAULT_INPUT_MAX_TOTAL_GB,
     IMAGE_RE,
+    INPUT_NAME_RE,
     PARAM_NAME_RE,
     RESERVED_VERBS,
     RESOURCE_KEYS,
     TEMPLATE_NAME_RE,
     DataInput,
     IdlePolicy,
+    NamedInput,
     ParamSpec,
     ParamType,
     ParamValue,
     ResourceSpec,
     TargetMode,
     Template,
+    local_input_conflict,
     parse_s3_url,
     render_command,
 )
@@ -132,6 +141,8 @@ class BotConfig:
     roles: RolesPolicy = field(default_factory=RolesPolicy)
     ops: OpsPolicy = field(default_factory=OpsPolicy)
     engine: EnginePolicy = field(default_factory=EnginePolicy)
+    inputs: Mapping[str, NamedInput] = field(default_factory=dict)
+    """``[inputs.<name>]``: the inputs users may name with ``src=<name>``."""
     source: Path | None = None
     """The gpubot.toml merged over the built-ins, or None for built-ins only."""
 
@@ -150,11 +161,13 @@ class BotConfig:
 # -- loading -------------------------------------------------------------------------------
 
 
-def load_config(path: Path | None) -> BotConfig:
+def load_config(path: Path | None, *, home: Path | None = None) -> BotConfig:
     """Load the built-ins, merge ``path`` (a gpubot.toml) over them, validate everything.
 
     Args:
         path: the operator's file (``Settings.effective_config_path``), or None.
+        home: GPUBOT_HOME, which no local input may be inside or contain; default: the
+            ``GPUBOT_HOME`` environment variable, else ``~/.gpubot``.
 
     Raises:
         ConfigError: the file is missing/unreadable, not TOML, or a key/value is invalid.
@@ -169,18 +182,28 @@ def load_config(path: Path | None) -> BotConfig:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}") from e
         user = _Source(str(path), text, base_dir=Path(path).resolve().parent)
-    return _build(builtin, user)
+    return _build(builtin, user, home=home)
 
 
 def load_config_text(
-    text: str, *, name: str = "gpubot.toml", base_dir: Path | None = None
+    text: str,
+    *,
+    name: str = "gpubot.toml",
+    base_dir: Path | None = None,
+    home: Path | None = None,
 ) -> BotConfig:
     """Like :func:`load_config` for TOML text (tests, ``gpubot config check`` of stdin)."""
     builtin_text = resources.files("gpubot").joinpath(BUILTIN_CONFIG_NAME).read_text("utf-8")
     return _build(
         _Source(BUILTIN_CONFIG_NAME, builtin_text, base_dir=None),
         _Source(name, text, base_dir=base_dir or Path.cwd()),
+        home=home,
     )
+
+
+def default_home() -> Path:
+    """GPUBOT_HOME as the settings compute it: the environment variable, else ``~/.gpubot``."""
+    return Path(os.environ.get("GPUBOT_HOME") or "~/.gpubot").expanduser()
 
 
 class _Source:
@@ -399,7 +422,7 @@ def _tname(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-_TOP_KEYS = ("templates", "budgets", "idle", "roles", "ops", "engine")
+_TOP_KEYS = ("templates", "budgets", "idle", "roles", "ops", "engine", "inputs")
 _TEMPLATE_KEYS = (
     "description",
     "image",
@@ -419,6 +442,7 @@ _TEMPLATE_KEYS = (
     "data",
 )
 _DATA_KEYS = ("inputs",)
+_INPUT_KEYS = ("src", "description", "max_files", "max_total_gb")
 _DATA_INPUT_KEYS = ("src", "dest")
 _PARAM_KEYS = ("type", "default", "min", "max", "choices", "help", "free_text", "max_length")
 _RESOURCE_KEYS = (
@@ -469,7 +493,7 @@ _REPO_RE = re.compile(r"^(?:https://|ssh://|git@)[A-Za-z0-9@._:/~+-]+$")
 _SOURCE_KEYS = ("workdir", "repo", "ref")
 
 
-def _build(builtin: _Source, user: _Source | None) -> BotConfig:
+def _build(builtin: _Source, user: _Source | None, *, home: Path | None = None) -> BotConfig:
     ctx = _Ctx(builtin, user)
     merged = dict(builtin.data)
     if user is not None:
@@ -502,6 +526,8 @@ def _build(builtin: _Source, user: _Source | None) -> BotConfig:
         roles=_roles(ctx, ctx.table(("roles",), merged.get("roles", {}))),
         ops=_ops(ctx, ctx.table(("ops",), merged.get("ops", {}))),
         engine=_engine(ctx, ctx.table(("engine",), merged.get("engine", {}))),
+        inputs=_inputs(ctx, ctx.table(("inputs",), merged.get("inputs", {})),
+                       home or default_home()),
         source=Path(user.name) if user is not None else None,
     )
 
@@ -663,6 +689,61 @@ def _data(ctx: _Ctx, path: Path_, raw: Any) -> tuple[DataInput, ...]:
         seen[dest] = index
         out.append(DataInput(src=src, dest=dest))
     return tuple(out)
+
+
+def _inputs(ctx: _Ctx, raw: dict[str, Any], home: Path) -> dict[str, NamedInput]:
+    """``[inputs.<name>]``: the named inputs users may pick with ``src=<name>``.
+
+    ``src`` is ``s3://bucket/prefix/`` or an absolute local folder that is neither GPUBOT_HOME
+    (``home``), inside it, nor above it (symlinks resolved). Names are 1-32 of a-z 0-9 _ -.
+    """
+    out: dict[str, NamedInput] = {}
+    for name, value in raw.items():
+        path: Path_ = ("inputs", name)
+        t = ctx.table(path, value)
+        ctx.keys(path, t, _INPUT_KEYS)
+        if not INPUT_NAME_RE.match(name):
+            ctx.fail(path, "input names are 1-32 of a-z, 0-9, '_' or '-'")
+        if "src" not in t:
+            ctx.fail(path + ("src",), f"input {name!r} needs src (s3://bucket/prefix/ or a "
+                     "folder)")
+        src = ctx.string(path + ("src",), t["src"], empty=False).strip()
+        if src.startswith("s3://"):
+            try:
+                bucket, prefix = parse_s3_url(src)
+            except ValueError as e:
+                ctx.fail(path + ("src",), str(e))
+            src = f"s3://{bucket}/{prefix}"
+        elif "://" in src:
+            ctx.fail(path + ("src",), "must be s3://bucket/prefix/ or an absolute local folder")
+        else:
+            folder = Path(src)
+            if not folder.is_absolute():
+                ctx.fail(path + ("src",), f"a local input must be an absolute folder: {src!r}")
+            if ".." in folder.parts:
+                ctx.fail(path + ("src",), f"a local input may not contain '..': {src!r}")
+            if local_input_conflict(folder, [home]) is not None:
+                ctx.fail(
+                    path + ("src",),
+                    f"{src!r} is GPUBOT_HOME ({home}), inside it or above it: the bot's keys "
+                    "and database live there and are never staged",
+                )
+            src = str(folder)
+        kw: dict[str, Any] = {}
+        if "max_files" in t:
+            kw["max_files"] = ctx.integer(path + ("max_files",), t["max_files"], lo=1,
+                                          hi=1_000_000)
+        if "max_total_gb" in t:
+            kw["max_total_gb"] = ctx.number(path + ("max_total_gb",), t["max_total_gb"],
+                                            lo=0.001, hi=100_000)
+        out[name] = NamedInput(
+            name=name,
+            src=src,
+            description=ctx.string(path + ("description",), t.get("description", "")),
+            max_files=kw.get("max_files", DEFAULT_INPUT_MAX_FILES),
+            max_total_gb=float(kw.get("max_total_gb", DEFAULT_INPUT_MAX_TOTAL_GB)),
+        )
+    return out
 
 
 def _param(ctx: _Ctx, path: Path_, name: str, raw: Any) -> ParamSpec:

@@ -34,6 +34,15 @@ stuck_window_minutes = 30
 [engine]
 max_attempts = 3
 """
+DEMO_INPUT = """
+[inputs.samples]
+src = "{folder}"
+description = "generated sample PDFs"
+max_files = 100
+"""
+"""The demo's declared input: users name it (``/gpu ocr src=samples shards=2``), never a path.
+Its folder is outside GPUBOT_HOME, as config validation requires."""
+DEMO_INPUT_PDFS = 8
 
 
 class _Printer:
@@ -93,6 +102,7 @@ def run_demo(
     """Run the scripted session; 0 when every step did what it should."""
     home = Path(keep_home) if keep_home else Path(tempfile.mkdtemp(prefix="gpubot-demo-"))
     home.mkdir(parents=True, exist_ok=True)
+    inputs_dir = Path(tempfile.mkdtemp(prefix="gpubot-demo-inputs-"))
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         os.environ.pop(var, None)
     os.environ["GPUBOT_HOME"] = str(home)
@@ -146,9 +156,13 @@ def run_demo(
         def clock() -> datetime:
             return datetime.fromtimestamp(sim.engine.now(), UTC)
 
+        from gpubot.jobs.ocr.make_pdfs import make_pdfs
+
+        make_pdfs(inputs_dir, DEMO_INPUT_PDFS)
+        config_text = DEMO_CONFIG + DEMO_INPUT.format(folder=inputs_dir)
         deps = build_engine_deps(
             settings,
-            config=load_config_text(DEMO_CONFIG, name="demo.toml"),
+            config=load_config_text(config_text, name="demo.toml", home=home),
             store=store,
             clock=clock,
             enqueuer=runtime.CeleryKicker(),
@@ -186,6 +200,7 @@ def run_demo(
             worker_ctx.__exit__(None, None, None)
         sim.stop()
         moto.stop()
+        shutil.rmtree(inputs_dir, ignore_errors=True)
         if keep_home is None:
             shutil.rmtree(home, ignore_errors=True)
 
@@ -307,6 +322,23 @@ def _script(deps: Any, sim: Any, say: Callable[[str], None], out: TextIO) -> boo
             say, all(s == "succeeded" for s in states.values()), "every sweep child succeeded"
         )
 
+    # 2b. a sharded OCR run over the operator-declared input `samples` (a name, not a path)
+    reply = _command(deps, "/gpu ocr src=samples shards=2", say, "demo-3b")
+    shard_ids = set(reply.job_ids)
+    ok &= _check(say, len(shard_ids) == 2, "the sharded run launched one job per shard")
+    if shard_ids:
+        states = _follow(
+            deps,
+            shard_ids | ({reply.job_id} if reply.job_id else set()),
+            printer,
+            timeout_s=240,
+            wait_for=shard_ids,
+            replies_only=shard_ids,
+        )
+        ok &= _check(
+            say, all(s == "succeeded" for s in states.values()), "every shard succeeded"
+        )
+
     # 3. an interactive box left idle until the reaper destroys it
     reply = _command(deps, "/gpu rent gpu_ram=24 hours=2", say, "demo-4")
     rent_id = reply.job_id
@@ -355,7 +387,11 @@ def _check(say: Callable[[str], None], condition: bool, what: str) -> bool:
 def _prompt(deps: Any, out: TextIO) -> None:
     from gpubot.services.commands import handle_command
 
-    print("\ninteractive: type /gpu commands (help, offers, train ...); Ctrl-D to quit", file=out)
+    print(
+        "\ninteractive: type /gpu commands (help, offers, train, ocr src=samples shards=2 ...);"
+        " Ctrl-D to quit",
+        file=out,
+    )
     n = 0
     while True:
         try:

@@ -239,6 +239,51 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, ("/".join(parts) + "/") if parts else ""
 
 
+INPUT_NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+"""The name of an operator-declared input (``[inputs.<name>]``): what a user types as ``src=``."""
+DEFAULT_INPUT_MAX_FILES = 10_000
+DEFAULT_INPUT_MAX_TOTAL_GB = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class NamedInput:
+    """An input the operator declared in ``[inputs.<name>]``; users refer to it by ``name``.
+
+    ``src`` is ``s3://bucket/prefix/`` (the operator's allow-list of readable prefixes) or an
+    absolute local folder on the bot's machine (never GPUBOT_HOME, inside it or above it).
+    A listing stops with an error as soon as it sees more than ``max_files`` files or more
+    than ``max_total_gb`` GB in total.
+    """
+
+    name: str
+    src: str
+    description: str = ""
+    max_files: int = DEFAULT_INPUT_MAX_FILES
+    max_total_gb: float = DEFAULT_INPUT_MAX_TOTAL_GB
+
+    @property
+    def is_s3(self) -> bool:
+        return self.src.startswith(S3_SCHEME)
+
+    @property
+    def max_total_bytes(self) -> int:
+        return int(self.max_total_gb * 1024**3)
+
+
+def local_input_conflict(folder: Path, protected: list[Path]) -> Path | None:
+    """The first ``protected`` path that ``folder`` equals, lies inside, or contains.
+
+    Both sides are resolved (symlinks followed) first. Returns None when there is none.
+    Reads the file system only to resolve the paths.
+    """
+    real = folder.expanduser().resolve()
+    for item in protected:
+        guard = item.expanduser().resolve()
+        if real == guard or real.is_relative_to(guard) or guard.is_relative_to(real):
+            return item
+    return None
+
+
 class TargetMode(enum.StrEnum):
     """Whether the target metric should be minimised or maximised (sweep winner, charts)."""
 

@@ -68,14 +68,34 @@ _BUILTIN_ORDER = RESERVED_VERBS
 
 
 def template_example(template: Template) -> str:
-    """A launch example using the template's first parameter with its default."""
+    """A launch example using the template's first parameter with its default.
+
+    A shardable template with a ``src`` parameter shows a sharded run over a declared input
+    (``ocr src=<input name> shards=2``): ``src`` names an input, never a path.
+    """
+    if template.shardable and "src" in template.params:
+        shards = " shards=2" if "shards" in template.params else ""
+        return f"{template.name} src=<input name>{shards}"
     for spec in template.params.values():
         if spec.default is not None and not spec.free_text:
             return f"{template.name} {spec.name}={format_param(spec.default)}"
     return template.name
 
 
-def _template_usage(template: Template) -> str:
+def inputs_line(config: BotConfig | None) -> str:
+    """``Inputs: scans (Scanned invoices), ...``: the names ``src=`` takes, or how an operator
+    declares one when there is none."""
+    inputs = config.inputs if config is not None else {}
+    if not inputs:
+        return ("Inputs: none declared yet (an operator adds [inputs.<name>] with "
+                'src = "s3://bucket/prefix/" or a folder to gpubot.toml)')
+    return "Inputs: " + ", ".join(
+        name + (f" ({i.description})" if i.description else "")
+        for name, i in sorted(inputs.items())
+    )
+
+
+def _template_usage(template: Template, config: BotConfig | None = None) -> str:
     lines = [f"Usage: {PREFIX} {template.name} [<param>=<value> ...] [resource keys]"]
     if template.description:
         lines.append(template.description)
@@ -84,6 +104,12 @@ def _template_usage(template: Template) -> str:
         for spec in template.params.values():
             help_ = f" - {spec.help}" if spec.help else ""
             lines.append(f"  {spec.describe()}{help_}")
+    if template.shardable and "src" in template.params:
+        lines.append(
+            f"Sharded runs: {PREFIX} {template.name} src=<input name> shards=N "
+            "(src names an input declared by the operator, never a path or a bucket)"
+        )
+        lines.append(inputs_line(config))
     lines.append("Resource keys:")
     lines.extend(f"  {key:<22} {desc}" for key, desc in RESOURCE_LINES)
     lines.append(f"Example: {PREFIX} {template_example(template)}")
@@ -96,7 +122,7 @@ def usage(verb: str | None, config: BotConfig) -> str:
     ``None`` or an unknown verb gives the short list of every command.
     """
     if verb is not None and verb in config.templates:
-        return _template_usage(config.templates[verb])
+        return _template_usage(config.templates[verb], config)
     if verb is not None and verb in _VERBS:
         synopsis, example, desc = _VERBS[verb]
         sentence = desc[0].upper() + desc[1:]
@@ -125,6 +151,11 @@ def help_text(config: BotConfig) -> str:
         synopsis, example, desc = _VERBS[verb]
         lines.append(f"  {PREFIX} {synopsis}")
         lines.append(f"      {desc}; e.g. {PREFIX} {example}")
+    if any(t.shardable and "src" in t.params for t in config.templates.values()):
+        lines.append("")
+        lines.append("Sharded runs read an input the operator declared (src=<input name>, "
+                     "never a path or a bucket):")
+        lines.append("  " + inputs_line(config))
     lines.append("")
     lines.append("Resource keys (any launch, sweep or rent):")
     lines.extend(f"  {key:<22} {desc}" for key, desc in RESOURCE_LINES)

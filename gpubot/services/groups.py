@@ -58,7 +58,14 @@ from gpubot.render import mrkdwn as md
 from gpubot.render.text import usd
 from gpubot.services import events, launch, outbox, permissions, planning, staging
 from gpubot.services.deps import EngineDeps
-from gpubot.templates import ParamValue, TargetMode, Template, format_param
+from gpubot.templates import (
+    INTERNAL_PARAM_PREFIX,
+    NamedInput,
+    ParamValue,
+    TargetMode,
+    Template,
+    format_param,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,36 +228,40 @@ def submit_shards(
 ) -> GroupSubmission:
     """Split a shardable template's input across ``shards`` child jobs, as one group.
 
-    The input is ``src=`` (``s3://bucket/prefix/`` or a local folder on the bot's machine),
-    listed once and split by bytes with :func:`balance_shards` (fewer children when there
-    are fewer files). Each child gets only its own files, staged under ``input/`` of its
-    workspace (``job.params["_inputs"]``, see :mod:`gpubot.services.staging`), with
-    ``src=input shards=1`` when the template has those parameters.
+    The input is ``src=<name>``: the NAME of an input the operator declared in
+    ``[inputs.<name>]`` (never a path or a bucket of the user's own). It is listed once
+    (bounded by the input's ``max_files``/``max_total_gb``) and split by bytes with
+    :func:`balance_shards` (fewer children when there are fewer files). Each child gets only
+    its own files, staged under ``input/`` of its workspace (``job.params["_inputs"]`` holds
+    the input's name, see :mod:`gpubot.services.staging`), with ``src=input shards=1`` when
+    the template has those parameters.
 
     Raises:
-        CommandError: unknown or non-shardable template, no/invalid ``src``, no files,
-            ``shards`` < 1. NoOfferError, BudgetError: as :func:`submit_sweep`.
-        StorageError: the source cannot be listed.
+        CommandError: unknown or non-shardable template, ``src`` not a declared input name
+            (with a usage message listing the declared names), no files, ``shards`` < 1.
+            Nothing is written or listed then. NoOfferError, BudgetError: as
+            :func:`submit_sweep`.
+        StorageError: the input cannot be listed or exceeds its limits.
     """
     template = _template(deps, command.template)
     if not template.shardable:
         raise CommandError(f"template {template.name!r} cannot be split into shards")
     if shards < 1:
         raise CommandError("shards must be at least 1")
-    src = str(command.params.get("src") or template.default_params().get("src") or "")
-    if not src.startswith("s3://") and not src.startswith("/"):
-        raise CommandError(
-            "a sharded run needs src=s3://bucket/prefix/ or an absolute folder on the bot's "
-            f"machine, not {src!r}"
-        )
-    listing = staging.list_source(deps, src)
+    declared = staging.resolve_input(
+        deps, command.params.get("src") or template.default_params().get("src") or ""
+    )
+    listing = staging.list_source(deps, declared)
     if not listing:
-        raise CommandError(f"no input files under {src}")
+        raise CommandError(f"no input files in input {declared.name!r}")
     parts = [p for p in balance_shards([(f.name, f.size_bytes) for f in listing], shards) if p]
     if any(len(p) > INLINE_FILES_MAX for p in parts):
         raise CommandError(f"a shard may hold at most {INLINE_FILES_MAX} files; use more shards")
     sizes = {f.name: f.size_bytes for f in listing}
-    base = {k: v for k, v in command.params.items() if k not in {"src", "shards"}}
+    base = {
+        k: v for k, v in command.params.items()
+        if k not in {"src", "shards"} and not k.startswith(INTERNAL_PARAM_PREFIX)
+    }
     plan = launch.plan_launch(
         deps,
         LaunchCommand(
@@ -264,14 +275,16 @@ def submit_shards(
             params["src"] = SHARD_DEST
         if "shards" in template.params:
             params["shards"] = 1
-        params[staging.INPUTS_PARAM] = [{"src": src, "dest": SHARD_DEST, "files": files}]
+        params[staging.INPUTS_PARAM] = [
+            {"input": declared.name, "dest": SHARD_DEST, "files": files}
+        ]
         plans.append(replace(plan, params=params))
     labels = [
         f"shard {i + 1}/{len(parts)}: {len(p)} files, {sum(sizes[f] for f in p)} B"
         for i, p in enumerate(parts)
     ]
     spec: dict[str, Any] = {
-        "src": src,
+        "input": declared.name,
         "files": [f.name for f in listing],
         "base_params": {k: v for k, v in base.items()},
         "resources": planning.overrides_to_json(_child_resources(command.resources)),
@@ -999,8 +1012,12 @@ def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:
     ``running`` and its manifest is rewritten when the new shard ends. A repeated call while
     that retry runs returns the same job (idempotent).
 
+    The files come from the group's declared input, looked up again by name in the current
+    ``[inputs]`` (a group from before named inputs is matched by its source).
+
     Raises:
-        CommandError: no such group, not a sharded group, or it is still running.
+        CommandError: no such group, not a sharded group, it is still running, or its input
+            is no longer declared (or may no longer be used).
         PermissionDenied: not the requester or an admin. NoOfferError/BudgetError: as submit.
     """
     with session_scope(deps.sessions) as session:
@@ -1017,8 +1034,12 @@ def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:
     if not failed:
         return None
     template = _template(deps, group.template)
+    declared = _group_input(deps, spec)
     attempt = len(spec.get("retries", [])) + 1
-    base = dict(spec.get("base_params") or {})
+    base = {
+        k: v for k, v in dict(spec.get("base_params") or {}).items()
+        if not str(k).startswith(INTERNAL_PARAM_PREFIX)
+    }
     plan = launch.plan_launch(
         deps,
         LaunchCommand(template=template.name, params=base,
@@ -1029,7 +1050,9 @@ def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:
         params["src"] = SHARD_DEST
     if "shards" in template.params:
         params["shards"] = 1
-    params[staging.INPUTS_PARAM] = [{"src": spec["src"], "dest": SHARD_DEST, "files": failed}]
+    params[staging.INPUTS_PARAM] = [
+        {"input": declared.name, "dest": SHARD_DEST, "files": failed}
+    ]
     job_id, _ = launch.submit(
         deps,
         replace(plan, params=params),
@@ -1058,3 +1081,23 @@ def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:
                                   target=group_id, detail={"job_id": job_id,
                                                            "files": len(failed)}))
     return job_id
+
+
+def _group_input(deps: EngineDeps, spec: dict[str, Any]) -> NamedInput:
+    """The declared input of a sharded group's spec (``input``, or a legacy ``src`` equal to
+    a declared input's source), checked for use as :func:`staging.resolve_input` does.
+
+    Raises:
+        CommandError: the input is not (or no longer) declared, or may not be used.
+    """
+    name = spec.get("input")
+    if name is None and isinstance(spec.get("src"), str):
+        name = next(
+            (i.name for i in deps.config.inputs.values() if i.src == spec["src"]), None
+        )
+    if name is None:
+        raise CommandError(
+            "this run's input is no longer declared in [inputs]; ask an operator to declare "
+            "it again"
+        )
+    return staging.resolve_input(deps, name)

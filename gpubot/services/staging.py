@@ -1,11 +1,16 @@
 """Data staging: put a job's input data under its workspace before setup.
 
 Sources (``[templates.<t>.data] inputs``, plus the per-child list of a sharded run stored in
-``job.params["_inputs"]``):
+``job.params["_inputs"]``, whose entries name an operator-declared input (``[inputs.<name>]``,
+see :func:`resolve_input`); a user never supplies a path or a bucket):
 
 * ``s3://bucket/prefix/``: listed with the bot's own credentials (sizes, and the ``sha256``
   metadata when the uploader set it; otherwise the bot streams the object once to compute it).
-* a local folder on the bot's machine (the worker running the step must see it).
+* a local folder on the bot's machine (the worker running the step must see it). Symlinks are
+  skipped while listing and refused while reading.
+
+Listing a declared input is bounded: it stops with an error as soon as it sees more than the
+input's ``max_files`` files (or entries walked, for a local folder) or ``max_total_gb``.
 
 Transfer (the seed's advice, section 6): many small files travel as one archive. When an S3
 input has more than :data:`PACK_MIN_FILES` files or their average size is below
@@ -31,22 +36,31 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gpubot.db.tables import JobRow
-from gpubot.errors import RemoteError, StorageError
+from gpubot.errors import CommandError, RemoteError, StorageError
 from gpubot.remote import control
 from gpubot.services.deps import EngineDeps
 from gpubot.services.remote_job import RemoteSession
-from gpubot.templates import DATA_DEST_RE, S3_SCHEME, Template, parse_s3_url
+from gpubot.templates import (
+    DATA_DEST_RE,
+    INPUT_NAME_RE,
+    S3_SCHEME,
+    NamedInput,
+    Template,
+    local_input_conflict,
+    parse_s3_url,
+)
 
 PACK_MIN_FILES = 50
 """More files than this in one input travel as one archive."""
@@ -71,6 +85,9 @@ class StagingInput:
     src: str
     dest: str
     files: tuple[str, ...] | None = None
+    declared: NamedInput | None = None
+    """The operator's ``[inputs.<name>]`` this came from (its limits apply), or None for a
+    template's own ``data`` input."""
 
     @property
     def is_s3(self) -> bool:
@@ -78,6 +95,8 @@ class StagingInput:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"src": self.src, "dest": self.dest}
+        if self.declared is not None:
+            out = {"input": self.declared.name, "dest": self.dest}
         if self.files is not None:
             out["files"] = list(self.files)
         return out
@@ -118,25 +137,112 @@ def should_pack(files: list[SourceFile]) -> bool:
     return len(files) > PACK_MIN_FILES or total / len(files) < PACK_MAX_AVG_BYTES
 
 
-def inputs_for(job: JobRow, template: Template) -> list[StagingInput]:
-    """The template's ``data`` inputs followed by the job's own ``_inputs`` list.
+def input_usage(inputs: Mapping[str, NamedInput]) -> str:
+    """The usage line for ``src=``: what it takes and the names the operator declared."""
+    if not inputs:
+        return (
+            "src= takes the name of an input the operator declared; none is declared yet "
+            "(an operator adds [inputs.<name>] with src = \"s3://bucket/prefix/\" or a folder "
+            "to gpubot.toml)."
+        )
+    names = ", ".join(
+        f"`{n}`" + (f" ({i.description})" if i.description else "")
+        for n, i in sorted(inputs.items())
+    )
+    return f"src= takes the name of a declared input: {names}. Usage: src=<input name> shards=N"
+
+
+def input_problem(deps: EngineDeps, declared: NamedInput) -> str | None:
+    """Why ``declared`` may not be staged here, or None when it may.
+
+    A local folder may not be, lie inside or contain GPUBOT_HOME or the bot's SSH key; an S3
+    prefix may not overlap the bot's own object-store prefix (other jobs' results live there).
+    Reads the file system only to resolve paths.
+    """
+    if declared.is_s3:
+        try:
+            bucket, prefix = parse_s3_url(declared.src)
+        except ValueError as e:
+            return f"input {declared.name!r} has a bad s3:// source: {e}"
+        own_bucket = getattr(deps.store, "bucket", None)
+        own_prefix = str(getattr(deps.store, "prefix", "") or "")
+        if own_bucket == bucket and (
+            prefix.startswith(own_prefix) or own_prefix.startswith(prefix)
+        ):
+            return (f"input {declared.name!r} overlaps the bot's own storage prefix "
+                    f"(s3://{bucket}/{own_prefix}), where other jobs' results live")
+        return None
+    folder = Path(declared.src)
+    if not folder.is_absolute():
+        return f"input {declared.name!r} is not an absolute folder"
+    protected = [deps.settings.home, deps.ssh_key_path]
+    hit = local_input_conflict(folder, protected)
+    if hit is not None:
+        return (f"input {declared.name!r} is, lies inside or contains the bot's own files "
+                f"({'GPUBOT_HOME' if hit == deps.settings.home else 'its SSH key'})")
+    return None
+
+
+def resolve_input(deps: EngineDeps, name: object) -> NamedInput:
+    """The declared input a user named with ``src=<name>``; checked for use here.
 
     Raises:
-        StorageError: a malformed ``_inputs`` entry (bad dest, not a list, ...).
+        CommandError: ``name`` is not a declared input name (a path, a URL, ``..``, unknown),
+            or the declared input may not be used (see :func:`input_problem`). The message
+            carries the usage line with the declared names; the value is never opened.
     """
+    inputs = deps.config.inputs
+    text = name if isinstance(name, str) else ""
+    if not INPUT_NAME_RE.match(text) or text not in inputs:
+        shown = str(name)[:40]
+        raise CommandError(f"{shown!r} is not a declared input. {input_usage(inputs)}")
+    declared = inputs[text]
+    problem = input_problem(deps, declared)
+    if problem is not None:
+        raise CommandError(f"{problem}; ask an operator to fix [inputs.{declared.name}].")
+    return declared
+
+
+def inputs_for(
+    job: JobRow, template: Template, inputs: Mapping[str, NamedInput] | None = None
+) -> list[StagingInput]:
+    """The template's ``data`` inputs followed by the job's own ``_inputs`` list.
+
+    Each ``_inputs`` entry names a declared input (``{"input": name, "dest", "files"}``),
+    resolved through ``inputs`` (the config's ``[inputs]``). An entry from before named
+    inputs (``{"src": ...}``) is accepted only when ``src`` is exactly a declared input's.
+
+    Raises:
+        StorageError: a malformed ``_inputs`` entry (bad dest, not a list, ...) or one that
+            names no declared input.
+    """
+    declared_inputs = dict(inputs or {})
     out = [StagingInput(src=d.src, dest=d.dest) for d in template.data]
     raw = (job.params or {}).get(INPUTS_PARAM) or []
     if not isinstance(raw, list):
         raise StorageError(f"job {job.id}: {INPUTS_PARAM} must be a list")
     for entry in raw:
-        if not isinstance(entry, dict) or not isinstance(entry.get("src"), str):
+        if not isinstance(entry, dict):
             raise StorageError(f"job {job.id}: malformed staging input {entry!r}"[:300])
+        declared: NamedInput | None = None
+        if isinstance(entry.get("input"), str):
+            declared = declared_inputs.get(entry["input"])
+        elif isinstance(entry.get("src"), str):
+            declared = next(
+                (i for i in declared_inputs.values() if i.src == entry["src"]), None
+            )
+        else:
+            raise StorageError(f"job {job.id}: malformed staging input {entry!r}"[:300])
+        if declared is None:
+            raise StorageError(
+                f"job {job.id}: its input is not (or no longer) declared in [inputs]"
+            )
         dest = str(entry.get("dest") or ".").strip().rstrip("/") or "."
         if not DATA_DEST_RE.match(dest):
             raise StorageError(f"job {job.id}: staging dest {dest!r} is not a safe relative path")
         files = entry.get("files")
         names = None if files is None else tuple(str(f) for f in files)
-        out.append(StagingInput(src=entry["src"], dest=dest, files=names))
+        out.append(StagingInput(src=declared.src, dest=dest, files=names, declared=declared))
     return out
 
 
@@ -181,11 +287,16 @@ class _S3Source:
         return StorageError(f"S3 {op} failed for s3://{self.bucket}/{key}: {code}")
 
     def list(
-        self, only: tuple[str, ...] | None, *, with_sha256: bool = True
+        self,
+        only: tuple[str, ...] | None,
+        *,
+        with_sha256: bool = True,
+        limits: NamedInput | None = None,
     ) -> list[SourceFile]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         sizes: dict[str, int] = {}
+        total = 0
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.prefix
@@ -195,6 +306,8 @@ class _S3Source:
                     name = obj["Key"][len(self.prefix) :]
                     if name and not name.endswith("/"):
                         sizes[name] = int(obj["Size"])
+                        total += sizes[name]
+                        _check_limits(limits, len(sizes), total)
         except (BotoCoreError, ClientError) as e:
             raise self._error("list", self.prefix, e) from e
         names = sorted(sizes) if only is None else list(only)
@@ -237,49 +350,117 @@ class _S3Source:
             raise self._error("get", key, e) from e
 
 
+def _check_limits(limits: NamedInput | None, files: int, total_bytes: int) -> None:
+    if limits is None:
+        return
+    if files > limits.max_files:
+        raise StorageError(
+            f"input {limits.name!r} holds more than its limit of {limits.max_files} files"
+        )
+    if total_bytes > limits.max_total_bytes:
+        raise StorageError(
+            f"input {limits.name!r} holds more than its limit of {limits.max_total_gb:g} GB"
+        )
+
+
 class _LocalSource:
-    """A folder on the bot's machine."""
+    """A folder on the bot's machine. Symlinks are never listed nor read through."""
 
     def __init__(self, src: str) -> None:
         self.src = src
         self.root = Path(src)
         if not self.root.is_dir():
             raise StorageError(f"data folder not found on the bot's machine: {src}")
+        self.real_root = self.root.resolve()
+
+    def _walk(self, limits: NamedInput | None) -> list[tuple[str, int]]:
+        """``(name, size)`` of every regular file, without following symlinks; stops with
+        StorageError once the input's limits are passed (files, bytes, or entries walked:
+        ``10 * max_files``, so a tree of empty folders cannot keep it busy either)."""
+        found: list[tuple[str, int]] = []
+        total = 0
+        walked = 0
+        max_walked = None if limits is None else 10 * limits.max_files + 1000
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            try:
+                with os.scandir(self.root / rel if rel else self.root) as it:
+                    entries = list(it)
+            except OSError as e:
+                raise StorageError(
+                    f"cannot list {self.src}/{rel}: {type(e).__name__}"
+                ) from e
+            for entry in entries:
+                walked += 1
+                if limits is not None and max_walked is not None and walked > max_walked:
+                    raise StorageError(
+                        f"input {limits.name!r} has more than {max_walked} files and folders"
+                    )
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(name)
+                elif entry.is_file(follow_symlinks=False):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    found.append((name, size))
+                    total += size
+                    _check_limits(limits, len(found), total)
+        return found
+
+    def _path(self, name: str) -> Path:
+        """The file ``name`` under the root; refused when it is (or passes through) a
+        symlink, or resolves outside the root."""
+        path = self.root / _check_name(name)
+        real = path.resolve()
+        if path.is_symlink() or not real.is_relative_to(self.real_root) or (
+            real != self.real_root / name
+        ):
+            raise StorageError(f"input file is a symlink or outside the input: {name}"[:300])
+        return path
 
     def list(
-        self, only: tuple[str, ...] | None, *, with_sha256: bool = False
+        self,
+        only: tuple[str, ...] | None,
+        *,
+        with_sha256: bool = False,
+        limits: NamedInput | None = None,
     ) -> list[SourceFile]:
         if only is None:
-            names = sorted(
-                p.relative_to(self.root).as_posix()
-                for p in self.root.rglob("*")
-                if p.is_file() and not p.is_symlink()
-            )
-        else:
-            names = list(only)
+            return [
+                SourceFile(_check_name(name), size, None)
+                for name, size in sorted(self._walk(limits))
+            ]
         out = []
-        for name in names:
-            path = self.root / _check_name(name)
+        for name in only:
+            path = self._path(name)
             if not path.is_file():
                 raise StorageError(f"input file missing at the source: {self.src}/{name}")
             out.append(SourceFile(name, path.stat().st_size, None))
+        _check_limits(limits, len(out), sum(f.size_bytes for f in out))
         return out
 
     def chunks(self, name: str) -> Iterator[bytes]:
-        with open(self.root / name, "rb") as fh:
+        fd = os.open(self._path(name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
             while chunk := fh.read(_CHUNK):
                 yield chunk
 
 
-def list_source(deps: EngineDeps, src: str) -> list[SourceFile]:
-    """Every file under ``src`` (``s3://bucket/prefix/`` or a local folder) with its size,
-    sorted by name; no checksums (one listing call for S3).
+def list_source(deps: EngineDeps, declared: NamedInput) -> list[SourceFile]:
+    """Every file of the operator-declared input with its size, sorted by name; no
+    checksums (one listing call for S3). Bounded: stops early past the input's limits.
 
     Raises:
-        StorageError: the source is missing or cannot be listed.
+        StorageError: the input may not be used here (:func:`input_problem`), is missing,
+            cannot be listed, or holds more than its ``max_files``/``max_total_gb``.
     """
-    source = _S3Source(deps, src) if src.startswith(S3_SCHEME) else _LocalSource(src)
-    return source.list(None, with_sha256=False)
+    problem = input_problem(deps, declared)
+    if problem is not None:
+        raise StorageError(problem)
+    source = _S3Source(deps, declared.src) if declared.is_s3 else _LocalSource(declared.src)
+    return source.list(None, with_sha256=False, limits=declared)
 
 
 def _digest_of(source: _S3Source | _LocalSource, name: str) -> str:
@@ -308,11 +489,15 @@ def stage_inputs(
     started = time.monotonic()
     report = StagingReport()
     layout = session.layout(job)
-    for index, spec in enumerate(inputs_for(job, template)):
+    for index, spec in enumerate(inputs_for(job, template, deps.config.inputs)):
+        if spec.declared is not None:
+            problem = input_problem(deps, spec.declared)
+            if problem is not None:
+                raise StorageError(problem)
         source: _S3Source | _LocalSource = (
             _S3Source(deps, spec.src) if spec.is_s3 else _LocalSource(spec.src)
         )
-        files = source.list(spec.files)
+        files = source.list(spec.files, limits=spec.declared)
         if not files:
             raise StorageError(f"no input files under {spec.src}")
         dest_dir = layout.workspace if spec.dest == "." else f"{layout.workspace}/{spec.dest}"

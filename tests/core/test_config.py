@@ -311,3 +311,68 @@ def test_internal_params_are_never_exported() -> None:
     assert not any("INPUTS" in k for k in env)
     with pytest.raises(KeyError):
         param_env(train, {"nope": 1})
+
+
+class TestNamedInputs:
+    """``[inputs.<name>]``: the only data a user may name (``src=<name>``)."""
+
+    def test_s3_and_local_inputs_are_declared_with_limits(self, tmp_path: Path) -> None:
+        folder = tmp_path / "scans"
+        config = load_config_text(
+            '[inputs.scans]\nsrc = "s3://bkt-1/scans"\ndescription = "Scanned invoices"\n'
+            "max_files = 500\nmax_total_gb = 2.5\n\n"
+            f'[inputs.local-pdfs_2]\nsrc = "{folder}"\n',
+            home=tmp_path / "home",
+        )
+        scans = config.inputs["scans"]
+        assert (scans.src, scans.description, scans.max_files, scans.max_total_gb) == (
+            "s3://bkt-1/scans/", "Scanned invoices", 500, 2.5
+        )
+        assert scans.is_s3 and scans.max_total_bytes == int(2.5 * 1024**3)
+        local = config.inputs["local-pdfs_2"]
+        assert local.src == str(folder) and not local.is_s3
+        assert local.max_files > 0 and local.max_total_gb > 0
+        assert load_config(None).inputs == {}
+
+    @pytest.mark.parametrize(
+        ("body", "key", "fragment"),
+        [
+            ('src = "relative/dir"', "inputs.x.src", "absolute"),
+            ('src = "/data/../etc"', "inputs.x.src", "'..'"),
+            ('src = "@HOME@"', "inputs.x.src", "GPUBOT_HOME"),
+            ('src = "@HOME@/inbox"', "inputs.x.src", "GPUBOT_HOME"),
+            ('src = "@PARENT@"', "inputs.x.src", "GPUBOT_HOME"),
+            ('src = "/"', "inputs.x.src", "GPUBOT_HOME"),
+            ('src = "https://example.com/x"', "inputs.x.src", "s3://"),
+            ('src = "s3://B/x"', "inputs.x.src", "bucket"),
+            ('src = "s3://bkt/../x"', "inputs.x.src", ".."),
+            ('description = "no src"', "inputs.x.src", "needs src"),
+            ('src = "s3://bkt/x"\nmax_files = 0', "inputs.x.max_files", ">= 1"),
+            ('src = "s3://bkt/x"\nmax_total_gb = -1', "inputs.x.max_total_gb", ">="),
+            ('src = "s3://bkt/x"\npath = "/etc"', "inputs.x.path", "unknown key"),
+        ],
+    )
+    def test_bad_inputs_name_the_key_and_line(
+        self, tmp_path: Path, body: str, key: str, fragment: str
+    ) -> None:
+        home = tmp_path / "home"
+        text = "# inputs\n[inputs.x]\n" + body.replace("@HOME@", str(home)).replace(
+            "@PARENT@", str(tmp_path)
+        ) + "\n"
+        with pytest.raises(ConfigError) as info:
+            load_config_text(text, home=home)
+        assert info.value.key == key
+        assert info.value.line in (2, 3, 4)
+        assert fragment in str(info.value)
+
+    @pytest.mark.parametrize("name", ["Scans", "a/b", "a" * 33, "x.y"])
+    def test_input_names_are_short_lowercase_words(self, name: str) -> None:
+        with pytest.raises(ConfigError, match="input names"):
+            load_config_text(f'[inputs."{name}"]\nsrc = "s3://bkt/x"\n')
+
+    def test_home_defaults_to_the_environment(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("GPUBOT_HOME", str(tmp_path / "h"))
+        with pytest.raises(ConfigError, match="GPUBOT_HOME"):
+            load_config_text(f'[inputs.x]\nsrc = "{tmp_path / "h" / "sub"}"\n')

@@ -1,6 +1,7 @@
 """Fixtures for group tests: the scenario fixtures (simulator over HTTP with real SSH, moto's
 S3 server) with extra templates: a test OCR template (shardable, with a per-file delay) and
-templates that stage data from S3 and from a local folder."""
+templates that stage data from S3 and from a local folder, and the operator-declared inputs
+a sharded run may name (``src=pdfs``: S3; ``src=localpdfs``: a local folder)."""
 
 from __future__ import annotations
 
@@ -85,13 +86,31 @@ inputs = [{src = "s3://@BUCKET@/corrupt/", dest = "data"}]
 [templates.corruptx.resources]
 interruptible = "no"
 min_reliability = 0.9
+
+[inputs.pdfs]
+src = "s3://@BUCKET@/pdfs/"
+description = "test PDFs in S3"
+max_files = 100
+
+[inputs.localpdfs]
+src = "@LOCALIN@"
+description = "test PDFs in a local folder"
+max_files = 100
 """
 
 
-def groups_config(bucket: str, local_dir: Path) -> BotConfig:
-    """The scenario templates plus the group templates; at most 2 children at once."""
+def groups_config(bucket: str, local_dir: Path, local_input: Path | None = None) -> BotConfig:
+    """The scenario templates plus the group templates; at most 2 children at once.
+
+    ``local_input`` is the folder of the declared input ``localpdfs`` (default: a sibling
+    ``localinput`` of ``local_dir``)."""
     text = TEST_TEMPLATES.replace("[engine]\n", "[engine]\nmax_concurrent_children = 2\n")
-    text += GROUP_TEMPLATES.replace("@BUCKET@", bucket).replace("@LOCAL@", str(local_dir))
+    local_input = local_input or local_dir.parent / "localinput"
+    text += (
+        GROUP_TEMPLATES.replace("@BUCKET@", bucket)
+        .replace("@LOCALIN@", str(local_input))
+        .replace("@LOCAL@", str(local_dir))
+    )
     return load_config_text(text, name="groups-test.toml")
 
 
@@ -103,18 +122,27 @@ def local_data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def local_input(tmp_path: Path) -> Path:
+    """The folder of the declared input ``localpdfs``."""
+    path = tmp_path / "localinput"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def gengine(
     tmp_path: Path,
     sim: SimServer,
     s3_store: S3Store,
     local_data: Path,
+    local_input: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> EngineDeps:
     return make_engine(
         tmp_path / "home",
         sim,
         s3_store,
-        groups_config(s3_store.bucket, local_data),
+        groups_config(s3_store.bucket, local_data, local_input),
         monkeypatch,
     )
 

@@ -50,9 +50,7 @@ class TestShardedOcr:
         gengine.config = replace(
             gengine.config, engine=replace(gengine.config.engine, max_concurrent_children=4)
         )
-        command = parse_command(
-            f"ocrx src=s3://{s3_store.bucket}/pdfs/ step_seconds=0.3", gengine.config
-        )
+        command = parse_command("ocrx src=pdfs step_seconds=0.3", gengine.config)
         assert isinstance(command, LaunchCommand)
         sub = groups.submit_shards(
             gengine, command, shards=4, requester="U1", channel="C1", request_key="k-ocr"
@@ -111,7 +109,7 @@ class TestShardedOcr:
         names = upload_pdfs(s3_store, tmp_path, 6)
         src = S3Store(s3_store.bucket, "pdfs/")
         src.put_bytes(names[2], b"this is not a pdf")
-        command = parse_command(f"ocrx src=s3://{s3_store.bucket}/pdfs/", gengine.config)
+        command = parse_command("ocrx src=pdfs", gengine.config)
         assert isinstance(command, LaunchCommand)
         sub = groups.submit_shards(
             gengine, command, shards=2, requester="U1", channel="C1", request_key="k-retry"
