@@ -94,7 +94,7 @@ def card_lines(view: JobView) -> list[str]:
         lines.append(f"step {view.step}{of} {bar}" + (f" ETA {eta}" if eta else ""))
     if view.metrics:
         shown = ", ".join(
-            f"{md.inline(k, 40)}={v:.4g}" for k, v in sorted(view.metrics.items())[:6]
+            f"{md.inline(k, 80)}={v:.4g}" for k, v in sorted(view.metrics.items())[:6]
         )
         lines.append(f"metrics: {shown}")
     money = f"spent {usd(view.spent_usd)}"

@@ -197,14 +197,14 @@ def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -
         if metrics:
             lines.append(
                 "Final metrics: "
-                + ", ".join(f"{md.inline(k, 40)}={_metric(v)}" for k, v in metrics.items())
+                + ", ".join(f"{md.inline(k, 80)}={_metric(v)}" for k, v in metrics.items())
             )
         note(session, job, md.clamp("\n".join(lines), md.SECTION_TEXT_MAX))
     else:
         verb = "was cancelled" if job.state == "cancelled" else "failed"
         reason = md.strip_control(job.reason or "no reason recorded").strip()
         first, _, log = reason.partition("\n")
-        text = f":x: {jid} {verb}: {md.inline(first, 500)}. "
+        text = f":x: {jid} {verb}: {md.inline(first.rstrip(':. '), 500)}. "
         text += f"Instance destroyed. Final cost {usd(spent)}."
         clamped = False
         if log.strip():
