@@ -4,6 +4,12 @@ Commands run as real processes (``/bin/bash -c CMD``) with cwd = the instance ro
 environment naming the instance (see :mod:`gpubot.sim.procs`). SFTP paths are confined to the
 root: relative paths resolve against it, absolute paths must lie inside it (symlinks included).
 Bytes sent to the instance count as download, bytes sent back as upload (``on_bytes``).
+
+Ordering guarantee (what a real sshd gives and clients rely on): a command's process is started
+only after the reply accepting its ``exec``/``shell`` request is on the wire, and on one channel
+the server sends, in this order, all stdout/stderr, the exit status, EOF, then CLOSE. Without
+the first half a fast command could close its channel before the client saw the request
+accepted, and the client failed with ``SSHException: Channel closed``.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from paramiko.channel import Channel
+from paramiko.common import MSG_CHANNEL_REQUEST
 from paramiko.sftp_server import SFTPServer
 
 log = logging.getLogger(__name__)
@@ -27,9 +35,18 @@ ByteCounter = Callable[[int, int], None]
 
 
 class _ServerIface(paramiko.ServerInterface):
+    """Auth and channel-request checks for one connection.
+
+    ``check_channel_exec_request``/``check_channel_shell_request`` only record the request
+    (they run before paramiko has sent the reply); :meth:`start_pending` starts the process once
+    the reply is sent (see :class:`_SessionTransport`). Environment variables are per channel.
+    """
+
     def __init__(self, owner: InstanceSSHServer) -> None:
         self.owner = owner
-        self.env: dict[str, str] = {}
+        self._env: dict[int, dict[str, str]] = {}
+        self._pending: dict[int, tuple[str | None, dict[str, str]]] = {}
+        self._started: set[int] = set()
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -51,19 +68,74 @@ class _ServerIface(paramiko.ServerInterface):
                                   value: bytes | str) -> bool:
         key = name.decode() if isinstance(name, bytes) else name
         val = value.decode() if isinstance(value, bytes) else value
-        self.env[key] = val
+        self._env.setdefault(channel.get_id(), {})[key] = val
         return True
 
     def check_channel_pty_request(self, *args: Any) -> bool:
         return True
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        self.owner.run(channel, command.decode(errors="replace"), dict(self.env))
-        return True
+        return self._defer(channel, command.decode(errors="replace"))
 
     def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
-        self.owner.run(channel, None, dict(self.env))
+        return self._defer(channel, None)
+
+    def _defer(self, channel: paramiko.Channel, command: str | None) -> bool:
+        """Record ``command`` (None: a shell) for :meth:`start_pending`.
+
+        A second exec/shell on one channel is refused, as OpenSSH does.
+        """
+        chanid = channel.get_id()
+        if chanid in self._pending or chanid in self._started:
+            return False
+        self._pending[chanid] = (command, self._env.pop(chanid, {}))
         return True
+
+    def start_pending(self, channel: paramiko.Channel) -> None:
+        """Start the process recorded for ``channel``, if any; called after the reply is sent.
+
+        Runs on the transport thread. Nothing starts if the connection died meanwhile.
+        """
+        pending = self._pending.pop(channel.get_id(), None)
+        if pending is None:
+            return
+        self._started.add(channel.get_id())
+        transport = channel.get_transport()
+        if channel.closed or transport is None or not transport.is_active():
+            return
+        command, env = pending
+        self.owner.run(channel, command, env)
+
+
+def _handle_request_then_start(channel: Channel, m: paramiko.Message) -> None:
+    """paramiko's channel-request handler, then the deferred start of an accepted exec/shell.
+
+    ``Channel._handle_request`` calls the ``check_channel_*_request`` method and then writes
+    the SUCCESS/FAILURE reply to the socket before returning, so a process started here cannot
+    send output, exit status or CLOSE ahead of that reply.
+    """
+    Channel._handle_request(channel, m)
+    server = channel.get_transport().server_object
+    if isinstance(server, _ServerIface):
+        server.start_pending(channel)
+
+
+class _SessionTransport(paramiko.Transport):
+    """A server transport whose channel requests go through :func:`_handle_request_then_start`.
+
+    paramiko has no public hook that runs after a request's reply is sent; its transport looks
+    channel messages up in the class attribute ``_channel_handler_table`` (paramiko 1.x-5.x).
+    """
+
+    _channel_handler_table = {
+        **paramiko.Transport._channel_handler_table,
+        MSG_CHANNEL_REQUEST: _handle_request_then_start,
+    }
+
+
+if paramiko.Transport._channel_handler_table.get(MSG_CHANNEL_REQUEST) is not (
+        Channel._handle_request):  # pragma: no cover - a paramiko upgrade changed the internals
+    raise ImportError("paramiko's channel request dispatch changed; fix gpubot.sim.sshd")
 
 
 class _ConfinedSFTP(paramiko.SFTPServerInterface):
@@ -224,7 +296,9 @@ class InstanceSSHServer:
             except OSError:
                 return
             try:
-                transport = paramiko.Transport(conn)
+                # One small packet per SSH message: without NODELAY each waits on a delayed ACK.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                transport = _SessionTransport(conn)
                 transport.add_server_key(self.host_key)
                 transport.set_subsystem_handler("sftp", SFTPServer, _ConfinedSFTP)
                 with self._lock:
@@ -253,7 +327,12 @@ class InstanceSSHServer:
 
     def run(self, channel: paramiko.Channel, command: str | None,
             extra_env: dict[str, str]) -> None:
-        """Start ``command`` (None: an interactive bash) wired to ``channel``; returns at once."""
+        """Start ``command`` (None: an interactive bash) wired to ``channel``; returns at once.
+
+        Call only once the exec/shell request has been answered (the process may finish and
+        close ``channel`` at once). The channel then gets all of stdout/stderr, the exit status
+        (128+N for a signal N), EOF and CLOSE, in that order.
+        """
         argv = ["/bin/bash", "-c", command] if command is not None else ["/bin/bash"]
         try:
             proc = subprocess.Popen(argv, cwd=str(self.root), env=self.process_env(extra_env),
