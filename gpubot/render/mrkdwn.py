@@ -120,14 +120,16 @@ def code_block(
     limit_chars: int = SECTION_TEXT_MAX,
     *,
     empty: str = "(empty)",
+    keep: str = "tail",
 ) -> str:
     """Raw ``lines`` (a log tail, a table) as one closed code block of at most ``limit_chars``.
 
-    Contract: every line is escaped (:func:`escape`) and cannot close the fence early; the
-    NEWEST (last) lines are kept and older ones dropped whole, with a first line
-    ``… N earlier lines not shown``; a single line longer than the room keeps its end, cut
-    with ``…``. The result always starts and ends with a fence. ``limit_chars`` must be at
-    least 16.
+    Contract: every line is escaped (:func:`escape`) and cannot close the fence early. With
+    ``keep="tail"`` (logs) the NEWEST (last) lines are kept and older ones dropped whole, with a
+    first line ``… N earlier lines not shown``; with ``keep="head"`` (tables) the first lines
+    are kept and a last line says how many more there are. A single line longer than the room
+    is cut (a log line keeps its end). The result always starts and ends with a fence.
+    ``limit_chars`` should be at least 64.
     """
     if isinstance(lines, str):
         lines = lines.split("\n")
@@ -136,24 +138,33 @@ def code_block(
         raw.pop()
     escaped = [_fence_safe(escape(line)) for line in raw] or [escape(empty)]
     room = max(8, limit_chars - 2 * len(FENCE) - 2)  # fences and their two newlines
+    marker_of = _dropped_marker if keep == "tail" else _more_marker
+    order = list(reversed(escaped)) if keep == "tail" else escaped
     kept: list[str] = []
     used = 0
-    for line in reversed(escaped):
+    for line in order:
         cost = len(line) + (1 if kept else 0)
         dropped = len(escaped) - len(kept) - 1
-        marker_cost = len(_dropped_marker(dropped)) + 1 if dropped else 0
+        marker_cost = len(marker_of(dropped)) + 1 if dropped else 0
         if used + cost + marker_cost > room:
             break
         kept.append(line)
         used += cost
-    if not kept:  # the newest line alone is too long: keep its end
+    if not kept:  # the first line kept is alone too long: cut it
         dropped = len(escaped) - 1
-        marker = _dropped_marker(dropped) + "\n" if dropped else ""
-        kept = [_tail_chars(escaped[-1], room - len(marker))]
-    kept.reverse()
+        marker = marker_of(dropped) + "\n" if dropped else ""
+        if keep == "tail":
+            kept = [_tail_chars(order[0], room - len(marker))]
+        else:
+            cut = _ENTITY_AT_END.sub("", order[0][: max(0, room - len(marker) - 1)])
+            kept = [cut + ELLIPSIS]
     dropped = len(escaped) - len(kept)
-    body = "\n".join(([_dropped_marker(dropped)] if dropped else []) + kept)
-    return f"{FENCE}\n{body}\n{FENCE}"
+    if keep == "tail":
+        kept.reverse()
+        body_lines = ([marker_of(dropped)] if dropped else []) + kept
+    else:
+        body_lines = kept + ([marker_of(dropped)] if dropped else [])
+    return f"{FENCE}\n" + "\n".join(body_lines) + f"\n{FENCE}"
 
 
 def _dropped_marker(count: int) -> str:

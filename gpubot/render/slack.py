@@ -63,12 +63,12 @@ def code_sections(text: str, *, max_blocks: int = 10) -> list[dict[str, Any]]:
         escaped = md.escape(line)
         cost = len(escaped) + (1 if chunk else 0)
         if chunk and used + cost > room:
-            sections.append(section(md.code_block(chunk)))
+            sections.append(section(md.code_block(chunk, keep="head")))
             chunk, used, cost = [], 0, len(escaped)
         chunk.append(line)
         used += cost
     if chunk or not sections:
-        sections.append(section(md.code_block(chunk)))
+        sections.append(section(md.code_block(chunk, keep="head")))
     if len(sections) > max_blocks:
         sections = sections[: max_blocks - 1] + [context("… (more not shown)")]
     return sections
@@ -133,8 +133,8 @@ def offers_blocks(offers: Sequence[Offer], title: str) -> list[dict[str, Any]]:
     """The offers table under a raw ``title``; a table over 3000 characters keeps its first
     (cheapest) rows and says how many more there are."""
     head = f"*{md.inline(title, 300)}*\n"
-    table = md.clamp(offers_table(offers), MAX_SECTION_CHARS - len(head) - 40)
-    return [section(head + md.code_block(table, MAX_SECTION_CHARS - len(head)))]
+    table = md.code_block(offers_table(offers), MAX_SECTION_CHARS - len(head), keep="head")
+    return [section(head + table)]
 
 
 def cost_table(rows: Sequence[tuple[str, Decimal]], title: str) -> list[dict[str, Any]]:
@@ -143,8 +143,8 @@ def cost_table(rows: Sequence[tuple[str, Decimal]], title: str) -> list[dict[str
     width = min(40, max([len(r[0]) for r in rows] + [5]))
     body = "\n".join(f"{label[:40]:<{width}}  {usd(amount):>10}" for label, amount in rows)
     head = f"*{md.inline(title, 300)}*\n"
-    table = md.clamp(body or "nothing spent", MAX_SECTION_CHARS - len(head) - 40)
-    return [section(head + md.code_block(table, MAX_SECTION_CHARS - len(head)))]
+    table = md.code_block(body or "nothing spent", MAX_SECTION_CHARS - len(head), keep="head")
+    return [section(head + table)]
 
 
 def jobs_blocks(views: Sequence[JobView], title: str) -> list[dict[str, Any]]:

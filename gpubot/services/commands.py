@@ -518,7 +518,7 @@ def _offers(deps: EngineDeps, command: OffersCommand) -> Reply:
     title = f"{len(best)} cheapest matching offers" + (" (bid prices)" if interruptible else "")
     table = slack_render.offers_table(best)
     return Reply(
-        text=f"{title}\n{md.code_block(table, md.MESSAGE_TEXT_MAX - 200)}",
+        text=f"{title}\n{md.code_block(table, md.TEXT_SOFT_MAX, keep='head')}",
         blocks=slack_render.offers_blocks(best, title),
     )
 
