@@ -37,11 +37,16 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 __all__ = [
+    "CONTROL_FILE_MAX_BYTES",
     "DEFAULT_EXCLUDE",
     "DISCOVER_ROOT_COMMAND",
     "DOWNLOAD_SHA_MISMATCH_EXIT",
     "DownloadItem",
+    "LOG_TAIL_MAX_BYTES",
+    "PROGRESS_MAX_BYTES",
     "RemoteLayout",
+    "SETUP_FAILURE_TAIL_LINES",
+    "SETUP_FAILURE_TAIL_MAX_BYTES",
     "Stage",
     "UploadItem",
     "download_files_script",
@@ -65,6 +70,26 @@ DISCOVER_ROOT_COMMAND = 'printf %s "${GPUBOT_REMOTE_ROOT:-/workspace}"'
 
 DOWNLOAD_SHA_MISMATCH_EXIT = 3
 """Exit status of :func:`download_files_script` when a file's sha256 does not match."""
+
+# Everything a job writes is untrusted (a single log line may be gigabytes), so every read of
+# a job-written file below is bounded in bytes on the instance, before it reaches SSH.
+
+LOG_TAIL_MAX_BYTES = 256 * 1024
+"""The most bytes :func:`tail_log_script` prints by default: the log's newest bytes, cut to
+whole lines (or the newest part of one line longer than that)."""
+
+SETUP_FAILURE_TAIL_MAX_BYTES = 16 * 1024
+"""The most bytes of the setup log :func:`setup_script` copies to stderr when it fails."""
+
+SETUP_FAILURE_TAIL_LINES = 20
+"""The most lines of the setup log :func:`setup_script` copies to stderr when it fails."""
+
+PROGRESS_MAX_BYTES = 64 * 1024
+"""The most bytes of the progress file :func:`status_script` reads; a bigger file arrives
+cut and so reads as unparseable (no progress), never as a huge string."""
+
+CONTROL_FILE_MAX_BYTES = 64
+"""The most bytes read from a pid or exit-code file (a job could overwrite them)."""
 
 DEFAULT_EXCLUDE: tuple[str, ...] = (
     ".git/",
@@ -100,6 +125,37 @@ _JSON_STRING_FILTER = "tr -d '\\000-\\037' | sed -e 's/\\\\/\\\\\\\\/g' -e 's/\"
 def q(value: str | os.PathLike[str]) -> str:
     """``shlex.quote`` for strings and paths."""
     return shlex.quote(os.fspath(value))
+
+
+def _read_small(path: str, cleanup: str) -> str:
+    """Shell: the first CONTROL_FILE_MAX_BYTES bytes of ``path`` (quoted) through ``cleanup``."""
+    return f"head -c {CONTROL_FILE_MAX_BYTES} {path} 2>/dev/null | {cleanup}"
+
+
+def _tail_lines(path: str, lines: int, max_bytes: int) -> str:
+    """Shell printing the last ``lines`` lines of ``path`` (quoted) within its last
+    ``max_bytes`` bytes; prints nothing (status 0) when the file is absent.
+
+    Reads ``max_bytes + 1`` bytes from the end (``tail -c`` seeks: the file's size does not
+    matter). When the file was longer than ``max_bytes`` the window's first line is partial
+    (or empty) and is dropped; when no whole line is left after it (one line longer than the
+    window) the newest ``max_bytes`` bytes of that line are printed instead. At most
+    ``max_bytes`` bytes are printed (``max_bytes + 1`` if the file grows between the size
+    check and the read).
+    """
+    window = max_bytes + 1
+    return (
+        f"if [ -f {path} ]; then\n"
+        f"  size=$(wc -c < {path} 2>/dev/null | tr -cd 0-9)\n"
+        f'  if [ "${{size:-0}}" -le {max_bytes} ]; then\n'
+        f"    tail -c {window} {path} | tail -n {lines}\n"
+        f'  elif [ "$(tail -c {window} {path} | sed 1d | head -c 1 | wc -c)" -gt 0 ]; then\n'
+        f"    tail -c {window} {path} | sed 1d | tail -n {lines}\n"
+        "  else\n"
+        f"    tail -c {max_bytes} {path}\n"
+        "  fi\n"
+        "fi\n"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +323,9 @@ def setup_script(layout: RemoteLayout, commands: Sequence[str]) -> str:
     """Run the template's setup ``commands`` one by one in the workspace.
 
     Each command's output is appended to the setup log (``.control/setup.log``) after a
-    ``+ <command>`` header. The script stops at the first failure, prints the log's last 20
-    lines to stderr and exits with that command's status; 0 when all succeeded. Run it in the
+    ``+ <command>`` header. The script stops at the first failure, prints the log's last
+    :data:`SETUP_FAILURE_TAIL_LINES` lines (at most :data:`SETUP_FAILURE_TAIL_MAX_BYTES`
+    bytes) to stderr and exits with that command's status; 0 when all succeeded. Run it in the
     foreground, or detached with ``start_detached_script(..., stage="setup")``.
     """
     log = q(layout.log_file("setup"))
@@ -281,7 +338,8 @@ def setup_script(layout: RemoteLayout, commands: Sequence[str]) -> str:
         lines.append(
             f"sh -c {q(command)} >> {log} 2>&1 < /dev/null || "
             f"{{ rc=$?; echo \"setup command failed with exit status $rc\" >> {log}; "
-            f"tail -n 20 {log} >&2; exit $rc; }}"
+            f"{{ {_tail_lines(log, SETUP_FAILURE_TAIL_LINES, SETUP_FAILURE_TAIL_MAX_BYTES)}"
+            f"}} >&2; exit $rc; }}"
         )
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
@@ -314,7 +372,7 @@ def start_detached_script(
     return (
         f"mkdir -p {q(layout.control_dir)} {q(layout.workspace)} || exit 1\n"
         f"if [ -f {pid_file} ] && [ ! -f {exit_file} ]; then\n"
-        f'  pid=$(cat {pid_file} 2>/dev/null)\n'
+        f"  pid=$({_read_small(pid_file, 'tr -cd 0-9')})\n"
         '  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then\n'
         '    echo "already-running $pid"; exit 0\n'
         "  fi\n"
@@ -338,7 +396,8 @@ def status_script(layout: RemoteLayout, *, stage: Stage = "job") -> str:
 
     Keys: ``stage``; ``running`` (bool); ``pid`` (int|null); ``exit_code`` (int|null);
     ``log_size`` (bytes, 0 when absent); ``progress`` (the progress file's text as a JSON
-    string with control characters removed, at most 64 KiB, or null); ``disk_free_mb`` (free
+    string with control characters removed, at most :data:`PROGRESS_MAX_BYTES` of it, or
+    null); ``disk_free_mb`` (free
     space where the workspace lives, or null); ``oom_hint`` (the newest OOM-killer line from
     ``dmesg``, or null; ``dmesg_readable`` says whether dmesg could be read at all);
     ``cancelled`` (bool); ``now`` (remote epoch seconds).
@@ -347,20 +406,21 @@ def status_script(layout: RemoteLayout, *, stage: Stage = "job") -> str:
     exit_file = q(layout.exit_code_file(stage))
     log = q(layout.log_file(stage))
     progress = q(layout.progress_file)
+    read_ec = _read_small(exit_file, "tr -cd '0-9-'")
     return (
-        f"pid=$(cat {pid_file} 2>/dev/null | tr -cd 0-9)\n"
-        f"ec=$(cat {exit_file} 2>/dev/null | tr -cd '0-9-')\n"
+        f"pid=$({_read_small(pid_file, 'tr -cd 0-9')})\n"
+        f"ec=$({read_ec})\n"
         "running=false\n"
         'if [ -n "$pid" ] && [ -z "$ec" ] && kill -0 "$pid" 2>/dev/null; then running=true; fi\n'
         f"[ -f {exit_file} ] && [ -z \"$ec\" ] && ec=-1\n"
         f"logsize=$(wc -c < {log} 2>/dev/null | tr -cd 0-9)\n"
         f"if [ -f {progress} ]; then "
-        f"prog=\"\\\"$(head -c 65536 {progress} | {_JSON_STRING_FILTER})\\\"\"; "
+        f"prog=\"\\\"$(head -c {PROGRESS_MAX_BYTES} {progress} | {_JSON_STRING_FILTER})\\\"\"; "
         "else prog=null; fi\n"
         f"free=$(df -Pk {q(layout.job_dir)} 2>/dev/null | awk 'NR==2 {{print int($4/1024)}}')\n"
         "if dmesg > /dev/null 2>&1; then dm=true; "
         "oom=$(dmesg 2>/dev/null | grep -i -E 'out of memory|oom-kill|killed process' "
-        f"| tail -n 1 | {_JSON_STRING_FILTER}); "
+        f"| tail -n 1 | head -c 2000 | {_JSON_STRING_FILTER}); "
         "else dm=false; oom=; fi\n"
         'if [ -n "$oom" ]; then oom="\\"$oom\\""; else oom=null; fi\n'
         f"if [ -f {q(layout.cancelled_marker)} ]; then cancelled=true; else cancelled=false; fi\n"
@@ -372,15 +432,28 @@ def status_script(layout: RemoteLayout, *, stage: Stage = "job") -> str:
     )
 
 
-def tail_log_script(layout: RemoteLayout, lines: int, *, stage: Stage = "job") -> str:
-    """Print the last ``lines`` lines of the stage's log (nothing when there is no log).
+def tail_log_script(
+    layout: RemoteLayout,
+    lines: int,
+    *,
+    stage: Stage = "job",
+    max_bytes: int = LOG_TAIL_MAX_BYTES,
+) -> str:
+    """Print the last ``lines`` lines of the stage's log within its last ``max_bytes`` bytes
+    (nothing when there is no log; exit status 0).
+
+    Bounded by bytes, not lines: the output is at most ``max_bytes`` bytes, however long the
+    log's lines are. Lines are whole (the partial oldest line of the byte window is dropped),
+    except when the newest line alone is longer than the window: then its newest
+    ``max_bytes`` bytes are printed.
 
     Raises:
-        ValueError: ``lines`` is not a positive int.
+        ValueError: ``lines`` or ``max_bytes`` is not a positive int.
     """
-    if not isinstance(lines, int) or isinstance(lines, bool) or lines <= 0:
-        raise ValueError("lines must be a positive int")
-    return f"tail -n {lines} {q(layout.log_file(stage))} 2>/dev/null || true\n"
+    for name, value in (("lines", lines), ("max_bytes", max_bytes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int")
+    return _tail_lines(q(layout.log_file(stage)), lines, max_bytes) + "exit 0\n"
 
 
 def list_checkpoints_script(layout: RemoteLayout) -> str:
@@ -543,7 +616,7 @@ def kill_script(
     return (
         f"mkdir -p {q(layout.control_dir)}\n"
         + cancel
-        + f"pid=$(cat {pid_file} 2>/dev/null | tr -cd 0-9)\n"
+        + f"pid=$({_read_small(pid_file, 'tr -cd 0-9')})\n"
         'alive() { kill -0 -"$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }\n'
         'if [ -z "$pid" ] || ! alive "$pid"; then\n'
         f'  [ -n "$pid" ] && [ ! -f {exit_file} ] && echo 143 > {exit_file}\n'

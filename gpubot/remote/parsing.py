@@ -225,6 +225,9 @@ def latest_trainer_metrics(log_tail: str) -> dict[str, float] | None:
 
 # -- diagnosis --------------------------------------------------------------------------------
 
+# Searched over untrusted log text (up to control.LOG_TAIL_MAX_BYTES of one line): every
+# repetition between two literals is bounded ({0,N}), never ``.*``, so a hostile line cannot
+# make a search quadratic.
 _PITFALLS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(
@@ -243,7 +246,7 @@ _PITFALLS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (
         re.compile(
-            r"FlashAttention only supports Ampere|flash.?attn.*(compute capability|sm_?8)|"
+            r"FlashAttention only supports Ampere|flash.?attn.{0,200}?(compute capability|sm_?8)|"
             r"compute capability.{0,40}(below|lower|less than).{0,10}8\.0",
             re.I,
         ),

@@ -18,6 +18,12 @@ Errors:
     ``timeout``); the remote process may keep running. Messages contain host, port, user and
     the error class only: never key material or command text (commands may carry presigned
     URLs).
+
+Bounded reads:
+    What an instance sends is untrusted (a job can print a multi-GB line). :meth:`exec` keeps
+    at most ``max_output_bytes`` per stream (the newest bytes, with the dropped count in the
+    result) while still draining the channel; :meth:`get_bytes` refuses files larger than
+    ``max_bytes``. Neither ever holds more than its bound plus one read chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import select
 import socket
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +47,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpubot.errors import RemoteCommandFailed, RemoteError, SSHConnectError
-from gpubot.remote.runner import ExecResult, SSHTarget
+from gpubot.remote.runner import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    ExecResult,
+    SSHTarget,
+)
 
 __all__ = ["ParamikoRunner", "fingerprint_of", "load_or_create_key"]
 
@@ -251,50 +263,74 @@ class ParamikoRunner:
 
     # -- commands -------------------------------------------------------------------------
 
-    def exec(self, command: str, *, timeout_seconds: float = 60.0) -> ExecResult:
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout_seconds: float = 60.0,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    ) -> ExecResult:
         """Run ``command`` through the remote user's shell and collect its output.
 
         Returns the exit status (``-1`` when the process died from a signal and the server
         reported none) with stdout/stderr decoded as UTF-8 (invalid bytes replaced). A non-zero
         exit is returned, not raised.
 
+        Output is untrusted: each stream keeps only its newest ``max_output_bytes`` bytes
+        (``ExecResult.*_dropped_bytes`` counts the rest). The channel is drained to the end
+        either way, so the remote command never blocks on a full window; memory held is at
+        most ``max_output_bytes`` plus one read chunk per stream (and paramiko's window).
+
         Raises:
+            ValueError: ``max_output_bytes`` is not a positive int.
             SSHConnectError: the connection could not be made or dropped meanwhile.
             RemoteCommandFailed: not finished within ``timeout_seconds`` (exit_status 124;
-                the partial stderr is in ``stderr_tail``).
+                the partial stderr is in ``stderr_tail``), however fast it prints.
         """
+        if (
+            not isinstance(max_output_bytes, int)
+            or isinstance(max_output_bytes, bool)
+            or max_output_bytes <= 0
+        ):
+            raise ValueError("max_output_bytes must be a positive int")
         transport = self._transport()
         deadline = time.monotonic() + timeout_seconds
-        out = bytearray()
-        err = bytearray()
+        out = _TailBuffer(max_output_bytes)
+        err = _TailBuffer(max_output_bytes)
         try:
             chan = transport.open_session(timeout=self.connect_timeout_seconds)
             try:
                 chan.exec_command(command)
                 while True:
-                    while chan.recv_ready():
-                        out += chan.recv(_READ_CHUNK)
-                    while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(_READ_CHUNK)
+                    got = False
+                    if chan.recv_ready():
+                        out.add(chan.recv(_READ_CHUNK))
+                        got = True
+                    if chan.recv_stderr_ready():
+                        err.add(chan.recv_stderr(_READ_CHUNK))
+                        got = True
                     if (
-                        chan.exit_status_ready()
+                        not got
+                        and chan.exit_status_ready()
                         and not chan.recv_ready()
                         and not chan.recv_stderr_ready()
-                    ):
                         # drain whatever arrived with the exit status, until EOF
-                        if chan.eof_received or chan.closed:
-                            break
+                        and (chan.eof_received or chan.closed)
+                    ):
+                        break
+                    # checked on every read, so a command that floods output still times out
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise RemoteCommandFailed(
                             f"command on {self._where()} did not finish within "
                             f"{timeout_seconds:g}s",
                             exit_status=_TIMEOUT_EXIT_STATUS,
-                            stderr_tail=err[-2000:].decode("utf-8", "replace"),
+                            stderr_tail=err.newest(2000).decode("utf-8", "replace"),
                         )
                     if not transport.is_active():
                         raise SSHConnectError(f"SSH connection to {self._where()} dropped")
-                    select.select([chan], [], [], min(remaining, 0.5))
+                    if not got:
+                        select.select([chan], [], [], min(remaining, 0.5))
                 status = chan.recv_exit_status()
                 if status == -1 and self._link_died(transport):
                     raise SSHConnectError(f"SSH connection to {self._where()} dropped")
@@ -307,8 +343,10 @@ class ParamikoRunner:
             ) from e
         return ExecResult(
             exit_status=status,
-            stdout=out.decode("utf-8", "replace"),
-            stderr=err.decode("utf-8", "replace"),
+            stdout=out.text(),
+            stderr=err.text(),
+            stdout_dropped_bytes=out.dropped_bytes,
+            stderr_dropped_bytes=err.dropped_bytes,
         )
 
     @staticmethod
@@ -356,22 +394,49 @@ class ParamikoRunner:
 
         self._sftp_op(op, "write", remote_path)
 
-    def get_bytes(self, remote_path: str) -> bytes | None:
-        """Read a remote regular file, or None when it does not exist."""
+    def get_bytes(
+        self, remote_path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    ) -> bytes | None:
+        """Read a remote regular file whole, or None when it does not exist (or is no file).
+
+        A file larger than ``max_bytes`` is refused from its size before any byte is read;
+        one that grows past the bound while being read is refused too (at most
+        ``max_bytes + 1`` bytes are ever held).
+
+        Raises:
+            ValueError: ``max_bytes`` is negative.
+            RemoteError: the file exceeds ``max_bytes`` (the link stays usable), or the
+                remote side refused the read.
+            SSHConnectError: the link failed.
+        """
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
+            raise ValueError("max_bytes must be a non-negative int")
+
+        def too_big() -> RemoteError:
+            return RemoteError(
+                f"{remote_path} on {self._where()} is larger than {max_bytes} bytes; "
+                "refusing to read it"
+            )
 
         def op(s: paramiko.SFTPClient) -> bytes | None:
             try:
-                if not stat.S_ISREG(s.stat(remote_path).st_mode or 0):
+                attrs = s.stat(remote_path)
+                if not stat.S_ISREG(attrs.st_mode or 0):
                     return None
+                if (attrs.st_size or 0) > max_bytes:
+                    raise too_big()
                 with s.open(remote_path, "rb") as fh:
-                    fh.prefetch()
-                    return fh.read()
+                    fh.prefetch(attrs.st_size or 0)
+                    data = fh.read(max_bytes + 1)
             except FileNotFoundError:
                 return None
             except OSError as e:
                 if e.errno == errno.ENOENT:
                     return None
                 raise
+            if len(data) > max_bytes:
+                raise too_big()
+            return data
 
         return self._sftp_op(op, "read", remote_path)
 
@@ -389,6 +454,44 @@ class ParamikoRunner:
             raise SSHConnectError(
                 f"SSH connection to {self._where()} failed during {what}: {_describe(e)}"
             ) from e
+
+
+class _TailBuffer:
+    """The newest ``limit_bytes`` bytes of a stream, counting what was dropped before them.
+
+    Holds whole chunks in a deque and drops a chunk once the newer ones alone cover the limit,
+    so appending costs O(1) and memory stays under ``limit_bytes`` plus one chunk.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._chunks: deque[bytes] = deque()
+        self._held_bytes = 0
+        self._dropped_chunk_bytes = 0
+
+    def add(self, data: bytes) -> None:
+        """Append ``data``, then drop the oldest chunks no longer needed for the limit."""
+        if not data:
+            return
+        self._chunks.append(data)
+        self._held_bytes += len(data)
+        while self._held_bytes - len(self._chunks[0]) >= self.limit_bytes:
+            old = self._chunks.popleft()
+            self._held_bytes -= len(old)
+            self._dropped_chunk_bytes += len(old)
+
+    @property
+    def dropped_bytes(self) -> int:
+        """How many of the stream's oldest bytes are not kept."""
+        return self._dropped_chunk_bytes + max(0, self._held_bytes - self.limit_bytes)
+
+    def newest(self, n_bytes: int) -> bytes:
+        return b"".join(self._chunks)[-n_bytes:]
+
+    def text(self) -> str:
+        """The kept bytes (at most ``limit_bytes``) decoded as UTF-8, invalid bytes replaced."""
+        data = b"".join(self._chunks)
+        return data[max(0, len(data) - self.limit_bytes) :].decode("utf-8", "replace")
 
 
 def _describe(e: BaseException) -> str:

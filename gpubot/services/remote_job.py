@@ -35,6 +35,9 @@ MANIFEST = "MANIFEST.jsonl"
 RESULT_LINK_TTL_SECONDS = 7 * 24 * 3600
 """SigV4 presigned URLs live at most 7 days."""
 MAX_HISTORY_POINTS = 500
+LISTING_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+"""Bound of a checkpoint/results listing read (about 100,000 files); a longer listing is an
+error, never a silently shortened one (a backup must not miss files)."""
 
 
 def verdict_of(instance: InstanceRow) -> InstanceVerdict:
@@ -116,7 +119,8 @@ class JobStatus:
     trainer_metrics: dict[str, float] | None
     diagnosis: str | None
     log_tail: str = ""
-    """The log's last 60 lines as read for this status (failure reasons quote it)."""
+    """The log's last 60 lines as read for this status, at most
+    ``control.LOG_TAIL_MAX_BYTES`` bytes (failure reasons quote it)."""
     disk_free_mb: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -139,14 +143,42 @@ class RemoteSession:
     def host_key(self) -> str | None:
         return getattr(self.runner, "host_key", None)
 
-    def _run(self, script: str, what: str, *, timeout_seconds: float = 120) -> str:
-        result = self.runner.exec(script, timeout_seconds=timeout_seconds)
+    def _run(
+        self,
+        script: str,
+        what: str,
+        *,
+        timeout_seconds: float = 120,
+        max_output_bytes: int | None = None,
+    ) -> str:
+        """Run ``script``; return its stdout (bounded by the runner: the newest bytes).
+
+        ``max_output_bytes`` given: the output must be complete, so more than that many bytes
+        raises RemoteCommandFailed instead of returning a shortened text. Otherwise the
+        runner's default bound applies and a longer output keeps its newest bytes.
+
+        Raises:
+            RemoteCommandFailed: non-zero exit, or output over an explicit bound.
+            SSHConnectError: the link failed.
+        """
+        if max_output_bytes is None:
+            result = self.runner.exec(script, timeout_seconds=timeout_seconds)
+        else:
+            result = self.runner.exec(
+                script, timeout_seconds=timeout_seconds, max_output_bytes=max_output_bytes
+            )
         if not result.ok:
             tail = (result.stderr or result.stdout)[-800:]
             raise RemoteCommandFailed(
                 f"{what} failed with exit status {result.exit_status}",
                 exit_status=result.exit_status,
                 stderr_tail=tail,
+            )
+        if max_output_bytes is not None and result.stdout_truncated:
+            raise RemoteCommandFailed(
+                f"{what} printed more than {max_output_bytes} bytes; refusing a partial result",
+                exit_status=result.exit_status,
+                stderr_tail=result.stderr[-800:],
             )
         return result.stdout
 
@@ -281,7 +313,11 @@ class RemoteSession:
         """Upload the newest complete checkpoint if it is new; returns its key prefix."""
         layout = self.layout(job)
         files = parsing.parse_checkpoint_listing(
-            self._run(control.list_checkpoints_script(layout), "listing checkpoints")
+            self._run(
+                control.list_checkpoints_script(layout),
+                "listing checkpoints",
+                max_output_bytes=LISTING_MAX_OUTPUT_BYTES,
+            )
         )
         newest = parsing.newest_complete_checkpoint(files, job_exited=final)
         if newest is None:
@@ -304,7 +340,11 @@ class RemoteSession:
     def collect_results(self, job: JobRow) -> list[dict[str, Any]]:
         """Upload every file under the results dir; return links with sizes and checksums."""
         layout = self.layout(job)
-        listing = self._run(_list_files_script(layout.results_dir), "listing results")
+        listing = self._run(
+            _list_files_script(layout.results_dir),
+            "listing results",
+            max_output_bytes=LISTING_MAX_OUTPUT_BYTES,
+        )
         files = parsing.parse_checkpoint_listing(listing)
         prefix = f"jobs/{job.id}/results/"
         self._upload(

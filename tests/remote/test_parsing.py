@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -120,6 +121,8 @@ FLASH = "RuntimeError: FlashAttention only supports Ampere GPUs or newer.\n"
         (NO_CUDA, 1, False, "CUDA is not available"),
         (NO_DRIVER, 1, False, "CUDA is not available"),
         (FLASH, 1, False, "compute capability is below 8.0"),
+        ("flash_attn: GPU compute capability 7.5 is not supported\n", 1, False,
+         "compute capability is below 8.0"),
         ("step 10\nKilled\n", 137, False, "OOM killer"),
         ("step 10\n", None, False, "without recording an exit code"),
         ("boom\n", 2, False, "exited with status 2"),
@@ -129,6 +132,20 @@ def test_diagnose_known_pitfalls(log: str, exit_code: int | None, running: bool,
                                  expected: str) -> None:
     message = diagnose(log, exit_code, running)
     assert message is not None and expected in message
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["flashattn" * 29_000, "flash-attn " * 23_000, "{'a" * 87_000, "CUDA " * 52_000],
+    ids=["flashattn", "flash-attn", "dict-openers", "cuda-words"],
+)
+def test_diagnose_and_trainer_parsing_stay_linear_on_a_hostile_line(line: str) -> None:
+    # a job's log is untrusted: a full LOG_TAIL_MAX_BYTES window of one adversarial line
+    # must not trigger catastrophic regex backtracking (was about 500 s for "flashattn"*N)
+    started = time.perf_counter()
+    diagnose(line, 1, False)
+    parse_trainer_log(line)
+    assert time.perf_counter() - started < 5.0  # generous: a linear scan takes ~0.1 s
 
 
 def test_diagnose_quiet_when_fine() -> None:
