@@ -35,8 +35,7 @@ CHANNEL = "CBUSY001"
 
 def fill_outbox(deps: Any, jobs: int) -> None:
     from gpubot.db.engine import session_scope
-    from gpubot.services import outbox
-
+    from gpubot.notify import outbox
     with session_scope(deps.sessions) as session:
         for i in range(jobs):
             job_id = f"job{i:04d}"

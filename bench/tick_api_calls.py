@@ -3,7 +3,7 @@
 Setup: the simulator (``SimServer``, frozen clock so instances stay provisioning and no
 per-instance SSH server starts) holds N instances labelled ``gpubot:<job>``; a SQLite database
 holds N jobs in ``running`` with their instance rows. The tick is the real
-``gpubot.services.reconcile.reconcile_tick`` with the real ``VastAIProvider`` (official vastai
+``gpubot.engine.tick.reconcile_tick`` with the real ``VastAIProvider`` (official vastai
 SDK) and a no-op dispatch (the job steps of ``running`` use SSH, not the vast API).
 
 Counted: every HTTP request reaching the simulator during the tick (wrapping its WSGI
@@ -54,9 +54,9 @@ def endpoint(method: str, path: str) -> str:
 
 def measure(n: int, tmp: Path) -> list[list[object]]:
     from gpubot.db.engine import session_scope
+    from gpubot.engine.tick import reconcile_tick
     from gpubot.models import JobState
     from gpubot.providers.vastai.provider import VastAIProvider
-    from gpubot.services.reconcile import reconcile_tick
     from gpubot.sim.server import SimServer
     from gpubot.testing.fakes import FakeClock, seed_instance, seed_job, sqlite_deps
 

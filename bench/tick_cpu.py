@@ -35,7 +35,7 @@ c.setup()
 def build_deps(db_url: str, home: Path, n: int) -> Any:
     from gpubot.config import load_config
     from gpubot.db.engine import make_engine, make_sessionmaker, upgrade_to_head
-    from gpubot.services.deps import EngineDeps
+    from gpubot.deps import EngineDeps
     from gpubot.settings import Settings
     from gpubot.testing.fakes import FakeClock, FakeProvider, MemoryStore, observation, refuse_ssh
 
@@ -135,7 +135,7 @@ def reset(deps: Any) -> None:
 
 
 def timed_ticks(deps: Any, ticks: int) -> tuple[float, float, Any]:
-    from gpubot.services.reconcile import reconcile_tick
+    from gpubot.engine.tick import reconcile_tick
 
     cpu: list[float] = []
     wall: list[float] = []

@@ -96,8 +96,8 @@ def make_deps(home: Path, tick_s: float, start: datetime) -> tuple[Any, Any, Kic
 
 
 def tick(deps: Any, kicker: Kicker, kick: bool) -> None:
-    from gpubot.services.engine import advance_job
-    from gpubot.services.reconcile import reconcile_tick
+    from gpubot.engine.steps import advance_job
+    from gpubot.engine.tick import reconcile_tick
 
     def dispatch(job_id: str, token: str) -> None:
         advance_job(deps, job_id, token)

@@ -17,8 +17,8 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.listeners import register
+from gpubot.deps import EngineDeps
 from gpubot.errors import ConfigError
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The terminal chat front: ``gpubot chat "/gpu ..."`` and the demo.
 
-It runs the same dispatcher as Slack (:func:`gpubot.services.commands.handle_command`), prints
+It runs the same dispatcher as Slack (:func:`gpubot.chat.dispatch.handle_command`), prints
 the reply and then follows the job's thread by *reading* the outbox rows (parent, card
 versions, replies, files). It never marks rows delivered: ``dirty`` belongs to Slack delivery.
 """
@@ -13,13 +13,13 @@ from typing import TextIO
 
 from sqlalchemy import or_, select
 
+from gpubot.chat.dispatch import handle_command
 from gpubot.commands import CancelCommand, LaunchCommand, RentCommand, parse_command
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandSyntaxError
 from gpubot.models import JobState
-from gpubot.services.commands import handle_command
-from gpubot.services.deps import EngineDeps
 
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600.0
 EXIT_OK = 0

@@ -1,4 +1,4 @@
-"""Slack delivery of the outbox (:mod:`gpubot.services.outbox`).
+"""Slack delivery of the outbox (:mod:`gpubot.notify.outbox`).
 
 :meth:`SlackDeliverer.deliver_once` sends what is due now and returns; it never sleeps and is
 safe to run from several processes at once (each row is leased with a conditional UPDATE
@@ -36,9 +36,9 @@ from sqlalchemy import and_, or_, select, update
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow, JobRow, MessageRow
+from gpubot.deps import EngineDeps
+from gpubot.notify import outbox
 from gpubot.redact import redact
-from gpubot.services import outbox
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 
 logger = logging.getLogger(__name__)

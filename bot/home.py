@@ -15,14 +15,15 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import func, select
 
+from gpubot.chat import permissions
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, JobRow, LedgerEntryRow
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
+from gpubot.notify import events
 from gpubot.render import mrkdwn as md
 from gpubot.render.slack import MAX_HOME_JOBS, home_view
 from gpubot.render.text import usd
-from gpubot.services import events, permissions
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from werkzeug.wrappers import Request, Response
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 

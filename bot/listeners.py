@@ -20,9 +20,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from bot import home
+from gpubot.chat.dispatch import Reply, handle_action, handle_command, is_slow
+from gpubot.deps import EngineDeps
 from gpubot.redact import redact
-from gpubot.services.commands import Reply, handle_action, handle_command, is_slow
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 

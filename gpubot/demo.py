@@ -193,7 +193,7 @@ def run_demo(
     finally:
         # A tick may still be in flight while everything shuts down: its failed listing is
         # expected here, not news.
-        logging.getLogger("gpubot.services.reconcile").setLevel(logging.ERROR)
+        logging.getLogger("gpubot.engine.tick").setLevel(logging.ERROR)
         if beat is not None:
             beat.stop()
         if worker_ctx is not None:
@@ -225,7 +225,7 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 
 def _command(deps: Any, text: str, say: Callable[[str], None], key: str) -> Any:
-    from gpubot.services.commands import handle_command
+    from gpubot.chat.dispatch import handle_command
 
     say(f"\n> {text}")
     reply = handle_command(deps, text, user="U_DEMO", channel="C_DEMO", request_key=key)
@@ -385,7 +385,7 @@ def _check(say: Callable[[str], None], condition: bool, what: str) -> bool:
 
 
 def _prompt(deps: Any, out: TextIO) -> None:
-    from gpubot.services.commands import handle_command
+    from gpubot.chat.dispatch import handle_command
 
     print(
         "\ninteractive: type /gpu commands (help, offers, train, ocr src=samples shards=2 ...);"

@@ -315,7 +315,7 @@ class Template:
     idle: IdlePolicy | None = None
     """Overrides the global ``[idle]`` policy for this template's jobs when set."""
     data: tuple[DataInput, ...] = ()
-    """Inputs staged under the workspace before setup (see :mod:`gpubot.services.staging`)."""
+    """Inputs staged under the workspace before setup (see :mod:`gpubot.engine.staging`)."""
 
     def __hash__(self) -> int:  # params is a dict; templates are identified by name
         return hash(self.name)

@@ -7,13 +7,13 @@ import os
 
 from gpubot.config import BotConfig, load_config
 from gpubot.db.engine import make_engine, make_sessionmaker, upgrade_to_head
+from gpubot.deps import EngineDeps
 from gpubot.errors import ConfigError, GpubotError
+from gpubot.notify import ops
+from gpubot.ports import Clock, Enqueuer, system_clock
 from gpubot.providers.base import Provider
 from gpubot.redact import register_secret
 from gpubot.remote.runner import Runner, SSHTarget
-from gpubot.services import ops
-from gpubot.services.deps import EngineDeps
-from gpubot.services.ports import Clock, Enqueuer, system_clock
 from gpubot.settings import Settings
 from gpubot.storage.base import ObjectStore
 

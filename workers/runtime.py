@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 
 if TYPE_CHECKING:
     from bot.delivery import SlackDeliverer

@@ -1,4 +1,7 @@
-"""Thin Celery tasks around gpubot.services. Arguments are ids and strings only."""
+"""Thin Celery tasks around the engine, governance and notify packages.
+
+Arguments are ids and strings only.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ logger = get_task_logger(__name__)
 @app.task(name="workers.tasks.reconcile_tick_task", ignore_result=True)
 def reconcile_tick_task() -> dict[str, object]:
     """Beat: list instances once, meter, verify destroys, sweep, claim due jobs and enqueue."""
-    from gpubot.services.reconcile import reconcile_tick
+    from gpubot.engine.tick import reconcile_tick
 
     engine_deps = deps()
     sweep = tick_counter() % max(1, engine_deps.config.engine.sweep_every_ticks) == 0
@@ -28,7 +31,7 @@ def reconcile_tick_task() -> dict[str, object]:
 @app.task(name="workers.tasks.advance_job_task", ignore_result=True, acks_late=True)
 def advance_job_task(job_id: str, lock_token: str) -> None:
     """Advance one claimed job by one step (idempotent; a redelivery is harmless)."""
-    from gpubot.services.engine import advance_job
+    from gpubot.engine.steps import advance_job
 
     advance_job(deps(), job_id, lock_token)
 
@@ -51,7 +54,7 @@ def deliver_messages_task() -> int:
 )
 def reconcile_charges_task() -> int:
     """Daily: compare the ledger with the provider's charges; differences go to ops."""
-    from gpubot.services.budgets import reconcile_charges
+    from gpubot.governance.budgets import reconcile_charges
 
     engine_deps = deps()
     return len(reconcile_charges(engine_deps, now=engine_deps.clock()))

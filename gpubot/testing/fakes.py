@@ -1,5 +1,5 @@
 """In-memory fakes for service tests: a marketplace, a steppable clock, an object store, and a
-builder for an :class:`~gpubot.services.deps.EngineDeps` on a fresh SQLite database.
+builder for an :class:`~gpubot.deps.EngineDeps` on a fresh SQLite database.
 
 Not used by production code. The fakes keep every call they receive so tests can assert on
 what a service did (``provider.destroyed``) rather than on how.
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from gpubot.config import BotConfig, load_config
 from gpubot.db.engine import make_engine, make_sessionmaker, upgrade_to_head
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import NoCapacityError, SSHConnectError, StorageError, TransientProviderError
 from gpubot.models import (
     AccountInfo,
@@ -30,7 +31,6 @@ from gpubot.models import (
     Requirements,
 )
 from gpubot.remote.runner import Runner, SSHTarget
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.storage.base import StoredObject
 

@@ -17,8 +17,8 @@ import pytest
 from werkzeug.test import Client
 
 from gpubot.config import BotConfig, load_config_text
+from gpubot.deps import EngineDeps
 from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.storage.base import StoredObject
 from tests.fixtures.sim import sim  # noqa: F401 - fixture re-export

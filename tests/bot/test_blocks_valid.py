@@ -17,16 +17,16 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from gpubot.chat.dispatch import handle_command
 from gpubot.commands import help_text
 from gpubot.config import BotConfig
 from gpubot.db.tables import JobGroupRow, JobRow
+from gpubot.deps import EngineDeps
 from gpubot.render import mrkdwn as md
 from gpubot.render import slack as slack_render
 from gpubot.render.blocks import idle_warning_blocks
 from gpubot.render.text import PHASE_LABELS, card_blocks, card_lines
 from gpubot.render.views import JobView
-from gpubot.services.commands import handle_command
-from gpubot.services.deps import EngineDeps
 from tests.bot.conftest import ALICE, BOT_TOKEN, CHANNEL, make_offer
 from tests.fixtures.slack_fake import SlackFake, block_kit_errors, view_errors
 
@@ -175,7 +175,7 @@ def test_plan_approval_idle_and_group_messages_are_valid() -> None:
     assert f"<@{ALICE}>" in joined and "<@UADMIN1>" in joined
     assert_valid(idle_warning_blocks("j-1", md.escape(EVIL)))
 
-    from gpubot.services.groups import _final_text
+    from gpubot.groups.submit import _final_text
 
     group = JobGroupRow(id="g-1", kind="sweep", state="succeeded", spec={})
     children = [JobRow(id=f"j-{i:04d}", state="succeeded") for i in range(300)]

@@ -9,12 +9,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from bot.console import run_chat
+from gpubot.chat.dispatch import handle_action, handle_command
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
-from gpubot.services import events
-from gpubot.services.commands import handle_action, handle_command
-from gpubot.services.deps import EngineDeps
+from gpubot.notify import events
 from tests.bot.conftest import ADMIN, ADMIN2, ALICE, MALLORY
 
 C = "CGPU0001"

@@ -11,12 +11,13 @@ from slack_sdk import WebClient
 from sqlalchemy import select, update
 
 from bot.delivery import SlackDeliverer
+from gpubot.chat import launch
 from gpubot.commands import LaunchCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
-from gpubot.services import events, launch, outbox
-from gpubot.services.deps import EngineDeps
+from gpubot.notify import events, outbox
 from tests.bot.conftest import ALICE, BOT_TOKEN, SIGNING_SECRET
 from tests.fixtures.slack_fake import SlackFake
 

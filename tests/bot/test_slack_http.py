@@ -10,8 +10,8 @@ from werkzeug.test import Client
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
-from gpubot.services.deps import EngineDeps
 from tests.bot.conftest import (
     ADMIN,
     ADMIN2,

@@ -23,14 +23,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gpubot.chat.launch import plan_launch, submit
 from gpubot.commands.grammar import parse_command
 from gpubot.db.engine import make_engine, make_sessionmaker, session_scope
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
+from gpubot.deps import EngineDeps
+from gpubot.engine.steps import advance_job
+from gpubot.engine.tick import TickReport, reconcile_tick
 from gpubot.providers.vastai.provider import VastAIProvider
-from gpubot.services.deps import EngineDeps
-from gpubot.services.engine import advance_job
-from gpubot.services.launch import plan_launch, submit
-from gpubot.services.reconcile import TickReport, reconcile_tick
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

@@ -28,9 +28,7 @@ from pathlib import Path
 from gpubot.db.tables import JobRow
 from gpubot.remote.runner import SSHTarget
 from gpubot.remote.ssh import ParamikoRunner
-from gpubot.services import remote_job
-
-
+from gpubot.engine import remote_job
 def vm_hwm_kib():
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from gpubot.sim.server import SimServer
 from tests.faults.conftest import (
     TERMINAL,

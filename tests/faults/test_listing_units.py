@@ -22,10 +22,10 @@ from bot.http import metrics_text
 from gpubot.config import load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.deps import EngineDeps
+from gpubot.engine.tick import reconcile_tick
 from gpubot.models import JobState
 from gpubot.providers.vastai.provider import VastAIProvider
-from gpubot.services.deps import EngineDeps
-from gpubot.services.reconcile import reconcile_tick
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

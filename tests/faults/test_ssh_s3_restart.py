@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.faults.conftest import (

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from gpubot.deps import EngineDeps
 from gpubot.providers.vastai.provider import VastAIProvider
-from gpubot.services.deps import EngineDeps
 from gpubot.sim.server import SimServer
 from tests.faults.conftest import (
     TERMINAL,

@@ -14,10 +14,10 @@ import pytest
 from gpubot.config import BotConfig, load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow
-from gpubot.services.deps import EngineDeps
-from gpubot.services.engine import advance_job
-from gpubot.services.groups import advance_groups
-from gpubot.services.reconcile import reconcile_tick
+from gpubot.deps import EngineDeps
+from gpubot.engine.steps import advance_job
+from gpubot.engine.tick import reconcile_tick
+from gpubot.groups.submit import advance_groups
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.scenarios.conftest import TEST_TEMPLATES, make_engine, sim

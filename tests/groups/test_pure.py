@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpubot.services.groups import balance_shards, new_group_id, rank_runs
-from gpubot.services.staging import SourceFile, should_pack
+from gpubot.engine.staging import SourceFile, should_pack
+from gpubot.groups.submit import balance_shards, new_group_id, rank_runs
 from gpubot.templates import TargetMode
 
 

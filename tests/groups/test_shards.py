@@ -13,9 +13,9 @@ from gpubot.commands.grammar import parse_command
 from gpubot.commands.types import LaunchCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.groups import submit as groups
 from gpubot.jobs.ocr.make_pdfs import expected_pages, make_pdfs, pdf_bytes
-from gpubot.services import groups
-from gpubot.services.deps import EngineDeps
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import drive_group

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from gpubot.chat.launch import plan_launch, submit
 from gpubot.commands.grammar import parse_command
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow
-from gpubot.services.deps import EngineDeps
-from gpubot.services.launch import plan_launch, submit
+from gpubot.deps import EngineDeps
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import tick
 from tests.scenarios.conftest import drive

@@ -10,14 +10,14 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from gpubot.chat.launch import plan_launch
 from gpubot.commands.grammar import parse_command
 from gpubot.commands.types import LaunchCommand, SweepCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobGroupRow, JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import BudgetError, PermissionDenied
-from gpubot.services import groups
-from gpubot.services.deps import EngineDeps
-from gpubot.services.launch import plan_launch
+from gpubot.groups import submit as groups
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import drive_group

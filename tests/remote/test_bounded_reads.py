@@ -285,7 +285,7 @@ def test_module_bounds_are_documented_constants() -> None:
 
 def test_listing_reads_refuse_a_partial_result(sshd: SSHDServer) -> None:
     # a listing must be complete (a backup must not miss files): over its bound it is an error
-    from gpubot.services.remote_job import RemoteSession
+    from gpubot.engine.remote_job import RemoteSession
 
     with ParamikoRunner(target=sshd.target) as runner:
         session = RemoteSession(runner, None)  # type: ignore[arg-type]  # no store needed

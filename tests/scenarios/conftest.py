@@ -16,8 +16,8 @@ from celery.contrib.testing.worker import start_worker
 from gpubot.config import BotConfig, load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow
+from gpubot.deps import EngineDeps
 from gpubot.providers.vastai.provider import VastAIProvider
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from gpubot.config import load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, MessageRow
-from gpubot.services.deps import EngineDeps
-from gpubot.services.engine import advance_job
-from gpubot.services.reconcile import reconcile_tick
+from gpubot.deps import EngineDeps
+from gpubot.engine.steps import advance_job
+from gpubot.engine.tick import reconcile_tick
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.scenarios.conftest import TEST_TEMPLATES, drive, make_engine
@@ -190,7 +190,7 @@ class TestIdleReaper:
     def test_idle_rental_is_warned_then_destroyed_and_keep_alive_postpones_it(
         self, gov: EngineDeps
     ) -> None:
-        from gpubot.services.commands import handle_action
+        from gpubot.chat.dispatch import handle_action
 
         policy = gov.config.idle
         job_id = launch(gov, "rent hours=2", "k-idle")
@@ -265,7 +265,7 @@ class TestCostReport:
     def test_cost_week_by_user_equals_ledger_and_simulator_charges(
         self, gov: EngineDeps, fast_sim: SimServer
     ) -> None:
-        from gpubot.services.commands import handle_command
+        from gpubot.chat.dispatch import handle_command
 
         job_id = launch(gov, "trainx steps=60 step_seconds=0.02", "k-cost")
         job = drive(gov, job_id, until=finished, tick=paced(gov), timeout_s=120)

@@ -7,13 +7,13 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
+from gpubot.chat.launch import plan_launch, submit
 from gpubot.commands.grammar import parse_command
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
-from gpubot.services.deps import EngineDeps
-from gpubot.services.engine import advance_job
-from gpubot.services.launch import plan_launch, submit
-from gpubot.services.reconcile import reconcile_tick
+from gpubot.deps import EngineDeps
+from gpubot.engine.steps import advance_job
+from gpubot.engine.tick import reconcile_tick
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.scenarios.conftest import drive

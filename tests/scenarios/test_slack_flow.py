@@ -14,7 +14,7 @@ from werkzeug.test import Client
 from bot.app import build_app
 from bot.delivery import SlackDeliverer
 from bot.http import make_wsgi_app
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from tests.bot.conftest import BOT_TOKEN, FORM, SIGNING_SECRET, command_body, sign

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from tests.scenarios.conftest import drive

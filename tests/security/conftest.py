@@ -20,11 +20,11 @@ from sqlalchemy import inspect, select
 from werkzeug.serving import make_server
 from werkzeug.test import Client
 
+from gpubot.chat.dispatch import handle_command
 from gpubot.config import BotConfig, load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, MessageRow
-from gpubot.services.commands import handle_command
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from tests.bot.conftest import (  # noqa: F401 - fixtures re-exported for this folder
     ADMIN,
     ADMIN2,

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client
 
+from gpubot.chat.dispatch import JOB_ACTIONS, handle_action
 from gpubot.commands.grammar import SHELL_METACHARACTERS, parse_command
 from gpubot.commands.types import LaunchCommand, SweepCommand
 from gpubot.config import BotConfig, load_config_text
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
-from gpubot.services.commands import JOB_ACTIONS, handle_action
-from gpubot.services.deps import EngineDeps
 from gpubot.templates import RESERVED_VERBS, RESOURCE_KEYS, ParamType
 from tests.bot.conftest import ADMIN, ALICE, CHANNEL, MALLORY, sign
 from tests.fixtures.slack_fake import SlackFake

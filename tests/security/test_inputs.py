@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from gpubot.chat.dispatch import Reply, handle_command
 from gpubot.config import load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobGroupRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import staging
 from gpubot.errors import CommandError, StorageError
 from gpubot.jobs.ocr.make_pdfs import make_pdfs
-from gpubot.services import staging
-from gpubot.services.commands import Reply, handle_command
-from gpubot.services.deps import EngineDeps
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import GROUP_TEMPLATES, drive_group, groups_config

@@ -18,11 +18,12 @@ from slack_sdk import WebClient
 from sqlalchemy import select, update
 
 from bot.delivery import SlackDeliverer
+from gpubot.chat import launch
 from gpubot.commands import LaunchCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, MessageRow
-from gpubot.services import events, launch
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
+from gpubot.notify import events
 from tests.bot.conftest import ALICE, BOT_TOKEN
 from tests.fixtures.slack_fake import Posted, SlackFake, block_kit_errors
 

@@ -13,9 +13,9 @@ import json
 import pytest
 from werkzeug.test import Client
 
+from gpubot.chat.dispatch import handle_action
+from gpubot.deps import EngineDeps
 from gpubot.models import JobState
-from gpubot.services.commands import handle_action
-from gpubot.services.deps import EngineDeps
 from tests.bot.conftest import ADMIN, ALICE, CHANNEL, action_body, sign
 from tests.fixtures.slack_fake import SlackFake
 from tests.security.conftest import (

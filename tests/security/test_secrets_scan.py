@@ -28,7 +28,7 @@ from bot.http import make_wsgi_app
 from gpubot import redact
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import Base, InstanceRow, JobRow
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

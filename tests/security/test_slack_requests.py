@@ -22,7 +22,7 @@ from werkzeug.test import Client
 from bot.http import MAX_BODY_BYTES, make_http_server
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
 from tests.bot.conftest import (
     ALICE,
     FixedOffersProvider,

@@ -98,7 +98,7 @@ def _stress(sim: SimServer, vast: VastAI, key: SshKey, *, sequential: int, paral
 
 def test_many_short_execs_on_one_connection_under_load(sim: SimServer, vast: VastAI,
                                                        ssh_key: SshKey) -> None:
-    _stress(sim, vast, ssh_key, sequential=200, parallel=3, per_thread=50)
+    _stress(sim, vast, ssh_key, sequential=120, parallel=3, per_thread=30)
 
 
 @pytest.mark.slow

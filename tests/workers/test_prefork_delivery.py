@@ -34,9 +34,9 @@ from sqlalchemy import select
 from gpubot.config import load_config_text
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import MessageRow
+from gpubot.deps import EngineDeps
+from gpubot.notify import outbox
 from gpubot.providers.vastai.provider import VastAIProvider
-from gpubot.services import outbox
-from gpubot.services.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

@@ -17,7 +17,7 @@ from bot.delivery import SlackDeliverer
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import MessageRow
 from gpubot.errors import ConfigError
-from gpubot.services import outbox
+from gpubot.notify import outbox
 from gpubot.sim.server import SimServer
 from tests.fixtures.slack_fake import SlackFake
 from tests.workers.conftest import BOT_TOKEN

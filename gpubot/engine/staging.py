@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from gpubot.db.tables import JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine.remote_job import RemoteSession
 from gpubot.errors import CommandError, RemoteError, StorageError
 from gpubot.remote import control
-from gpubot.services.deps import EngineDeps
-from gpubot.services.remote_job import RemoteSession
 from gpubot.templates import (
     DATA_DEST_RE,
     INPUT_NAME_RE,

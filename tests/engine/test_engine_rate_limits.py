@@ -15,10 +15,10 @@ import pytest
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import claim_due_jobs
 from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine.steps import MAX_CONSECUTIVE_ERRORS, advance_job
 from gpubot.models import JobState
 from gpubot.providers.vastai import VastAIProvider
-from gpubot.services.deps import EngineDeps
-from gpubot.services.engine import MAX_CONSECUTIVE_ERRORS, advance_job
 from gpubot.sim.server import SimServer
 from gpubot.testing.fakes import FakeClock, seed_job, sqlite_deps
 

@@ -36,12 +36,12 @@ from gpubot import costs
 from gpubot.config import OnExceed
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, InstanceRow, JobRow, LedgerEntryRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
 from gpubot.models import JobState
+from gpubot.notify import ops, outbox
 from gpubot.render import mrkdwn as md
 from gpubot.render.blocks import ACTION_CANCEL, ACTION_EXTEND_BUDGET, button
-from gpubot.services import ops, outbox
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Cost reports from the ledger: a text table and a bar chart (``/gpu cost``).
 
 Totals come straight from the append-only ledger: an entry belongs to the period in which it
-ended (``period_end`` after the period's start, as in :mod:`gpubot.services.budgets`). The
+ended (``period_end`` after the period's start, as in :mod:`gpubot.governance.budgets`). The
 report's total line is the exact ledger sum for the period, shown rounded to cents; group
 lines are rounded separately, so they may differ from the total by a cent of rounding.
 """
@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import LedgerEntryRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
-from gpubot.services.budgets import dec, normalize_period, period_start
-from gpubot.services.deps import EngineDeps
+from gpubot.governance.budgets import dec, normalize_period, period_start
 
 GROUPS = {
     "user": LedgerEntryRow.requester,

@@ -12,11 +12,11 @@ from sqlalchemy import select
 from gpubot.config import OnExceed
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
+from gpubot.governance import budgets
+from gpubot.governance.budgets import LaunchOutcome, Limit
 from gpubot.models import JobState
-from gpubot.services import budgets
-from gpubot.services.budgets import LaunchOutcome, Limit
-from gpubot.services.deps import EngineDeps
 from gpubot.testing.fakes import T0, FakeClock, FakeProvider, seed_instance, seed_job, seed_ledger
 
 D = Decimal

@@ -8,8 +8,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpubot.config import BotConfig
+from gpubot.ports import Clock, Enqueuer, RunnerFactory, system_clock
 from gpubot.providers.base import Provider
-from gpubot.services.ports import Clock, Enqueuer, RunnerFactory, system_clock
 from gpubot.settings import Settings
 from gpubot.storage.base import ObjectStore
 

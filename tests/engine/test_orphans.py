@@ -9,11 +9,11 @@ from sqlalchemy import select
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, InstanceRow, MessageRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import orphans as sweep
+from gpubot.engine.orphans import OrphanState
+from gpubot.engine.tick import reconcile_tick
 from gpubot.models import JobState
-from gpubot.services import sweep
-from gpubot.services.deps import EngineDeps
-from gpubot.services.reconcile import reconcile_tick
-from gpubot.services.sweep import OrphanState
 from gpubot.testing.fakes import T0, FakeClock, FakeProvider, observation, seed_instance, seed_job
 
 GRACE = timedelta(minutes=10)

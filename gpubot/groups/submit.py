@@ -1,7 +1,7 @@
 """Job groups: parameter sweeps and sharded runs (one parent thread, many child jobs).
 
 A group is a :class:`~gpubot.db.tables.JobGroupRow` plus N ordinary child jobs (``JobRow``
-with ``group_id``), each launched through :func:`gpubot.services.launch.submit`: own instance,
+with ``group_id``), each launched through :func:`gpubot.chat.launch.submit`: own instance,
 card, checkpoints and results; the engine runs them like any job (an outbid child resumes on
 its own). What this module adds:
 
@@ -43,6 +43,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gpubot import costs
+from gpubot.chat import launch, permissions
 from gpubot.commands.types import LaunchCommand, ResourceOverrides, SweepCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import (
@@ -52,12 +53,13 @@ from gpubot.db.tables import (
     LedgerEntryRow,
     ProcessedRequestRow,
 )
+from gpubot.deps import EngineDeps
+from gpubot.engine import planning, staging
 from gpubot.errors import BudgetError, CommandError, GpubotError, PermissionDenied
 from gpubot.models import JobState
+from gpubot.notify import events, outbox
 from gpubot.render import mrkdwn as md
 from gpubot.render.text import usd
-from gpubot.services import events, launch, outbox, permissions, planning, staging
-from gpubot.services.deps import EngineDeps
 from gpubot.templates import (
     INTERNAL_PARAM_PREFIX,
     NamedInput,
@@ -233,7 +235,7 @@ def submit_shards(
     (bounded by the input's ``max_files``/``max_total_gb``) and split by bytes with
     :func:`balance_shards` (fewer children when there are fewer files). Each child gets only
     its own files, staged under ``input/`` of its workspace (``job.params["_inputs"]`` holds
-    the input's name, see :mod:`gpubot.services.staging`), with ``src=input shards=1`` when
+    the input's name, see :mod:`gpubot.engine.staging`), with ``src=input shards=1`` when
     the template has those parameters.
 
     Raises:
@@ -421,8 +423,7 @@ def _budget_gate(
     deps: EngineDeps, requester: str, channel: str, estimate_usd: Decimal
 ) -> str | None:
     from gpubot.config import OnExceed
-    from gpubot.services import budgets
-
+    from gpubot.governance import budgets
     with session_scope(deps.sessions) as session:
         verdict = budgets.check_launch(
             deps, session, requester=requester, channel=channel, estimate_usd=estimate_usd

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
 from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
 from gpubot.models import RentalChoice
+from gpubot.notify import outbox
 from gpubot.redact import redact_for_chat
 from gpubot.render import mrkdwn as md
 from gpubot.render.text import card_blocks, card_lines, usd
 from gpubot.render.views import JobView
-from gpubot.services import outbox
 
 
 def spent_usd(session: Session, job_id: str) -> Decimal:
@@ -155,8 +155,7 @@ def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> 
         f"(job {md.inline(job.id, 60)}). Destroy it by hand: `vastai destroy instance {pid}`."
     )
     note(session, job, text)
-    from gpubot.services import ops
-
+    from gpubot.notify import ops
     ops.escalate(session, text)
 
 

@@ -6,7 +6,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from gpubot.services import outbox
+from gpubot.notify import outbox
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from sqlalchemy import select
 from gpubot.commands.types import LaunchCommand, RentCommand, ResourceOverrides
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow, ProcessedRequestRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import planning
 from gpubot.errors import BudgetError, CommandError
 from gpubot.models import (
     InterruptibleMode,
@@ -28,9 +30,8 @@ from gpubot.models import (
     RentalType,
     Requirements,
 )
+from gpubot.notify import events, outbox
 from gpubot.render.text import usd
-from gpubot.services import events, outbox, planning
-from gpubot.services.deps import EngineDeps
 from gpubot.templates import ParamValue
 
 PLAN_MARKET_TTL_SECONDS = 20.0
@@ -171,8 +172,7 @@ def _budget_gate(
     """
     if requester is None or channel is None:
         return None
-    from gpubot.services import budgets
-
+    from gpubot.governance import budgets
     with session_scope(deps.sessions) as session:
         verdict = budgets.check_launch(
             deps, session, requester=requester, channel=channel, estimate_usd=estimate_usd

@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import apply_job_update, release_lock, take_claim
 from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import planning, remote_job
 from gpubot.errors import (
     GpubotError,
     NoCapacityError,
@@ -47,9 +49,8 @@ from gpubot.lifecycle import (
     InstanceVerdict,
 )
 from gpubot.models import JobState, LaunchSpec
+from gpubot.notify import events
 from gpubot.redact import redact
-from gpubot.services import events, planning, remote_job
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 
@@ -453,8 +454,7 @@ def _step_deploying(deps: EngineDeps, job: JobRow, instance: InstanceRow | None)
     with remote_job.connect(deps, instance) as session:
         session.deploy(job, template)
         if getattr(template, "data", None) or (job.params or {}).get("_inputs"):
-            from gpubot.services import staging
-
+            from gpubot.engine import staging
             try:
                 report = staging.stage_inputs(session, deps, job, template)
             except StorageError as exc:

@@ -8,10 +8,10 @@ import pytest
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import idle
+from gpubot.engine.remote_job import JobStatus
 from gpubot.models import JobState
-from gpubot.services import idle
-from gpubot.services.deps import EngineDeps
-from gpubot.services.remote_job import JobStatus
 from gpubot.testing.fakes import FakeClock, seed_instance, seed_job
 
 BUSY_NO_PROGRESS = JobStatus(

@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session
 from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, InstanceRow, JobRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation, JobState
-from gpubot.services import ops
-from gpubot.services.deps import EngineDeps
+from gpubot.notify import ops
 
 logger = logging.getLogger(__name__)
 

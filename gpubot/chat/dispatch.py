@@ -5,9 +5,9 @@ does the same for a button click. Both:
 
 * parse with :func:`gpubot.commands.parse_command` -- bad input gets the usage text and
   changes nothing;
-* check permissions (:mod:`gpubot.services.permissions`) -- refusals are ephemeral, say why,
+* check permissions (:mod:`gpubot.chat.permissions`) -- refusals are ephemeral, say why,
   change nothing but the audit trail;
-* record what they did in the audit trail (:mod:`gpubot.services.audit`);
+* record what they did in the audit trail (:mod:`gpubot.notify.audit`);
 * are idempotent per ``request_key``: a redelivered Slack request gets the first answer back and
   never launches twice (``JobRow.request_key`` + ``ProcessedRequestRow``).
 
@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpubot import offers as offer_rules
+from gpubot.chat import launch, permissions
 from gpubot.commands import (
     AuditCommand,
     BudgetAction,
@@ -52,6 +53,8 @@ from gpubot.commands import (
 )
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, ProcessedRequestRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import planning
 from gpubot.errors import (
     CommandError,
     CommandSyntaxError,
@@ -62,13 +65,12 @@ from gpubot.errors import (
     TransientProviderError,
 )
 from gpubot.models import InterruptibleMode, JobState, OfferRanking, RentalType
+from gpubot.notify import audit, events, outbox
 from gpubot.redact import redact
 from gpubot.render import blocks as action_ids
 from gpubot.render import mrkdwn as md
 from gpubot.render import slack as slack_render
 from gpubot.render.text import card_lines, usd
-from gpubot.services import audit, events, launch, outbox, permissions, planning
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 
@@ -364,8 +366,7 @@ def _launch_group(
     channel: str,
     request_key: str | None,
 ) -> Reply:
-    from gpubot.services import groups
-
+    from gpubot.groups import submit as groups
     permissions.check_may_use(deps.config, user, channel)
     if isinstance(command, SweepCommand):
         sub = groups.submit_sweep(
@@ -400,8 +401,7 @@ def _launch_group(
 
 def _cancel_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
     from gpubot.db.tables import JobGroupRow
-    from gpubot.services import groups
-
+    from gpubot.groups import submit as groups
     with session_scope(deps.sessions) as session:
         group = session.get(JobGroupRow, group_id)
         if group is None:
@@ -481,7 +481,7 @@ def _budget_verdict(deps: EngineDeps, user: str, channel: str, estimate_usd: Dec
     Raises:
         PermissionDenied: a budget would be exceeded and ``[budgets] on_exceed = "refuse"``.
     """
-    check_launch = _optional("gpubot.services.budgets", "check_launch")
+    check_launch = _optional("gpubot.governance.budgets", "check_launch")
     if check_launch is None:
         return ""
     with session_scope(deps.sessions) as session:
@@ -575,8 +575,8 @@ def _jobs(deps: EngineDeps, user: str, *, include_finished: bool) -> Reply:
 
 
 def _logs(deps: EngineDeps, command: LogsCommand, user: str, channel: str) -> Reply:
-    from gpubot.services import remote_job
-    from gpubot.services.engine import current_instance
+    from gpubot.engine import remote_job
+    from gpubot.engine.steps import current_instance
 
     with session_scope(deps.sessions) as session:
         job = _job_or_none(session, command.job_id)
@@ -755,7 +755,7 @@ def _optional(module: str, name: str) -> Any | None:
 def _budget(deps: EngineDeps, command: BudgetCommand, user: str, channel: str) -> Reply:
     if command.action is BudgetAction.SET:
         permissions.check_admin(deps.config, user, "set budgets")
-        set_budget = _optional("gpubot.services.budgets", "set_budget")
+        set_budget = _optional("gpubot.governance.budgets", "set_budget")
         if set_budget is None:
             return _refusal(f"budget set is {NOT_AVAILABLE}.")
         scope = command.scope.value if command.scope is not None else "team"
@@ -771,7 +771,7 @@ def _budget(deps: EngineDeps, command: BudgetCommand, user: str, channel: str) -
             )
         )
         return Reply(text=text, blocks=slack_render.text_blocks(text))
-    show = _optional("gpubot.services.budgets", "show")
+    show = _optional("gpubot.governance.budgets", "show")
     if show is None:
         return _refusal(f"budget is {NOT_AVAILABLE}.")
     text = str(show(deps, user=user, channel=channel))
@@ -779,7 +779,7 @@ def _budget(deps: EngineDeps, command: BudgetCommand, user: str, channel: str) -
 
 
 def _cost(deps: EngineDeps, command: CostCommand) -> Reply:
-    cost_report = _optional("gpubot.services.reports", "cost_report")
+    cost_report = _optional("gpubot.governance.reports", "cost_report")
     if cost_report is None:
         return _refusal(f"cost is {NOT_AVAILABLE}.")
     group = command.group_by.value if command.group_by is not None else None

@@ -15,12 +15,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from gpubot.db.tables import InstanceRow, JobRow
-from gpubot.services import outbox
-from gpubot.services.deps import EngineDeps
+from gpubot.deps import EngineDeps
+from gpubot.notify import outbox
 from gpubot.templates import IdlePolicy
 
 if TYPE_CHECKING:
-    from gpubot.services.remote_job import JobStatus
+    from gpubot.engine.remote_job import JobStatus
 
 
 def policy_for(deps: EngineDeps, job: JobRow) -> IdlePolicy:

@@ -33,9 +33,9 @@ from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import claim_due_jobs
 from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation
-from gpubot.services.deps import EngineDeps
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +85,14 @@ def reconcile_tick(
         entries, verified = observe_and_meter(session, listing, listed_ok=listed_ok, now=now)
         report.ledger_entries = entries
         report.destroys_verified = verified
-    from gpubot.services import budgets
-
+    from gpubot.governance import budgets
     report.stopped_for_budget = budgets.enforce(
         deps, now=now, tick_interval_seconds=_observed_interval(now)
     )
-    from gpubot.services import groups
-
+    from gpubot.groups import submit as groups
     groups.advance_groups(deps, now=now)
     if sweep and listed_ok:
-        from gpubot.services import sweep as sweeper
-
+        from gpubot.engine import orphans as sweeper
         report.orphans_destroyed = sweeper.sweep_orphans(deps, listing, now=now)
     with session_scope(deps.sessions) as session:
         report.claimed = claim_due_jobs(session, now=now, limit=CLAIM_LIMIT)

@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import Any
 
 from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
 from gpubot.errors import RemoteCommandFailed, RemoteError, StorageError
 from gpubot.lifecycle import InstanceVerdict, instance_verdict
 from gpubot.models import InstanceObservation, ProviderStatus
 from gpubot.remote import control, parsing
 from gpubot.remote.runner import Runner, SSHTarget
-from gpubot.services.deps import EngineDeps
 from gpubot.templates import Template, param_env
 
 logger = logging.getLogger(__name__)
@@ -463,13 +463,11 @@ def idle_changes(
     deps: EngineDeps, job: JobRow, instance: InstanceRow, status: JobStatus | None
 ) -> dict[str, Any]:
     """Update ``idle_since`` from GPU utilisation and progress (see services.idle)."""
-    from gpubot.services import idle
-
+    from gpubot.engine import idle
     return idle.idle_changes(deps, job, instance, status)
 
 
 def idle_stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> str | None:
-    from gpubot.services import idle
-
+    from gpubot.engine import idle
     return idle.stop_reason(deps, job, changes)
 

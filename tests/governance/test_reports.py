@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gpubot.db.engine import session_scope
+from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
-from gpubot.services import reports
-from gpubot.services.deps import EngineDeps
+from gpubot.governance import reports
 from gpubot.testing.fakes import T0, seed_ledger
 
 D = Decimal

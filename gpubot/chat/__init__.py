@@ -1,0 +1,1 @@
+"""The chat side: command dispatch, launches, permissions."""

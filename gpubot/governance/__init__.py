@@ -1,0 +1,1 @@
+"""Money rules: budgets (limits, enforcement, alerts) and cost reports."""

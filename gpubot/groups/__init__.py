@@ -1,0 +1,1 @@
+"""Job groups: parameter sweeps and sharded runs."""
