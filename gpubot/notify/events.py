@@ -1,8 +1,9 @@
 """Job events as outbox messages: the status card and the replies that matter.
 
 Called inside the engine's applying transaction, so a message exists exactly when the state
-change it reports was committed. Texts are mrkdwn: every job, user or provider value goes
-through :mod:`gpubot.render.mrkdwn` (escaped) before it is put into a message.
+change it reports was committed. This module reads the rows and writes the outbox; the texts
+are built from plain data by :mod:`gpubot.render.events` (every job, user or provider value
+escaped there).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from sqlalchemy.orm import Session
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
 from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
 from gpubot.models import RentalChoice
-from gpubot.notify import outbox
+from gpubot.notify import ops, outbox
 from gpubot.redact import redact_for_chat
-from gpubot.render import mrkdwn as md
-from gpubot.render.text import card_blocks, card_lines, usd
+from gpubot.render import events as render
+from gpubot.render.blocks import idle_warning_blocks
+from gpubot.render.text import card_blocks, card_lines
 from gpubot.render.views import JobView
 
 
@@ -34,6 +36,8 @@ def spent_usd(session: Session, job_id: str) -> Decimal:
 
 
 def job_view(session: Session, job: JobRow) -> JobView:
+    """The plain data of the job's status card (its newest provider-backed rental, progress,
+    ETA, spend)."""
     instance = session.scalars(
         select(InstanceRow)
         .where(InstanceRow.job_id == job.id, InstanceRow.provider_id.is_not(None))
@@ -102,60 +106,72 @@ def note(session: Session, job: JobRow, text: str) -> None:
 
 
 def rented(session: Session, job: JobRow, choice: RentalChoice, provider_id: str) -> None:
-    kind = "interruptible" if choice.bid_per_hour_usd is not None else "on-demand"
+    """Reply that ``provider_id`` was rented for the job (GPU, rental type, price, attempt)."""
     note(
         session,
         job,
-        f"Rented instance {md.inline(provider_id, 40)}: {choice.offer.num_gpus}x "
-        f"{md.inline(choice.offer.gpu_name, 60)}, "
-        f"{kind} at {usd(choice.price_per_hour_usd)}/h (attempt {job.attempts}).",
+        render.rented(
+            provider_id=provider_id,
+            num_gpus=choice.offer.num_gpus,
+            gpu_name=choice.offer.gpu_name,
+            interruptible=choice.bid_per_hour_usd is not None,
+            price_per_hour_usd=choice.price_per_hour_usd,
+            attempt=job.attempts,
+        ),
     )
 
 
 def started(session: Session, job: JobRow) -> None:
-    note(session, job, f":rocket: {md.inline(job.id, 60)} is running.")
+    """Reply that the job's run command started."""
+    note(session, job, render.started(job.id))
 
 
 def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> None:
+    """Reply with the ssh command of an interactive box."""
     note(
         session,
         job,
-        f":computer: Your box is ready: "
-        f"`{md.inline(f'ssh -p {instance.ssh_port} root@{instance.ssh_host}', 200)}` "
-        f"({md.inline(instance.gpu_name, 60)}, {usd(instance.price_per_hour_usd)}/h). "
-        "It is destroyed when idle; `/gpu keep &lt;job&gt; &lt;hours&gt;` keeps it.",
+        render.interactive_ready(
+            ssh_port=instance.ssh_port,
+            ssh_host=instance.ssh_host,
+            gpu_name=instance.gpu_name,
+            price_per_hour_usd=instance.price_per_hour_usd,
+        ),
     )
 
 
 def checkpoint_saved(session: Session, job: JobRow, key: str) -> None:
-    name = key.rstrip("/").rsplit("/", 1)[-1]
-    note(session, job, f":floppy_disk: Checkpoint saved: {md.inline(name, 200)}")
+    """Reply that the checkpoint at ``key`` was backed up."""
+    note(session, job, render.checkpoint_saved(key))
 
 
 def interrupted(session: Session, job: JobRow) -> None:
-    reason = md.inline(job.reason, 500)
-    note(
-        session,
-        job,
-        f":warning: Instance lost ({reason}). Renting a replacement and resuming from the "
-        "newest checkpoint." if job.checkpoint_key else
-        f":warning: Instance lost ({reason}). Renting a replacement.",
-    )
+    """Reply that the instance was lost (``job.reason``) and is being replaced."""
+    text = render.interrupted(job.reason or "", has_checkpoint=bool(job.checkpoint_key))
+    note(session, job, text)
 
 
 def restored(session: Session, job: JobRow, key: str) -> None:
-    name = key.rstrip("/").rsplit("/", 1)[-1]
-    note(session, job, f":arrows_counterclockwise: Resumed from checkpoint {md.inline(name)}.")
+    """Reply that the job resumed from the checkpoint at ``key``."""
+    note(session, job, render.restored(key))
+
+
+def idle_warning(session: Session, job: JobRow, text: str) -> None:
+    """The idle/stuck warning (mrkdwn ``text``) with Keep alive / Destroy buttons."""
+    outbox.reply(
+        session,
+        channel=job.channel,
+        thread_key=job.id,
+        text=text,
+        blocks=idle_warning_blocks(job.id, text),
+        job_id=job.id,
+    )
 
 
 def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> None:
-    pid = md.inline(instance.provider_id, 40)
-    text = (
-        f":rotating_light: Could not confirm destruction of instance {pid} "
-        f"(job {md.inline(job.id, 60)}). Destroy it by hand: `vastai destroy instance {pid}`."
-    )
+    """A destroy not confirmed in time: tell the job's thread and the ops channel."""
+    text = render.destroy_escalation(job_id=job.id, provider_id=instance.provider_id)
     note(session, job, text)
-    from gpubot.notify import ops
     ops.escalate(session, text)
 
 
@@ -165,7 +181,6 @@ def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -
     A failure's log lines are quoted as a code block of at most one section (newest lines
     kept); when lines had to be dropped and ``charts_dir`` is given, the whole quoted log
     also goes to the thread as a text file (redacted)."""
-    spent = spent_usd(session, job.id)
     points = [(int(p[0]), float(p[1])) for p in (job.metrics_history or {}).get("points", [])]
     if charts_dir is not None and len(points) >= 2:
         from gpubot.render.charts import loss_chart_png
@@ -179,48 +194,19 @@ def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -
             title=f"{job.id} loss curve",
             job_id=job.id,
         )
-    jid = md.inline(job.id, 60)
-    if job.state == "succeeded":
-        files = (job.results or {}).get("files", [])
-        lines = [f":white_check_mark: {jid} succeeded. Final cost {usd(spent)}."]
-        for item in files[:20]:
-            url = item.get("url")
-            lines.append(
-                f"• {md.link(str(url) if url else None, item.get('name'))} "
-                f"({md.inline(item.get('size_bytes'), 20)} B, "
-                f"sha256 {md.inline(str(item.get('sha256', ''))[:12], 12)}…)"
-            )
-        if len(files) > 20:
-            lines.append(f"… and {len(files) - 20} more files.")
-        metrics = (job.progress or {}).get("metrics") or {}
-        if metrics:
-            lines.append(
-                "Final metrics: "
-                + ", ".join(f"{md.inline(k, 80)}={_metric(v)}" for k, v in metrics.items())
-            )
-        note(session, job, md.clamp("\n".join(lines), md.SECTION_TEXT_MAX))
-    else:
-        verb = "was cancelled" if job.state == "cancelled" else "failed"
-        reason = md.strip_control(job.reason or "no reason recorded").strip()
-        first, _, log = reason.partition("\n")
-        text = f":x: {jid} {verb}: {md.inline(first.rstrip(':. '), 500)}. "
-        text += f"Instance destroyed. Final cost {usd(spent)}."
-        clamped = False
-        if log.strip():
-            room = md.SECTION_TEXT_MAX - len(text) - 1
-            text += "\n" + md.code_block(log.split("\n"), room)
-            clamped = len(md.code_block(log.split("\n"), 10**9)) > room
-        note(session, job, text)
-        if clamped and charts_dir is not None:
-            _upload_log(session, job, charts_dir, log)
-
-
-def _metric(value: object) -> str:
-    """A metric value as ``4g`` when numeric, else escaped text."""
-    try:
-        return f"{float(value):.4g}"  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return md.inline(value, 40)
+    reply = render.finished(
+        render.Outcome(
+            job_id=job.id,
+            state=job.state,
+            spent_usd=spent_usd(session, job.id),
+            reason=job.reason or "",
+            files=list((job.results or {}).get("files", [])),
+            metrics=dict((job.progress or {}).get("metrics") or {}),
+        )
+    )
+    note(session, job, reply.text)
+    if reply.dropped_log is not None and charts_dir is not None:
+        _upload_log(session, job, charts_dir, reply.dropped_log)
 
 
 def _upload_log(session: Session, job: JobRow, folder: Path, log: str) -> None:
