@@ -7,16 +7,22 @@ rental, nobody works on it. Idle for ``window_minutes`` → a warning with Keep 
 buttons; still idle ``grace_minutes`` later → destroyed. A running job whose GPU idles and
 whose progress has not advanced for ``stuck_window_minutes`` is *stuck*: warned, then stopped
 after the grace period. ``/gpu keep`` (or the button) sets ``keep_until`` and postpones both.
+
+This module decides and writes nothing: :func:`decide` returns an :class:`IdleDecision` that the
+running step applies through its ``StepResult`` (the changes with the job's guarded update,
+the warning as an outbox reply in the same transaction).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.deps import EngineDeps
-from gpubot.notify import outbox
+from gpubot.render import events as render
 from gpubot.templates import IdlePolicy
 
 if TYPE_CHECKING:
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 
 
 def policy_for(deps: EngineDeps, job: JobRow) -> IdlePolicy:
+    """The job's template idle policy, else the bot's ``[idle]`` policy."""
     template = deps.config.templates.get(job.template)
     if template is not None and template.idle is not None:
         return template.idle
@@ -40,12 +47,52 @@ def gpu_sample_idle(util_pct: float | None, threshold_pct: float) -> bool:
     return util_pct is not None and util_pct <= threshold_pct
 
 
-def idle_changes(
+@dataclass(frozen=True)
+class IdleDecision:
+    """What one poll of a running instance decided. At most one of ``warning`` and
+    ``stop_reason`` is set; both None means "nothing to do but store ``changes``"."""
+
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    """Job columns to store: ``idle_since`` (None once busy again) and ``idle_warned_at``
+    (when the window elapsed). Only these keys; empty when nothing changed."""
+    warning: str | None = None
+    """mrkdwn warning to post in the job's thread (the window has just elapsed)."""
+    stop_reason: str | None = None
+    """Why to tear the job down now (the grace after the warning is over)."""
+
+
+def decide(
     deps: EngineDeps, job: JobRow, instance: InstanceRow, status: JobStatus | None
-) -> dict[str, Any]:
-    """New ``idle_since`` (None when busy) and, when due, ``idle_warned_at``."""
+) -> IdleDecision:
+    """Apply the idle/stuck policy to one poll (``status`` None for interactive rentals).
+
+    Busy (GPU above the threshold or without a sample, progress advancing, or kept alive)
+    clears ``idle_since``/``idle_warned_at``. Idle for the window: ``idle_warned_at`` is set
+    to when the window elapsed and ``warning`` is returned. Still idle ``grace_minutes``
+    after that: ``stop_reason``. Reads ``deps.clock`` and the policy only; no I/O.
+    """
     now = deps.clock()
     policy = policy_for(deps, job)
+    changes, warn_now = _idle_changes(job, instance, status, policy, now)
+    if warn_now:
+        text = render.idle_warning(
+            job_id=job.id,
+            interactive=job.kind == "interactive",
+            grace_minutes=policy.grace_minutes,
+        )
+        return IdleDecision(changes=changes, warning=text)
+    return IdleDecision(changes=changes, stop_reason=_stop_reason(job, changes, policy, now))
+
+
+def _idle_changes(
+    job: JobRow,
+    instance: InstanceRow,
+    status: JobStatus | None,
+    policy: IdlePolicy,
+    now: datetime,
+) -> tuple[dict[str, Any], bool]:
+    """New ``idle_since`` (None when busy) and, when due, ``idle_warned_at``; True as the
+    second item when the window has just elapsed (warn now)."""
     gpu_idle = gpu_sample_idle(instance.gpu_util_pct, policy.gpu_util_threshold_pct)
     advancing = False
     if status is not None:
@@ -61,7 +108,7 @@ def idle_changes(
     if busy:
         if job.idle_since is not None or job.idle_warned_at is not None:
             changes.update(idle_since=None, idle_warned_at=None)
-        return changes
+        return changes, False
     since = job.idle_since
     if since is None:
         # The previous poll saw it busy (or kept); idle began after that poll, or when the
@@ -77,18 +124,15 @@ def idle_changes(
     if job.idle_warned_at is None and now - since >= window:
         # The grace runs from when the window elapsed, not from this (later) poll.
         changes["idle_warned_at"] = since + window
-        changes["_warn"] = True
-    return changes
+        return changes, True
+    return changes, False
 
 
-def stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> str | None:
-    """Why to stop now (grace over after a warning), else None. Consumes the ``_warn`` flag."""
-    now = deps.clock()
-    policy = policy_for(deps, job)
+def _stop_reason(
+    job: JobRow, changes: Mapping[str, Any], policy: IdlePolicy, now: datetime
+) -> str | None:
+    """Why to stop now (grace over after a warning), else None."""
     warned_at = changes.get("idle_warned_at", job.idle_warned_at)
-    if changes.pop("_warn", False):
-        _warn(deps, job, policy)
-        return None
     if warned_at is None or "idle_since" in changes and changes["idle_since"] is None:
         return None
     if now - warned_at >= timedelta(minutes=policy.grace_minutes):
@@ -102,24 +146,3 @@ def stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> str |
             f"for {policy.stuck_window_minutes + policy.grace_minutes} minutes"
         )
     return None
-
-
-def _warn(deps: EngineDeps, job: JobRow, policy: IdlePolicy) -> None:
-    from gpubot.db.engine import session_scope
-    from gpubot.render.blocks import idle_warning_blocks
-
-    what = "is idle" if job.kind == "interactive" else "looks stuck (GPU idle, no progress)"
-    text = (
-        f":hourglass: {job.id} {what}. It will be destroyed in {policy.grace_minutes} min "
-        f"unless kept: `/gpu keep {job.id} 2`."
-    )
-    with session_scope(deps.sessions) as session:
-        outbox.reply(
-            session,
-            channel=job.channel,
-            thread_key=job.id,
-            text=text,
-            blocks=idle_warning_blocks(job.id, text),
-            job_id=job.id,
-        )
-

@@ -458,16 +458,3 @@ def failure_reason(status: JobStatus) -> str:
     last = "\n".join(status.log_tail.strip().splitlines()[-10:])
     return f"the job exited with status {status.exit_code}. Last log lines:\n{last}"
 
-
-def idle_changes(
-    deps: EngineDeps, job: JobRow, instance: InstanceRow, status: JobStatus | None
-) -> dict[str, Any]:
-    """Update ``idle_since`` from GPU utilisation and progress (see services.idle)."""
-    from gpubot.engine import idle
-    return idle.idle_changes(deps, job, instance, status)
-
-
-def idle_stop_reason(deps: EngineDeps, job: JobRow, changes: dict[str, Any]) -> str | None:
-    from gpubot.engine import idle
-    return idle.stop_reason(deps, job, changes)
-

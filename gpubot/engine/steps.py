@@ -28,7 +28,7 @@ from gpubot.db.engine import session_scope
 from gpubot.db.queries import apply_job_update, release_lock, take_claim
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.deps import EngineDeps
-from gpubot.engine import planning, remote_job
+from gpubot.engine import idle, planning, remote_job
 from gpubot.errors import (
     GpubotError,
     NoCapacityError,
@@ -528,7 +528,8 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     if new_checkpoint and new_checkpoint != job.checkpoint_key:
         changes["checkpoint_key"] = new_checkpoint
         notes.append(lambda s, j: events.checkpoint_saved(s, j, new_checkpoint))
-    changes.update(remote_job.idle_changes(deps, job, instance, status))
+    idle_decision = idle.decide(deps, job, instance, status)
+    changes.update(idle_decision.changes)
     if status.exit_code is not None:
         changes["exit_code"] = status.exit_code
         if status.exit_code == 0:
@@ -541,20 +542,29 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     if status.vanished:
         reason = "the job's process is gone without an exit code (killed or the host rebooted)"
         return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
-    stop = remote_job.idle_stop_reason(deps, job, changes)
-    if stop:
-        return _teardown(job, outcome=JobState.FAILED, reason=stop, extra=changes)
+    if idle_decision.stop_reason:
+        reason = idle_decision.stop_reason
+        return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
+    if idle_decision.warning:
+        notes.append(_idle_warning_note(idle_decision.warning))
     return StepResult(changes=changes, notes=notes)
 
 
 def _running_interactive(
     deps: EngineDeps, job: JobRow, instance: InstanceRow
 ) -> StepResult:
-    changes = remote_job.idle_changes(deps, job, instance, None)
-    stop = remote_job.idle_stop_reason(deps, job, changes)
-    if stop:
-        return _teardown(job, outcome=JobState.CANCELLED, reason=stop, extra=changes)
-    return StepResult(changes=changes)
+    idle_decision = idle.decide(deps, job, instance, None)
+    changes = dict(idle_decision.changes)
+    if idle_decision.stop_reason:
+        reason = idle_decision.stop_reason
+        return _teardown(job, outcome=JobState.CANCELLED, reason=reason, extra=changes)
+    notes = [_idle_warning_note(idle_decision.warning)] if idle_decision.warning else []
+    return StepResult(changes=changes, notes=notes)
+
+
+def _idle_warning_note(text: str) -> Callable[[Session, JobRow], None]:
+    """The idle/stuck warning as an outbox write of the applying transaction."""
+    return lambda s, j: events.idle_warning(s, j, text)
 
 
 def _step_collecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:

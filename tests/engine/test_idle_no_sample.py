@@ -39,9 +39,9 @@ def _poll_for(
             job = s.get(JobRow, "j-1")
             instance = s.get(InstanceRow, 1)
             assert job is not None and instance is not None
-            changes = idle.idle_changes(deps, job, instance, BUSY_NO_PROGRESS)
-            reason = idle.stop_reason(deps, job, changes)
-            for key, value in changes.items():
+            decision = idle.decide(deps, job, instance, BUSY_NO_PROGRESS)
+            reason = decision.stop_reason
+            for key, value in decision.changes.items():
                 setattr(job, key, value)
             job.last_processed_at = clock()
         if reason:
