@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from gpubot.commands.types import LaunchCommand, RentCommand, ResourceOverrides
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import AuditEventRow, JobRow, ProcessedRequestRow
+from gpubot.db.tables import JobRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import planning
 from gpubot.errors import BudgetError, CommandError
@@ -30,7 +30,8 @@ from gpubot.models import (
     RentalType,
     Requirements,
 )
-from gpubot.notify import events, outbox
+from gpubot.notify import audit, events, outbox
+from gpubot.render import events as render_events
 from gpubot.render.text import usd
 from gpubot.templates import ParamValue
 
@@ -241,29 +242,29 @@ def submit(
         session.add(job)
         if request_key:
             session.add(ProcessedRequestRow(key=request_key, result={"job_id": job_id}))
-        session.add(
-            AuditEventRow(
-                at=deps.clock(),
-                actor=requester,
-                action="launch",
-                target=job_id,
-                reason=plan.approval_reason or "",
-                detail={
-                    "template": plan.template,
-                    "params": {
-                        k: str(v) for k, v in plan.params.items() if not k.startswith("_")
-                    },
-                    "channel": channel,
-                    "price_per_hour_usd": str(plan.price_per_hour_usd),
-                    "estimate_usd": str(plan.estimate_usd),
-                },
-            )
+        # Through the recorder: user parameters are redacted before they are stored.
+        audit.record(
+            session,
+            requester,
+            "launch",
+            job_id,
+            plan.approval_reason or "",
+            {
+                "template": plan.template,
+                "params": {k: str(v) for k, v in plan.params.items() if not k.startswith("_")},
+                "channel": channel,
+                "price_per_hour_usd": str(plan.price_per_hour_usd),
+                "estimate_usd": str(plan.estimate_usd),
+            },
+            at=deps.clock(),
         )
         session.flush()
         outbox.post_parent(
             session,
             channel=channel,
-            text=f"<@{requester}> {job_id}\n" + "\n".join(plan.summary_lines()),
+            text=render_events.plan_parent(
+                requester=requester, job_id=job_id, plan_lines=plan.summary_lines()
+            ),
             job_id=job_id,
             group_id=group_id,
         )

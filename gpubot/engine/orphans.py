@@ -35,7 +35,7 @@ from gpubot.db.tables import AuditEventRow, InstanceRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation, JobState
-from gpubot.notify import ops
+from gpubot.notify import audit, ops
 
 logger = logging.getLogger(__name__)
 
@@ -135,31 +135,29 @@ def sweep_orphans(
             state = _state(session, obs.provider_id)
             if _has_live_record(session, obs):
                 if state.first_seen_at is not None:
-                    session.add(
-                        AuditEventRow(
-                            at=now,
-                            actor="gpubot",
-                            action=CLEARED,
-                            target=obs.provider_id,
-                            reason="a live record claims it",
-                        )
+                    audit.record(
+                        session,
+                        "gpubot",
+                        CLEARED,
+                        obs.provider_id,
+                        "a live record claims it",
+                        at=now,
                     )
                 continue
             decision = orphan_decision(state, now=now, grace=grace)
             if decision == "remember":
-                session.add(
-                    AuditEventRow(
-                        at=now,
-                        actor="gpubot",
-                        action=SEEN,
-                        target=obs.provider_id,
-                        reason=f"labelled {obs.label!r} but no live record",
-                        detail={
-                            "label": obs.label,
-                            "status": obs.status.value,
-                            "price_per_hour_usd": str(obs.price_per_hour_usd),
-                        },
-                    )
+                audit.record(
+                    session,
+                    "gpubot",
+                    SEEN,
+                    obs.provider_id,
+                    f"labelled {obs.label!r} but no live record",
+                    {
+                        "label": obs.label,
+                        "status": obs.status.value,
+                        "price_per_hour_usd": str(obs.price_per_hour_usd),
+                    },
+                    at=now,
                 )
                 logger.warning("orphan %s (%s) seen; grace %s", obs.provider_id, obs.label, grace)
             elif decision in ("destroy", "redestroy"):
@@ -186,15 +184,14 @@ def sweep_orphans(
                 f"({costs.format_usd(obs.price_per_hour_usd)}/h, {obs.status.value}) had no "
                 f"live record for {age}."
             )
-            session.add(
-                AuditEventRow(
-                    at=now,
-                    actor="gpubot",
-                    action=DESTROYED,
-                    target=obs.provider_id,
-                    reason=text,
-                    detail={"label": obs.label, "price_per_hour_usd": str(obs.price_per_hour_usd)},
-                )
+            audit.record(
+                session,
+                "gpubot",
+                DESTROYED,
+                obs.provider_id,
+                text,
+                {"label": obs.label, "price_per_hour_usd": str(obs.price_per_hour_usd)},
+                at=now,
             )
             ops.escalate(session, text)
             announced.append(obs.provider_id)

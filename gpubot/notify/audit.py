@@ -2,11 +2,13 @@
 
 Every command, approval, cancel, keep and budget change is recorded here. Text and detail
 values are passed through :func:`gpubot.redact.redact` first, so a secret typed by mistake (or
-carried in an error message) never lands in the table.
+carried in an error message) never lands in the table. :func:`record` is the only writer of
+``AuditEventRow``: nothing else constructs one.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -38,14 +40,18 @@ def record(
     target: str = "",
     reason: str = "",
     detail: dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
 ) -> AuditEventRow:
     """Add one audit event to ``session`` (the caller commits). Returns the new row.
 
     ``action`` is a short dotted verb (``command``, ``approve``, ``cancel``, ``budget.set``,
-    ``denied`` ...); ``target`` a job id, scope or the command verb.
+    ``denied`` ...); ``target`` a job id, scope or the command verb. ``target``, ``reason``
+    and every string in ``detail`` (keys and nested values too) are redacted and bounded.
+    ``at`` is the event's time (the caller's clock, UTC-aware); now when omitted.
     """
     row = AuditEventRow(
-        at=utcnow(),
+        at=at or utcnow(),
         actor=actor[:64],
         action=action[:32],
         target=redact(target)[:128],
