@@ -107,13 +107,17 @@ def estimate_job_cost(
 ) -> CostEstimate:
     """Expected cost of running ``choice`` for ``expected_hours`` with ``disk_gb`` of disk.
 
-    Compute uses the choice's price (the bid for interruptible, else on-demand). Storage is
-    the full disk at the offer's $/GB/month; vast's on-demand price already includes storage
-    for the search's allocated disk, so the estimate errs on the high side by that amount.
+    What vast charges while the instance runs is compute plus storage, and this estimate is
+    that sum, so a plan's quote equals the charge. Compute is the choice's price without the
+    storage vast folds into its quoted price: the bid for interruptible, ``dph_base`` for
+    on-demand (``dph_total`` when the offer did not report ``dph_base``, which then errs high
+    by the searched disk's storage). Storage is ``disk_gb`` at the offer's $/GB/month, billed
+    for every second the instance exists.
     """
     hours = _non_negative("expected_hours", _dec(expected_hours))
     seconds = hours * SECONDS_PER_HOUR
-    compute = compute_cost_usd(choice.price_per_hour_usd, seconds)
+    compute_per_hour = choice.price_per_hour_usd - choice.offer.storage_per_hour_usd
+    compute = compute_cost_usd(compute_per_hour, seconds)
     storage = storage_cost_usd(choice.offer.storage_per_gb_month_usd, disk_gb, seconds)
     storage_per_hour = storage_cost_usd(
         choice.offer.storage_per_gb_month_usd, disk_gb, SECONDS_PER_HOUR
@@ -122,7 +126,7 @@ def estimate_job_cost(
         compute_usd=compute,
         storage_usd=storage,
         total_usd=compute + storage,
-        price_per_hour_usd=_ledger(choice.price_per_hour_usd + storage_per_hour),
+        price_per_hour_usd=_ledger(compute_per_hour + storage_per_hour),
         hours=hours,
     )
 

@@ -83,13 +83,19 @@ class TestStorageAndBandwidth:
         assert bandwidth_cost_usd(up, down, D(up_rate), D(down_rate)) == D(expected)
 
 
-def _choice(rental_type: RentalType, bid: str | None) -> RentalChoice:
+def _choice(
+    rental_type: RentalType,
+    bid: str | None,
+    *,
+    dph_base: str | None = None,
+    dph_total: str = "0.40",
+) -> RentalChoice:
     offer = Offer(
         offer_id="o1",
         gpu_name="RTX 4090",
         num_gpus=1,
         gpu_ram_gb=24.0,
-        price_per_hour_usd=D("0.40"),
+        price_per_hour_usd=D(dph_total),
         min_bid_per_hour_usd=D("0.18"),
         storage_per_gb_month_usd=D("0.144"),
         upload_per_gb_usd=D("0.005"),
@@ -103,6 +109,7 @@ def _choice(rental_type: RentalType, bid: str | None) -> RentalChoice:
         host_id="h1",
         machine_id="m1",
         disk_space_gb=100.0,
+        compute_per_hour_usd=None if dph_base is None else D(dph_base),
     )
     return RentalChoice(
         offer=offer,
@@ -138,6 +145,25 @@ class TestEstimate:
         assert est.storage_usd == D(storage)
         assert est.total_usd == D(total)
         assert est.price_per_hour_usd == D(per_hour)
+
+
+    @pytest.mark.parametrize(
+        ("rental_type", "bid", "per_hour", "total"),
+        [
+            # dph_total 0.41 = dph_base 0.40 + 0.01 $/h of storage for the searched 50 GB:
+            # the quote is what vast charges (0.40 compute + 0.01 storage), storage once.
+            (RentalType.ON_DEMAND, None, "0.41", "0.82"),
+            (RentalType.INTERRUPTIBLE, "0.207", "0.217", "0.434"),
+        ],
+    )
+    def test_storage_folded_into_dph_total_is_counted_once(
+        self, rental_type: RentalType, bid: str | None, per_hour: str, total: str
+    ) -> None:
+        choice = _choice(rental_type, bid, dph_base="0.40", dph_total="0.41")
+        est = estimate_job_cost(choice, 50, 2)
+        assert est.price_per_hour_usd == D(per_hour)
+        assert est.total_usd == D(total)
+        assert est.storage_usd == D("0.02")
 
 
 class TestBudgetVerdict:
