@@ -540,8 +540,7 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         result.notes = notes
         return result
     if status.vanished:
-        reason = "the job's process is gone without an exit code (killed or the host rebooted)"
-        return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
+        return _process_gone(deps, job, instance, changes, notes)
     if idle_decision.stop_reason:
         reason = idle_decision.stop_reason
         return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
@@ -696,6 +695,36 @@ def _interrupted(job: JobRow, instance: InstanceRow, reason: str) -> StepResult:
         changes={"state": JobState.INTERRUPTED.value, "reason": reason},
         immediate=True,
     )
+
+
+PROCESS_GONE = "the job's process is gone without an exit code (killed or the host rebooted)"
+
+
+def _process_gone(
+    deps: EngineDeps,
+    job: JobRow,
+    instance: InstanceRow,
+    changes: dict[str, Any],
+    notes: list[Callable[[Session, JobRow], None]],
+) -> StepResult:
+    """The job's process vanished (no exit code) on an instance still listed running: a host
+    reboot or container restart keeps the files and loses the processes (the simulator's
+    restart does the same). That is lost work, not a job failure: the job goes to
+    ``interrupted`` like a lost instance (the instance is destroyed, another rented within
+    ``[engine] max_attempts``, then the job fails with this reason). It resumes from the
+    newest backed-up checkpoint (``changes`` carries one backed up by this very step), else it
+    restarts from scratch; the reason, posted in the thread, says which."""
+    template = deps.config.templates.get(job.template)
+    if changes.get("checkpoint_key") or job.checkpoint_key:
+        then = "resuming from the newest checkpoint on a new instance"
+    elif template is not None and template.resources.checkpoints:
+        then = "no checkpoint was saved yet: restarting from scratch on a new instance"
+    else:
+        then = "the template saves no checkpoints: restarting from scratch on a new instance"
+    result = _interrupted(job, instance, f"{PROCESS_GONE}; {then}")
+    result.changes = {**changes, **result.changes}
+    result.notes = notes
+    return result
 
 
 def _backup_checkpoints(
