@@ -1,47 +1,12 @@
-"""``gpubot serve``: the Slack app. Socket Mode when SLACK_APP_TOKEN is set, else HTTP on $PORT.
+"""``python -m bot``: a launcher for ``gpubot serve`` (the wiring lives in ``app.serve``).
 
-Outbox delivery (posting threads and cards) runs in the Celery worker
-(``workers.tasks.deliver_messages_task``), not here.
+The one module of ``bot/`` allowed to import the composition root: it is an entry point,
+not library code (``tests/test_import_rules.py``).
 """
 
 from __future__ import annotations
 
-import logging
-
-from gpubot.settings import Settings
-
-
-def main() -> int:
-    """Build the engine and the Bolt app, then serve until interrupted. Returns 0."""
-    from bot.app import build_app
-    from gpubot.wiring import build_engine_deps
-    from workers.runtime import CeleryKicker, install
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    settings = Settings()
-    deps = build_engine_deps(settings, enqueuer=CeleryKicker())
-    install(deps)
-    app = build_app(deps, settings=settings)
-    if settings.slack_app_token is not None:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        logging.getLogger(__name__).info("serving in Socket Mode")
-        SocketModeHandler(app, settings.slack_app_token.get_secret_value()).start()
-        return 0
-    from bot.http import make_http_server
-
-    server = make_http_server(app, deps, host="0.0.0.0", port=settings.port)  # noqa: S104
-    logging.getLogger(__name__).info("serving HTTP on port %s", server.server_port)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
+from app.serve import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

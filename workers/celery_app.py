@@ -55,6 +55,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_soft_time_limit": 600,
         "task_time_limit": 900,
+        # Beat's schedule state lives in GPUBOT_HOME, never in the working directory.
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
         "beat_schedule": {
             "reconcile-tick": {
                 "task": "workers.tasks.reconcile_tick_task",
@@ -83,7 +85,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "store_processed": False,
             "polling_interval": 0.1,
         }
-        config["beat_schedule_filename"] = str(settings.home / "celerybeat-schedule")
     else:
         # Longer than the longest task so a running task is never delivered twice.
         config["broker_transport_options"] = {"visibility_timeout": 3600}
@@ -91,6 +92,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
+    """The project's Celery app for ``settings`` (default: from the environment).
+
+    Creates GPUBOT_HOME for the embedded broker. The Slack deliverer is not wired here: the
+    composition root (``app.worker``) installs it; see ``workers.runtime``.
+    """
     settings = settings or Settings()
     if settings.uses_embedded_broker:
         settings.ensure_home()

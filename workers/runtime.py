@@ -4,6 +4,10 @@ Every process wires itself on its first task, whatever that task is: a prefork c
 first task is ``deliver_messages_task`` builds the same EngineDeps a tick would. Nothing
 "not built yet" is ever cached, and a failure to build is raised to the caller (the task
 fails and Celery logs it) and retried on the next call, never remembered as "no Slack".
+
+This package never imports ``bot/``: the Slack deliverer is made by a factory the composition
+root installs (:func:`install_deliverer_factory`, called when ``app.worker`` is imported, i.e.
+in the parent process before a prefork pool forks, so every child inherits it).
 """
 
 from __future__ import annotations
@@ -11,20 +15,30 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from gpubot.deps import EngineDeps
+from gpubot.errors import ConfigError
 
-if TYPE_CHECKING:
-    from bot.delivery import SlackDeliverer
+
+class Deliverer(Protocol):
+    """Sends what is due in the outbox now and returns how many messages went out."""
+
+    def deliver_once(self) -> int: ...
+
+
+DelivererFactory = Callable[[EngineDeps], Deliverer]
+"""Builds the Slack deliverer for an EngineDeps whose settings carry SLACK_BOT_TOKEN."""
 
 _lock = threading.Lock()
 _deps: EngineDeps | None = None
 _counter = itertools.count()
 _deliverer_lock = threading.Lock()
-_deliverer: SlackDeliverer | None = None
+_deliverer: Deliverer | None = None
 _deliverer_deps: EngineDeps | None = None
 """The EngineDeps ``_deliverer`` was built for; None: nothing built yet in this process."""
+_deliverer_factory: DelivererFactory | None = None
 
 
 def install(engine_deps: EngineDeps) -> None:
@@ -35,6 +49,18 @@ def install(engine_deps: EngineDeps) -> None:
     global _deps
     with _lock:
         _deps = engine_deps
+
+
+def install_deliverer_factory(factory: DelivererFactory) -> None:
+    """Make :func:`deliverer` build its Slack deliverer with ``factory`` from now on.
+
+    Called by the composition root (``app.worker``) at import, before any fork. A deliverer
+    already built for other deps is kept until the deps change.
+    """
+    global _deliverer_factory, _deliverer_deps
+    with _deliverer_lock:
+        _deliverer_factory = factory
+        _deliverer_deps = None
 
 
 def deps() -> EngineDeps:
@@ -53,19 +79,31 @@ def deps() -> EngineDeps:
 
 
 def tick_counter() -> int:
+    """A process-wide counter: the tick uses it to sweep orphans every N ticks."""
     return next(_counter)
 
 
-def build_deliverer(engine_deps: EngineDeps) -> SlackDeliverer | None:
-    """The Slack delivery loop for ``engine_deps``: None when SLACK_BOT_TOKEN is not set."""
+def build_deliverer(engine_deps: EngineDeps) -> Deliverer | None:
+    """The Slack delivery loop for ``engine_deps``: None when SLACK_BOT_TOKEN is not set.
+
+    Raises:
+        ConfigError: SLACK_BOT_TOKEN is set but no factory was installed (a worker started
+            without the composition root, e.g. ``celery -A workers.celery_app``): refusing
+            loudly beats leaving the outbox undelivered in silence.
+    """
     if engine_deps.settings.slack_bot_token is None:
         return None
-    from bot.delivery import SlackDeliverer
+    factory = _deliverer_factory
+    if factory is None:
+        raise ConfigError(
+            "is set but this worker has no Slack deliverer: start it with `gpubot worker` "
+            "(or `celery -A app.worker worker`)",
+            key="SLACK_BOT_TOKEN",
+        )
+    return factory(engine_deps)
 
-    return SlackDeliverer.from_settings(engine_deps.settings, engine_deps)
 
-
-def deliverer() -> SlackDeliverer | None:
+def deliverer() -> Deliverer | None:
     """This process's Slack deliverer, or None when Slack is not configured.
 
     Builds the EngineDeps through :func:`deps` first (so it works as a process's first task)
@@ -90,6 +128,7 @@ class CeleryKicker:
         self._lock = threading.Lock()
 
     def kick(self) -> None:
+        """Enqueue one ``reconcile_tick_task`` (expiring in 30 s) unless one was just sent."""
         now = time.monotonic()
         with self._lock:
             if now - self._last < self._min_interval:

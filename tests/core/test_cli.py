@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[
     }
     environ.update(GPUBOT_HOME=str(home), **env)
     return subprocess.run(
-        [sys.executable, "-m", "gpubot.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         env=environ,
@@ -79,3 +80,46 @@ def test_procfile_names_existing_commands() -> None:
     kinds = dict(line.split(":", 1) for line in procfile if line.strip())
     assert set(kinds) == {"bot", "worker", "beat"}
     assert kinds["beat"].strip() == "gpubot beat"
+
+
+def test_demo_without_the_demo_extra_names_the_extra(tmp_path: Path) -> None:
+    # given an environment where moto cannot be imported (a stand-in module that fails)
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "moto.py").write_text("raise ImportError('blocked for the test', name='moto')\n")
+    # when the demo starts
+    result = run(["demo"], tmp_path, PYTHONPATH=str(blocker))
+    # then it stops at once with a message naming the extra and how to install it
+    assert result.returncode == 2, result.stderr
+    assert "'demo' extra" in result.stderr and "pip install -e '.[demo]'" in result.stderr
+
+
+def test_beat_keeps_its_schedule_in_gpubot_home_not_in_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    # given an empty working directory, GPUBOT_HOME elsewhere and a broker URL (kombu's
+    # in-memory transport: no server, and not the embedded-broker branch of the config)
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GPUBOT_", "SLACK_"))}
+    environ.update(GPUBOT_HOME=str(home), GPUBOT_BROKER_URL="memory://")
+    # when `gpubot beat` runs until its schedule file exists
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "beat", "--loglevel=WARNING"],
+        cwd=cwd,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(home.glob("celerybeat-schedule*")):
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "beat wrote no schedule file in GPUBOT_HOME"
+            time.sleep(0.1)  # polling for the file, bounded by the deadline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # then the schedule lives in GPUBOT_HOME and nothing was written to the working directory
+    assert list(home.glob("celerybeat-schedule*"))
+    assert list(cwd.iterdir()) == []

@@ -338,7 +338,7 @@ def redis_url() -> str:
 
 
 class Worker:
-    """``celery -A workers.celery_app worker --pool=prefork`` in its own process group."""
+    """``celery -A app.worker worker --pool=prefork`` in its own process group."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str, concurrency: int = 1):
         self.env = env
@@ -352,7 +352,7 @@ class Worker:
         start_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                sys.executable, "-m", "celery", "-A", "app.worker", "worker",
                 "--pool=prefork", f"--concurrency={self.concurrency}", "--loglevel=INFO",
                 "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
                 "--without-heartbeat",

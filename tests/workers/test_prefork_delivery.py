@@ -5,7 +5,7 @@ and cached the answer. A prefork child whose first task was ``deliver_messages_t
 had run in that child yet) cached "no Slack" and never delivered again: messages stayed queued
 with 0 attempts while jobs ran on.
 
-Here ``celery -A workers.celery_app worker --pool=prefork --concurrency=3`` runs as a
+Here ``celery -A app.worker worker --pool=prefork --concurrency=3`` runs as a
 subprocess on PostgreSQL (a fresh database) and Redis (a database of its own), with the
 simulator as VAST_URL, moto as S3 and the Slack Web API fake as SLACK_API_URL. Messages are
 queued in the outbox, then a burst of deliveries goes out before any tick, and more follow
@@ -146,7 +146,7 @@ def worker(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                sys.executable, "-m", "celery", "-A", "app.worker", "worker",
                 "--pool=prefork", f"--concurrency={CHILDREN}", "--loglevel=INFO",
                 "-n", f"{queue}@%h", "-Q", queue,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.worker import slack_deliverer
 from bot.delivery import SlackDeliverer
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import MessageRow
@@ -29,9 +30,11 @@ def fresh_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: SimServer, slack: SlackFake
 ) -> None:
     """This process as a worker child that has built nothing yet, configured by environment
-    (SQLite in tmp_path, the simulator, the Slack fake); restored afterwards."""
+    (SQLite in tmp_path, the simulator, the Slack fake), with the Slack deliverer factory the
+    composition root installs (``app.worker``); restored afterwards."""
     for name in ("_deps", "_deliverer", "_deliverer_deps"):
         monkeypatch.setattr(runtime, name, None, raising=False)
+    monkeypatch.setattr(runtime, "_deliverer_factory", slack_deliverer)
     monkeypatch.chdir(tmp_path)
     for name in ("GPUBOT_CONFIG", "GPUBOT_BROKER_URL", "GPUBOT_SSH_KEY", "SLACK_APP_TOKEN"):
         monkeypatch.delenv(name, raising=False)

@@ -5,6 +5,10 @@ a Celery worker and Celery beat on the embedded broker, then plays a scripted ch
 through the same command handlers Slack uses, printing each job's thread as it happens.
 No keys, no servers to install. Simulated time runs faster than the wall clock
 (``SIM_SPEED``), so idle timeouts and costs are visible within minutes.
+
+Needs the ``demo`` extra (``pip install -e '.[demo]'``): moto's S3 server, and pypdf, which
+the OCR job uses on the simulated instances to read the generated sample PDFs (it falls back
+to a minimal parser without it). Without moto, :func:`run_demo` says so and returns 2.
 """
 
 from __future__ import annotations
@@ -43,6 +47,21 @@ max_files = 100
 """The demo's declared input: users name it (``/gpu ocr src=samples shards=2``), never a path.
 Its folder is outside GPUBOT_HOME, as config validation requires."""
 DEMO_INPUT_PDFS = 8
+MISSING_EXTRA_EXIT = 2
+MISSING_EXTRA_MESSAGE = (
+    "gpubot demo needs the 'demo' extra (moto's local S3 server, pypdf for the OCR samples), "
+    "which is not installed ({missing}). Install it with:\n"
+    "  pip install -e '.[demo]'      (from a checkout; or: pip install 'gpubot[demo]')"
+)
+
+
+def missing_demo_extra() -> str | None:
+    """The module of the ``demo`` extra that cannot be imported, or None when it is usable."""
+    try:
+        from moto.server import ThreadedMotoServer  # noqa: F401
+    except ImportError as exc:
+        return exc.name or "moto[server]"
+    return None
 
 
 class _Printer:
@@ -99,7 +118,15 @@ def _free_port() -> int:
 def run_demo(
     *, interactive: bool = False, keep_home: str | None = None, out: TextIO = sys.stdout
 ) -> int:
-    """Run the scripted session; 0 when every step did what it should."""
+    """Run the scripted session; 0 when every step did what it should, 1 when a check failed.
+
+    Returns :data:`MISSING_EXTRA_EXIT` (2), with a message on stderr naming the ``demo``
+    extra, when moto's server is not installed; nothing is started then.
+    """
+    missing = missing_demo_extra()
+    if missing is not None:
+        print(MISSING_EXTRA_MESSAGE.format(missing=missing), file=sys.stderr)
+        return MISSING_EXTRA_EXIT
     home = Path(keep_home) if keep_home else Path(tempfile.mkdtemp(prefix="gpubot-demo-"))
     home.mkdir(parents=True, exist_ok=True)
     inputs_dir = Path(tempfile.mkdtemp(prefix="gpubot-demo-inputs-"))
@@ -171,11 +198,12 @@ def run_demo(
         from celery.beat import EmbeddedService
         from celery.contrib.testing.worker import start_worker
 
-        from workers.celery_app import app, celery_config
+        from app.worker import app as celery
+        from workers.celery_app import celery_config
 
-        app.conf.update(celery_config(settings))
+        celery.conf.update(celery_config(settings))
         worker_ctx = start_worker(
-            app,
+            celery,
             pool="threads",
             concurrency=4,
             perform_ping_check=False,
@@ -183,7 +211,7 @@ def run_demo(
             loglevel="WARNING",
         )
         worker_ctx.__enter__()
-        beat = EmbeddedService(app, thread=True)
+        beat = EmbeddedService(celery, thread=True)
         beat.start()
         say(f"simulator at {sim.url} (time runs {SIM_SPEED:g}x), S3 at 127.0.0.1:{s3_port}\n")
         ok = _script(deps, sim, say, out)

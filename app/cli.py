@@ -1,4 +1,8 @@
-"""The ``gpubot`` command line: demo, sim, serve, worker, beat, chat, db upgrade, config check."""
+"""The ``gpubot`` command line: demo, sim, serve, worker, beat, chat, db upgrade, config check.
+
+Console script ``gpubot = "app.cli:main"``. Each subcommand imports its wiring only when it
+runs, so ``gpubot --help`` and ``gpubot config check`` load neither Slack nor Celery.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Sequence
 
 from gpubot import __version__
 from gpubot.errors import ConfigError, GpubotError
+from gpubot.sim.settings import PROFILES as SIM_PROFILES
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -77,6 +82,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     argv: list[str] = ["--port", str(args.port), "--seed", str(args.seed)]
     argv += ["--speed", str(args.speed)]
+    if args.profile:
+        argv += ["--profile", args.profile]
     if args.home:
         argv += ["--home", args.home]
     if args.api_key:
@@ -85,43 +92,33 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from bot.__main__ import main as serve_main
+    from app.serve import main as serve_main
 
-    return int(serve_main() or 0)
+    return serve_main()
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from workers.celery_app import app
+    from app.worker import run_worker
 
-    argv = ["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}"]
-    app.worker_main(argv)
-    return 0
+    return run_worker(loglevel=args.loglevel, concurrency=args.concurrency)
 
 
 def _cmd_beat(args: argparse.Namespace) -> int:
-    from workers.celery_app import app
+    from app.worker import run_beat
 
-    app.start(["beat", f"--loglevel={args.loglevel}"])
-    return 0
+    return run_beat(loglevel=args.loglevel)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from bot.console import run_chat
-    from gpubot.wiring import build_engine_deps
-    from workers.runtime import CeleryKicker
+    from app.chat import main as chat_main
 
-    deps = build_engine_deps(enqueuer=CeleryKicker())
-    return run_chat(
-        deps,
-        " ".join(args.text),
-        user=args.user,
-        channel=args.channel,
-        follow=not args.no_follow,
+    return chat_main(
+        " ".join(args.text), user=args.user, channel=args.channel, follow=not args.no_follow
     )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gpubot.demo import run_demo
+    from app.demo import run_demo
 
     return run_demo(interactive=args.interactive, keep_home=args.home)
 
@@ -147,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=float, default=1.0)
     sim.add_argument("--home", default=None)
     sim.add_argument("--api-key", default=None)
+    sim.add_argument(
+        "--profile",
+        choices=sorted(SIM_PROFILES),
+        default=None,
+        help="fidelity profile: default, or realistic (every vast.ai quirk on)",
+    )
     sim.set_defaults(func=_cmd_sim)
 
     serve = sub.add_parser(
