@@ -164,7 +164,8 @@ def _bolt_response(app: App, request: Request, signing_secret: str | None) -> Re
 
 
 def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
-    """A WSGI callable serving the three routes of design.md; anything else is 404."""
+    """A WSGI callable serving the three fixed routes (``POST /slack/events``, ``GET /healthz``,
+    ``GET /metrics``); anything else is 404."""
     secret = deps.settings.slack_signing_secret
     signing_secret = secret.get_secret_value() if secret is not None else None
 

@@ -12,25 +12,31 @@ path is given, the operator's gpubot.toml merged over it:
   local ``src`` must be absolute and must neither be inside GPUBOT_HOME nor contain it.
 
 Any unknown key or bad value raises :class:`gpubot.errors.ConfigError` naming the dotted key
-and the line in the file it came from (tomllib reports no lines for valid TOML, so they are
-found by scanning the text). A syntax error keeps tomllib's own line and column.
+and the line in the file it came from (:mod:`gpubot.tomlcheck`: the TOML reader with line
+numbers and the typed value readers). A syntax error keeps tomllib's own line and column.
 
 Money is ``Decimal`` USD. A budget of ``"none"`` means no limit.
+
+Why one module over 500 lines: this is the schema of gpubot.toml, one validator per section
+(templates with their params, resources, data and code source; inputs; idle; budgets; roles;
+ops; engine) next to the dataclasses they build. The sections cross-check each other (a
+template's data inputs against ``[inputs]``, its idle policy over ``[idle]``, local inputs
+against GPUBOT_HOME), and reading the whole schema top to bottom is how an operator-facing
+error message is checked. The generic part (parsing, key lines, typed readers) is already
+split out into :mod:`gpubot.tomlcheck`.
 """
 
 from __future__ import annotations
 
-import difflib
 import enum
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from gpubot.errors import ConfigError
 from gpubot.models import InterruptibleMode, OfferRanking
@@ -60,10 +66,9 @@ from gpubot.templates import (
     parse_s3_url,
     render_command,
 )
+from gpubot.tomlcheck import Checker, KeyPath, TomlSource, deep_merge, type_name
 
 BUILTIN_CONFIG_NAME = "builtin.toml"
-
-Path_ = tuple[str, ...]
 
 
 class OnExceed(enum.StrEnum):
@@ -174,14 +179,14 @@ def load_config(path: Path | None, *, home: Path | None = None) -> BotConfig:
             ``.key`` is the dotted key and ``.line`` its line in the file it came from.
     """
     builtin_text = resources.files("gpubot").joinpath(BUILTIN_CONFIG_NAME).read_text("utf-8")
-    builtin = _Source(BUILTIN_CONFIG_NAME, builtin_text, base_dir=None)
-    user: _Source | None = None
+    builtin = TomlSource(BUILTIN_CONFIG_NAME, builtin_text, base_dir=None)
+    user: TomlSource | None = None
     if path is not None:
         try:
             text = Path(path).read_text("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}") from e
-        user = _Source(str(path), text, base_dir=Path(path).resolve().parent)
+        user = TomlSource(str(path), text, base_dir=Path(path).resolve().parent)
     return _build(builtin, user, home=home)
 
 
@@ -195,8 +200,8 @@ def load_config_text(
     """Like :func:`load_config` for TOML text (tests, ``gpubot config check`` of stdin)."""
     builtin_text = resources.files("gpubot").joinpath(BUILTIN_CONFIG_NAME).read_text("utf-8")
     return _build(
-        _Source(BUILTIN_CONFIG_NAME, builtin_text, base_dir=None),
-        _Source(name, text, base_dir=base_dir or Path.cwd()),
+        TomlSource(BUILTIN_CONFIG_NAME, builtin_text, base_dir=None),
+        TomlSource(name, text, base_dir=base_dir or Path.cwd()),
         home=home,
     )
 
@@ -204,222 +209,6 @@ def load_config_text(
 def default_home() -> Path:
     """GPUBOT_HOME as the settings compute it: the environment variable, else ``~/.gpubot``."""
     return Path(os.environ.get("GPUBOT_HOME") or "~/.gpubot").expanduser()
-
-
-class _Source:
-    """One TOML file: its parsed data and the line of every key."""
-
-    def __init__(self, name: str, text: str, *, base_dir: Path | None) -> None:
-        self.name = name
-        self.base_dir = base_dir
-        try:
-            self.data: dict[str, Any] = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            m = re.search(r"line (\d+)", str(e))
-            raise ConfigError(
-                f"not valid TOML ({e}) [in {name}]", line=int(m.group(1)) if m else None
-            ) from e
-        self.lines = key_lines(text)
-
-    def line_of(self, path: Path_) -> int | None:
-        for n in range(len(path), 0, -1):
-            line = self.lines.get(path[:n])
-            if line is not None:
-                return line
-        return None
-
-
-_BARE = r"[A-Za-z0-9_-]+"
-_QUOTED = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
-_PART = rf"(?:{_QUOTED}|{_BARE})"
-_DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
-_HEADER_RE = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_KEY_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
-_PART_RE = re.compile(_PART)
-
-
-def _split_dotted(s: str) -> Path_:
-    parts: list[str] = []
-    for m in _PART_RE.finditer(s):
-        tok = m.group(0)
-        if tok[0] in "\"'":
-            tok = tok[1:-1]
-        parts.append(tok)
-    return tuple(parts)
-
-
-def key_lines(text: str) -> dict[Path_, int]:
-    """Map every dotted key path (tables and keys) to the 1-based line where it first appears.
-
-    A line scanner, not a parser: it follows ``[table]``/``[[array]]`` headers and
-    ``key = value`` lines (dotted keys too) and skips multi-line strings. Keys inside inline
-    tables are not mapped; callers fall back to the nearest mapped parent.
-    """
-    lines: dict[Path_, int] = {}
-    table: Path_ = ()
-    in_multiline: str | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if in_multiline is not None:
-            if raw.count(in_multiline) % 2 == 1:
-                in_multiline = None
-            continue
-        header = _HEADER_RE.match(raw)
-        if header:
-            table = _split_dotted(header.group(1))
-            for n in range(1, len(table) + 1):
-                lines.setdefault(table[:n], number)
-            continue
-        key = _KEY_RE.match(raw)
-        if key:
-            path = table + _split_dotted(key.group(1))
-            for n in range(len(table) + 1, len(path) + 1):
-                lines.setdefault(path[:n], number)
-            rest = raw[key.end() :]
-            for quote in ('"""', "'''"):
-                if rest.count(quote) % 2 == 1:
-                    in_multiline = quote
-                    break
-    return lines
-
-
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _has_path(data: Mapping[str, Any], path: Path_) -> int:
-    """How many leading parts of ``path`` exist in ``data``."""
-    node: Any = data
-    for depth, part in enumerate(path):
-        if not isinstance(node, Mapping) or part not in node:
-            return depth
-        node = node[part]
-    return len(path)
-
-
-class _Ctx:
-    """Validation context: knows which file each key came from, to report its line."""
-
-    def __init__(self, builtin: _Source, user: _Source | None) -> None:
-        self.builtin = builtin
-        self.user = user
-
-    def source_of(self, path: Path_) -> _Source:
-        if self.user is None:
-            return self.builtin
-        in_user = _has_path(self.user.data, path)
-        in_builtin = _has_path(self.builtin.data, path)
-        if in_user == len(path) or in_user >= in_builtin:
-            return self.user
-        return self.builtin
-
-    def fail(self, path: Path_, message: str, *, key: str | None = None) -> NoReturn:
-        """Raise ConfigError for ``path`` (its file and line); ``key`` overrides the dotted
-        name shown (e.g. ``templates.x.data.inputs[1].src`` for a list element)."""
-        src = self.source_of(path)
-        raise ConfigError(
-            f"{message} [in {src.name}]", key=key or ".".join(path), line=src.line_of(path)
-        )
-
-    # -- typed readers ---------------------------------------------------------------------
-
-    def table(self, path: Path_, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(path, "must be a table")
-        return value
-
-    def keys(self, path: Path_, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-        for key in table:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                self.fail(
-                    path + (key,), f"unknown key {key!r}{extra}; known: {', '.join(allowed)}"
-                )
-
-    def string(self, path: Path_, value: Any, *, empty: bool = True) -> str:
-        if not isinstance(value, str):
-            self.fail(path, f"must be a string, not {_tname(value)}")
-        if not empty and not value.strip():
-            self.fail(path, "must not be empty")
-        if any(ord(c) < 32 and c not in "\t" for c in value) and path[-1] not in ("help",):
-            self.fail(path, "must not contain control characters or newlines")
-        return value
-
-    def boolean(self, path: Path_, value: Any) -> bool:
-        if not isinstance(value, bool):
-            self.fail(path, f"must be true or false, not {_tname(value)}")
-        return value
-
-    def number(
-        self, path: Path_, value: Any, *, lo: float | None = None, hi: float | None = None
-    ) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(path, f"must be a number, not {_tname(value)}")
-        x = float(value)
-        if x != x or x in (float("inf"), float("-inf")):
-            self.fail(path, "must be a finite number")
-        if lo is not None and x < lo:
-            self.fail(path, f"must be >= {lo:g}, got {x:g}")
-        if hi is not None and x > hi:
-            self.fail(path, f"must be <= {hi:g}, got {x:g}")
-        return x
-
-    def integer(
-        self, path: Path_, value: Any, *, lo: int | None = None, hi: int | None = None
-    ) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(path, f"must be an integer, not {_tname(value)}")
-        if lo is not None and value < lo:
-            self.fail(path, f"must be >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            self.fail(path, f"must be <= {hi}, got {value}")
-        return value
-
-    def money(self, path: Path_, value: Any, *, optional: bool = False) -> Decimal | None:
-        if optional and isinstance(value, str) and value.strip().lower() == "none":
-            return None
-        if isinstance(value, bool):
-            self.fail(path, "must be an amount in USD such as 5 or 0.40")
-        if isinstance(value, int | float):
-            amount = Decimal(str(value))
-        elif isinstance(value, str):
-            try:
-                amount = Decimal(value.strip().removeprefix("$"))
-            except InvalidOperation:
-                self.fail(path, f"must be an amount in USD such as 5 or 0.40, not {value!r}")
-        else:
-            self.fail(path, f"must be an amount in USD, not {_tname(value)}")
-        if not amount.is_finite() or amount < 0:
-            self.fail(path, f"must be a non-negative amount, got {value!r}")
-        return amount
-
-    def str_list(self, path: Path_, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            self.fail(path, f"must be a list of strings, not {_tname(value)}")
-        return tuple(self.string(path, v, empty=False) for v in value)
-
-    def enum(self, path: Path_, value: Any, kind: type[enum.Enum]) -> Any:
-        options = [m.value for m in kind]
-        if not isinstance(value, str) or value not in options:
-            self.fail(path, f"must be one of {', '.join(options)}, not {value!r}")
-        return kind(value)
-
-
-def _tname(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
 
 
 _TOP_KEYS = ("templates", "budgets", "idle", "roles", "ops", "engine", "inputs")
@@ -493,8 +282,8 @@ _REPO_RE = re.compile(r"^(?:https://|ssh://|git@)[A-Za-z0-9@._:/~+-]+$")
 _SOURCE_KEYS = ("workdir", "repo", "ref")
 
 
-def _build(builtin: _Source, user: _Source | None, *, home: Path | None = None) -> BotConfig:
-    ctx = _Ctx(builtin, user)
+def _build(builtin: TomlSource, user: TomlSource | None, *, home: Path | None = None) -> BotConfig:
+    ctx = Checker(builtin, user)
     merged = dict(builtin.data)
     if user is not None:
         ctx.keys((), user.data, _TOP_KEYS)
@@ -508,11 +297,11 @@ def _build(builtin: _Source, user: _Source | None, *, home: Path | None = None) 
                     if any(k in tpl for k in ("workdir", "repo")):
                         for k in _SOURCE_KEYS:
                             base.pop(k, None)
-                    templates[name] = _deep_merge(base, tpl)
+                    templates[name] = deep_merge(base, tpl)
                 merged["templates"] = templates
             else:
                 ctx.table((section,), value)
-                merged[section] = _deep_merge(merged.get(section, {}), value)
+                merged[section] = deep_merge(merged.get(section, {}), value)
 
     templates_raw = ctx.table(("templates",), merged.get("templates", {}))
     templates = {
@@ -532,7 +321,7 @@ def _build(builtin: _Source, user: _Source | None, *, home: Path | None = None) 
     )
 
 
-def _template(ctx: _Ctx, path: Path_, name: str, raw: Any) -> Template:
+def _template(ctx: Checker, path: KeyPath, name: str, raw: Any) -> Template:
     t = ctx.table(path, raw)
     ctx.keys(path, t, _TEMPLATE_KEYS)
     if not TEMPLATE_NAME_RE.match(name):
@@ -614,7 +403,7 @@ def _template(ctx: _Ctx, path: Path_, name: str, raw: Any) -> Template:
     return template
 
 
-def _workdir(ctx: _Ctx, path: Path_, value: Any) -> str:
+def _workdir(ctx: Checker, path: KeyPath, value: Any) -> str:
     workdir = ctx.string(path, value, empty=False)
     if workdir.startswith(BUILTIN_WORKDIR_PREFIX):
         job = workdir[len(BUILTIN_WORKDIR_PREFIX) :]
@@ -628,7 +417,7 @@ def _workdir(ctx: _Ctx, path: Path_, value: Any) -> str:
     return str(p if p.is_absolute() else (src.base_dir / p))
 
 
-def _data(ctx: _Ctx, path: Path_, raw: Any) -> tuple[DataInput, ...]:
+def _data(ctx: Checker, path: KeyPath, raw: Any) -> tuple[DataInput, ...]:
     """``[templates.<t>.data]``: ``inputs = [{src = "s3://b/p/" | "folder", dest = "rel"}]``.
 
     ``src`` is an ``s3://bucket/prefix/`` or a local folder (relative paths are resolved
@@ -640,7 +429,9 @@ def _data(ctx: _Ctx, path: Path_, raw: Any) -> tuple[DataInput, ...]:
     ipath = path + ("inputs",)
     items = table.get("inputs", [])
     if not isinstance(items, list):
-        ctx.fail(ipath, f"must be a list of {{src = ..., dest = ...}} tables, not {_tname(items)}")
+        ctx.fail(
+            ipath, f"must be a list of {{src = ..., dest = ...}} tables, not {type_name(items)}"
+        )
     out: list[DataInput] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -691,7 +482,7 @@ def _data(ctx: _Ctx, path: Path_, raw: Any) -> tuple[DataInput, ...]:
     return tuple(out)
 
 
-def _inputs(ctx: _Ctx, raw: dict[str, Any], home: Path) -> dict[str, NamedInput]:
+def _inputs(ctx: Checker, raw: dict[str, Any], home: Path) -> dict[str, NamedInput]:
     """``[inputs.<name>]``: the named inputs users may pick with ``src=<name>``.
 
     ``src`` is ``s3://bucket/prefix/`` or an absolute local folder that is neither GPUBOT_HOME
@@ -699,7 +490,7 @@ def _inputs(ctx: _Ctx, raw: dict[str, Any], home: Path) -> dict[str, NamedInput]
     """
     out: dict[str, NamedInput] = {}
     for name, value in raw.items():
-        path: Path_ = ("inputs", name)
+        path: KeyPath = ("inputs", name)
         t = ctx.table(path, value)
         ctx.keys(path, t, _INPUT_KEYS)
         if not INPUT_NAME_RE.match(name):
@@ -746,7 +537,7 @@ def _inputs(ctx: _Ctx, raw: dict[str, Any], home: Path) -> dict[str, NamedInput]
     return out
 
 
-def _param(ctx: _Ctx, path: Path_, name: str, raw: Any) -> ParamSpec:
+def _param(ctx: Checker, path: KeyPath, name: str, raw: Any) -> ParamSpec:
     p = ctx.table(path, raw)
     ctx.keys(path, p, _PARAM_KEYS)
     if not PARAM_NAME_RE.match(name):
@@ -820,7 +611,7 @@ def _param(ctx: _Ctx, path: Path_, name: str, raw: Any) -> ParamSpec:
     )
 
 
-def _resources(ctx: _Ctx, path: Path_, r: dict[str, Any]) -> ResourceSpec:
+def _resources(ctx: Checker, path: KeyPath, r: dict[str, Any]) -> ResourceSpec:
     ctx.keys(path, r, _RESOURCE_KEYS)
     kw: dict[str, Any] = {}
     if "gpu_names" in r:
@@ -869,7 +660,7 @@ def _resources(ctx: _Ctx, path: Path_, r: dict[str, Any]) -> ResourceSpec:
     return ResourceSpec(**kw)
 
 
-def _idle(ctx: _Ctx, path: Path_, t: dict[str, Any], base: IdlePolicy) -> IdlePolicy:
+def _idle(ctx: Checker, path: KeyPath, t: dict[str, Any], base: IdlePolicy) -> IdlePolicy:
     ctx.keys(path, t, _IDLE_KEYS)
     return IdlePolicy(
         gpu_util_threshold_pct=ctx.number(
@@ -892,8 +683,8 @@ def _idle(ctx: _Ctx, path: Path_, t: dict[str, Any], base: IdlePolicy) -> IdlePo
     )
 
 
-def _budgets(ctx: _Ctx, t: dict[str, Any]) -> BudgetPolicy:
-    path: Path_ = ("budgets",)
+def _budgets(ctx: Checker, t: dict[str, Any]) -> BudgetPolicy:
+    path: KeyPath = ("budgets",)
     ctx.keys(path, t, _BUDGET_KEYS)
     base = BudgetPolicy()
     kw: dict[str, Any] = {}
@@ -907,8 +698,8 @@ def _budgets(ctx: _Ctx, t: dict[str, Any]) -> BudgetPolicy:
     return BudgetPolicy(**kw)
 
 
-def _roles(ctx: _Ctx, t: dict[str, Any]) -> RolesPolicy:
-    path: Path_ = ("roles",)
+def _roles(ctx: Checker, t: dict[str, Any]) -> RolesPolicy:
+    path: KeyPath = ("roles",)
     ctx.keys(path, t, _ROLE_KEYS)
     kw: dict[str, Any] = {}
     for key in ("admins", "allowed_users", "allowed_channels"):
@@ -923,15 +714,15 @@ def _roles(ctx: _Ctx, t: dict[str, Any]) -> RolesPolicy:
     return RolesPolicy(**kw)
 
 
-def _ops(ctx: _Ctx, t: dict[str, Any]) -> OpsPolicy:
-    path: Path_ = ("ops",)
+def _ops(ctx: Checker, t: dict[str, Any]) -> OpsPolicy:
+    path: KeyPath = ("ops",)
     ctx.keys(path, t, _OPS_KEYS)
     channel = ctx.string(path + ("channel",), t.get("channel", "")).strip()
     return OpsPolicy(channel=channel or None)
 
 
-def _engine(ctx: _Ctx, t: dict[str, Any]) -> EnginePolicy:
-    path: Path_ = ("engine",)
+def _engine(ctx: Checker, t: dict[str, Any]) -> EnginePolicy:
+    path: KeyPath = ("engine",)
     ctx.keys(path, t, _ENGINE_KEYS)
     kw: dict[str, Any] = {}
     bounds = {

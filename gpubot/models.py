@@ -66,7 +66,8 @@ _FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.
 
 
 class ProviderStatus(enum.StrEnum):
-    """The domain's view of a provider-side instance status (vast_api.md §4.2, §4.3)."""
+    """The domain's view of a provider-side instance status (vast's status values, and an outbid
+    interruptible instance, map onto these in the provider adapter)."""
 
     PROVISIONING = "provisioning"
     """Contract exists, container not running yet (null, created, loading)."""

@@ -2,15 +2,15 @@
 
 Pure: standard library only. The functions take plain values and never call the provider.
 
-Rental type follows the seed guide's decision matrix (vast-ai-best-practices.md, "Rental
-Types" and "Cost Optimization"): with ``interruptible=auto`` a job that checkpoints, or that is
+Rental type follows vast.ai's usual advice (interruptible is far cheaper but can be paused
+by a higher bid at any time): with ``interruptible=auto`` a job that checkpoints, or that is
 expected to finish within :data:`SHORT_JOB_HOURS`, is rented interruptible (a bid), and a
 longer job that cannot resume is rented on-demand, because an outbid would lose all its
 progress. ``yes``/``no`` force the type.
 
 Prices come from vast's ON-DEMAND search (``type=on-demand``): ``dph_total`` is the on-demand
 price including the searched disk's storage, ``dph_base`` the compute part, and each row's
-``min_bid`` the interruptible floor (vast_api.md §3.1/§3.4; a ``type=bid`` search instead
+``min_bid`` the interruptible floor (a ``type=bid`` search instead
 reports ``dph_total = min_bid + storage``, which is not an on-demand price).
 
 The bid for an interruptible rental is ``max(min_bid x 1.15, min_bid + $0.01)``, rounded up
@@ -254,7 +254,7 @@ def rank_offers(
 def decide_rental_type(
     mode: InterruptibleMode, *, expected_hours: float, checkpoints: bool
 ) -> RentalType:
-    """The seed's decision matrix; ``YES``/``NO`` force the answer (see module docstring)."""
+    """The rental decision matrix; ``YES``/``NO`` force the answer (see module docstring)."""
     match mode:
         case InterruptibleMode.YES:
             return RentalType.INTERRUPTIBLE

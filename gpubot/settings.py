@@ -1,4 +1,4 @@
-"""Process settings from the environment (and ``.env``), with the fixed names of design.md.
+"""Process settings from the environment (and ``.env``); the names are a fixed contract.
 
 ``Settings()`` reads nothing but the environment and ``.env``; derived paths (database file,
 SSH key, broker folders) are computed from ``GPUBOT_HOME`` on access, and nothing is created

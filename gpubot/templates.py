@@ -4,7 +4,7 @@ Pure: standard library only. Templates are built by :mod:`gpubot.config` from gp
 the packaged ``builtin.toml``; everything here is a frozen value.
 
 The run command and setup commands are written by the operator with ``{PLACEHOLDER}`` fields
-(the job contract of design.md: ``GPUBOT_JOB_ID``, ``GPUBOT_WORKSPACE``, ...,
+(the job contract, fixed for users' scripts: ``GPUBOT_JOB_ID``, ``GPUBOT_WORKSPACE``, ...,
 ``GPUBOT_PARAM_<NAME>``). :func:`render_command` turns each field into a quoted shell
 reference ``"${NAME}"``; user values are never inlined: they reach the job as exported
 environment variables (:func:`param_env`).
@@ -30,7 +30,8 @@ CONTRACT_VARS: tuple[str, ...] = (
     "GPUBOT_PROGRESS_FILE",
     "GPUBOT_RESUME_FROM",
 )
-"""The job contract's variables (design.md, fixed), usable as placeholders in every template."""
+"""The job contract's variables (fixed: users' scripts rely on them), usable as placeholders in
+every template."""
 
 PARAM_ENV_PREFIX = "GPUBOT_PARAM_"
 
@@ -49,7 +50,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     "*.bin",
     "*.ckpt",
 )
-"""What is never packed from a workdir (the seed's rsync excludes: envs, caches, VCS,
+"""What is never packed from a workdir (the usual rsync excludes: envs, caches, VCS,
 results, archives and model weights)."""
 
 BUILTIN_WORKDIR_PREFIX = "builtin:"
@@ -77,7 +78,7 @@ RESOURCE_KEYS: tuple[str, ...] = (
     "image",
     "hours",
 )
-"""Keys valid on every launch (design.md, fixed); no template parameter may use these names."""
+"""Keys valid on every launch (a fixed contract); no template parameter may use these names."""
 
 RESERVED_VERBS: tuple[str, ...] = (
     "sweep",

@@ -15,6 +15,14 @@ Rules:
   leading ``$`` on amounts, and the values of ``free_text`` string parameters. Either way
   values are data: they reach a job only as environment variables.
 * Comma lists: ``gpu=`` everywhere, parameters only in ``sweep``.
+
+Why one module over 500 lines: it is one recursive-descent parser whose parts share a single
+error path (``_Parser.fail`` builds the usage-carrying ``CommandSyntaxError``) and a single
+set of value readers (money, GB, hours, GPU names, job ids) that every verb uses. Splitting
+lexing, values and verbs apart would move those private helpers into a public API for no
+second user; the property test that nothing but ``CommandSyntaxError`` escapes covers the
+module as a whole. The command types and usage texts already live in ``types.py`` and
+``usage.py``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ see :func:`resolve_input`); a user never supplies a path or a bucket):
 Listing a declared input is bounded: it stops with an error as soon as it sees more than the
 input's ``max_files`` files (or entries walked, for a local folder) or ``max_total_gb``.
 
-Transfer (the seed's advice, section 6): many small files travel as one archive. When an S3
+Transfer: many small files travel as one archive (per-file requests dominate otherwise). When an S3
 input has more than :data:`PACK_MIN_FILES` files or their average size is below
 :data:`PACK_MAX_AVG_BYTES`, and always for a local folder, the bot builds a deterministic
 tar.gz, uploads it to ``jobs/<job_id>/staging/`` and the instance downloads it with a
@@ -28,6 +28,10 @@ failed download (network) raises :class:`~gpubot.errors.RemoteError`: try again 
 
 Re-running is safe: archives are keyed by a digest of the source listing and reused when
 already uploaded (a resumed shard does not rebuild its archive); files are overwritten.
+
+Why one module over 500 lines: listing, packing, transfer and verification are one pipeline
+over one data type (the source listing with sizes and sha256); every stage's bound and error
+rule refers to the same listing, and each is only a few functions long.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ Contract of every step:
 A rental is recorded (``InstanceRow`` in state ``requested`` with its label) *before* the
 create call, and its provider id right after it; if the worker dies between the two, the next
 tick finds the instance by label in the listing. Nothing the bot rents can bill unrecorded.
+
+Why one module over 500 lines: it is the job state machine, one ``_step_<state>`` function per
+state plus the pre-checks and the teardown every state can fall into; reading the states in
+order is how a transition is reviewed. The work a step delegates already lives beside it
+(``planning``, ``staging``, ``remote_job``, ``idle``, ``orphans``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,13 @@ Remote layout, below the instance's remote root ``R`` (discover it with
 A detached stage (``job`` or ``setup``) is *running* while its pid file names a live process
 group and its exit-code file is absent; *finished* once the exit-code file exists; *gone*
 when neither (the process died without a word: SIGKILL, OOM killer, instance restart).
+
+Why one module over 500 lines: every script here writes or reads the same remote layout and
+the same control files (pid, exit code, log, the ``cancelled`` marker), and each builder is
+small; keeping the writers (start, setup, kill, upload) next to the readers (status, tail,
+checkpoints) is what keeps their file names and quoting in agreement. The workdir packer at
+the end shares the exclude list with the remote side. The output parsers already live in
+:mod:`gpubot.remote.parsing`.
 """
 
 from __future__ import annotations
@@ -108,7 +115,8 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     "*.pem",
     ".DS_Store",
 )
-"""The seed guide's rsync exclude list plus secrets that must never travel (``.env``)."""
+"""The usual rsync excludes for a training workdir (envs, caches, VCS, results, weights) plus
+secrets that must never travel (``.env``, keys)."""
 
 Stage = Literal["job", "setup"]
 

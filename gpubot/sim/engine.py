@@ -18,6 +18,11 @@ Billing (exact ``Decimal`` USD, accrued continuously, settled at every phase cha
 
 Fidelity switches (min_bid drift, lingering destroyed rows, slow and failing pulls, telemetry
 gaps, …) live in :class:`gpubot.sim.settings.SimSettings` (``engine.settings``).
+
+Why one module over 500 lines: the lifecycle, billing and clock share one lock and one
+settle-at-every-phase-change rule; splitting them would spread that invariant over modules
+that must all take the same lock in the same order. Offers live in ``market.py``, queries in
+``query.py``, processes and SSH in ``procs.py`` and ``sshd.py``.
 """
 
 from __future__ import annotations
@@ -529,7 +534,7 @@ class SimEngine:
             return inst if inst is not None and self.is_listed(inst) else None
 
     def create(self, offer_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        """Rent ``offer_id`` (vast_api.md §1.6); returns the reply body.
+        """Rent ``offer_id`` (``PUT /asks/<id>/``); returns the reply body.
 
         A bid below the offer's current ``min_bid`` creates a stopped instance and replies
         ``success: false``, ``error: "insufficient_bid"`` with ``new_contract`` (the server
@@ -631,7 +636,7 @@ class SimEngine:
             self._save()
 
     def set_state(self, instance_id: int, state: str) -> None:
-        """PUT {"state": "stopped"|"running"} (vast_api.md §4.2)."""
+        """PUT {"state": "stopped"|"running"} on the instance (vast's stop and start)."""
         with self._lock:
             self.sync()
             inst = self.get(instance_id)
@@ -713,7 +718,7 @@ class SimEngine:
     # -- faults ----------------------------------------------------------------------------
 
     def outbid(self, instance_id: int) -> None:
-        """Pause an interruptible instance as a higher bid would (vast_api.md §4.3)."""
+        """Pause an interruptible instance as a higher bid would (stopped, intended running)."""
         with self._lock:
             self.sync()
             inst = self.get(instance_id)

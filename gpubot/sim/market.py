@@ -1,7 +1,7 @@
 """A deterministic, realistic vast.ai market: offer generation and per-query pricing.
 
 Pure: standard library only, no I/O. :func:`generate_offers` is also meant as a test fixture
-of realistic offers (vast-shaped dicts, the fields of vast_api.md §3.4).
+of realistic offers (vast-shaped dicts with the fields and units of vast's offer rows).
 
 Prices follow the public market of 2025/26 (per GPU, $/h): RTX 3090 0.09-0.20, RTX 4090
 0.15-0.40, A100 0.73-1.61, H100 0.90-2.30 and so on. ``dph_base`` is the on-demand compute price

@@ -1,4 +1,4 @@
-"""The vast.ai query semantics the simulator serves (vast_api.md §3, §4.4). Pure.
+"""The vast.ai query semantics the simulator serves (offer search, instance listing). Pure.
 
 A query is a flat dict ``{column: {op: value}}`` plus control keys. Operators: ``eq``, ``neq``,
 ``gt``, ``gte``, ``lt``, ``lte``, ``in``, ``notin``. Numbers may arrive as strings. A row that
@@ -162,7 +162,8 @@ INSTANCE_UNFILTERABLE = frozenset({"dph_total", "num_gpus"})
 
 def filter_instances(rows: Iterable[dict[str, Any]],
                      select_filters: dict[str, Any]) -> list[dict[str, Any]]:
-    """Instance rows matching ``select_filters`` (§4.4); computed columns raise QueryError."""
+    """Instance rows matching ``select_filters`` (``/api/v1/instances``); computed columns
+    raise QueryError."""
     if not isinstance(select_filters, dict):
         raise QueryError("select_filters must be an object")
     for column, spec in select_filters.items():

@@ -1,7 +1,7 @@
 """``gpubot sim``: the vast.ai-compatible HTTP server around :class:`~gpubot.sim.engine.SimEngine`.
 
 Serves ``/api/v0`` and ``/api/v1`` (with and without trailing slashes) so that the official
-``vastai`` 1.9.1 SDK and CLI work unmodified (vast_api.md §6), plus admin endpoints under
+``vastai`` 1.9.1 SDK and CLI work unmodified, plus admin endpoints under
 ``/_sim/`` (same bearer key) wrapped by :class:`gpubot.sim.control.SimControl`.
 
 Every JSON reply has ``Content-Type: application/json`` exactly (the CLI insists).
@@ -10,6 +10,11 @@ Fidelity switches (:class:`gpubot.sim.settings.SimSettings`, ``engine.settings``
 per-endpoint minimum call intervals (429 without ``Retry-After``), the daily search quota
 (429 ``search_quota_exceeded`` with ``X-RateLimit-Reset``), the status of the low-bid reply,
 the unit of the bandwidth counters and the telemetry gaps of the rows.
+
+Why one module over 500 lines: it is the route table of the vast.ai API the SDK and CLI call
+(v0 and v1, with and without trailing slashes), the JSON shapes of its replies and the
+``/_sim/`` admin routes, which must stay in one place to be checked against each other;
+the state machine is :mod:`gpubot.sim.engine`, the query language :mod:`gpubot.sim.query`.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def instance_row(inst: Instance, engine: SimEngine) -> dict[str, Any]:
-    """The vast-shaped instance row (vast_api.md §4.1); always has start_date and extra_env."""
+    """The vast-shaped instance row; always has start_date and extra_env."""
     o = inst.offer
     running = inst.actual_status == "running" and inst.ssh is not None
     port = inst.ssh.port if running and inst.ssh else None

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gpubot.config import OnExceed, key_lines, load_config, load_config_text
+from gpubot.config import OnExceed, load_config, load_config_text
 from gpubot.errors import ConfigError
 from gpubot.models import InterruptibleMode, OfferRanking
 from gpubot.templates import DEFAULT_EXCLUDE, ParamType, param_env, render_command
+from gpubot.tomlcheck import key_lines
 
 
 class TestBuiltins:

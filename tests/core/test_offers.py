@@ -28,7 +28,7 @@ from gpubot.offers import (
     requirements_from,
 )
 
-# (gpu name, gpu ram GB, $/h low, $/h high, dlperf range, compute cap) after the seed's table
+# (gpu name, gpu ram GB, $/h low, $/h high, dlperf range, compute cap): the 2025/26 market
 _MARKET = [
     ("RTX 3090", 24.0, "0.09", "0.20", (40, 55), 860),
     ("RTX 4090", 24.0, "0.15", "0.40", (80, 110), 890),

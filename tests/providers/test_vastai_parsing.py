@@ -1,4 +1,4 @@
-"""offer_from_vast / observation_from_vast on recorded-shape rows (vast_api.md §3.4, §4.1-4.3)."""
+"""offer_from_vast / observation_from_vast on rows shaped like vast's offer and instance rows."""
 
 from __future__ import annotations
 

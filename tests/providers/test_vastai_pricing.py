@@ -1,7 +1,7 @@
 """Prices end to end over real HTTP: search -> plan -> create -> what the simulator charges.
 
 vast's ``type=bid`` search reports ``dph_total = min_bid + storage``, which is not an on-demand
-price (vast_api.md §3.1). The bot searches the on-demand market and takes the interruptible floor
+price. The bot searches the on-demand market and takes the interruptible floor
 from each row's ``min_bid``; these tests hold the plan's price to the simulator's billing.
 """
 

@@ -1,7 +1,7 @@
 """Refused creates and rate limits over real HTTP (the simulator, and a rewriting proxy).
 
 vast answers a bid below ``min_bid`` by creating a *stopped* instance and replying
-``success: false`` with ``new_contract`` (dstack's vastai backend, reported in vast_api.md §2).
+``success: false`` with ``new_contract`` (as dstack's vastai backend handles it).
 If that answer comes with an error status, the vastai SDK raises ``HTTPError`` instead of
 returning it: the body must still be read and the instance destroyed.
 """

@@ -47,7 +47,7 @@ TRAINER_LOG = (
 )
 
 
-def test_parse_status_running_with_seed_style_progress() -> None:
+def test_parse_status_running_with_save_progress_style_progress() -> None:
     s = parse_status("some banner\n" + STATUS_RUNNING)
     assert (s.running, s.pid, s.exit_code, s.log_size, s.disk_free_mb) == (
         True, 4711, None, 5120, 48213)

@@ -1,12 +1,13 @@
 """vast.ai reply rows -> domain values (pure: stdlib and gpubot.models only).
 
-Units (vast_api.md §3.4, §4.1): ``gpu_ram`` is MB per GPU (÷1000, vast's own multiplier, gives
-GB); ``dph_total``/``min_bid`` are $/h for the whole machine; ``storage_cost`` is $/GB/month;
-``inet_*_cost`` is $/GB; ``inet_*_billed`` are cumulative KILOBYTES (see
-:data:`BYTES_PER_KB`); ``gpu_util`` is percent; ``start_date`` is epoch seconds. Money is
-converted with ``Decimal(str(value))`` so 0.3567 stays 0.3567.
+Units of vast's offer and instance rows: ``gpu_ram`` is MB per GPU (÷1000, vast's own
+multiplier, gives GB); ``dph_total``/``min_bid`` are $/h for the whole machine;
+``storage_cost`` is $/GB/month; ``inet_*_cost`` is $/GB; ``inet_*_billed`` are cumulative
+KILOBYTES (see :data:`BYTES_PER_KB`); ``gpu_util`` is percent; ``start_date`` is epoch
+seconds. Money is converted with ``Decimal(str(value))`` so 0.3567 stays 0.3567.
 
-Status mapping (vast_api.md §4.2, §4.3) is :func:`status_from_vast`; values we do not know map
+Status mapping (``actual_status``/``intended_status``/``cur_state``, and an outbid bid shown
+as stopped while intended to run) is :func:`status_from_vast`; values we do not know map
 to :attr:`ProviderStatus.UNKNOWN`, never to an exception.
 """
 
@@ -103,11 +104,11 @@ def status_from_vast(row: Mapping[str, Any]) -> ProviderStatus:
     """Map vast's status fields to a :class:`ProviderStatus`. First matching rule wins.
 
     1. ``actual_status`` ``offline``/``unknown`` -> OFFLINE (no heartbeat; "will never reach
-       running" during a poll, §4.2).
+       running" during a poll).
     2. ``created`` (or null/``loading``) with ``status_msg`` containing "OCI runtime create
-       failed" -> FAILED (dstack's rule, §4.2).
+       failed" -> FAILED (dstack's rule).
     3. ``running`` -> RUNNING.
-    4. Outbid heuristic for interruptible rows (``is_bid`` true), §4.3. vast has no "outbid"
+    4. Outbid heuristic for interruptible rows (``is_bid`` true). vast has no "outbid"
        field; an outbid instance is *paused*: it moves to ``stopped`` and is not destroyed.
        OUTBID when either
        - ``cur_state == next_state == "stopped"`` (dstack's interruption test; it cannot tell

@@ -1,7 +1,7 @@
 """The vast.ai :class:`~gpubot.providers.base.Provider`, on the official ``vastai`` SDK (1.9.1).
 
 Every public method makes one logical SDK call (the SDK pages and retries inside it) and returns.
-Vendor behaviour handled here (vast_api.md, gotchas.md):
+Vendor behaviour handled here (vastai 1.9.1 SDK and the vast.ai REST API):
 
 - ``VastAI(retry=N)``: N is the *total* number of attempts; ``retry=0`` sends nothing, so we
   refuse values below 1. 429/502/503/504 and connection errors/timeouts are retried by the SDK
@@ -164,7 +164,7 @@ class VastAIProvider:
         """Offers of the ON-DEMAND market for ``requirements``; may be empty.
 
         Always ``type=on-demand``, also when ``interruptible``: vast's ``type=bid`` search
-        reports ``dph_total = min_bid + storage`` (vast_api.md §3.1), which would then pass for
+        reports ``dph_total = min_bid + storage``, which would then pass for
         the on-demand price. Each row's ``dph_total`` is the on-demand price (with the job's
         disk as ``allocated_storage``), ``dph_base`` its compute part and ``min_bid`` the
         interruptible floor; the core derives the bid from those (``gpubot.offers.bid_for``).
@@ -439,7 +439,7 @@ class VastAIProvider:
 
     def account(self) -> AccountInfo:
         """Money left: ``credit`` of ``GET /users/current`` (``balance`` is post-paid and
-        often 0, vast_api.md §2.1)."""
+        often 0 on prepaid accounts)."""
         what = "show user"
         user = self._call(what, self._sdk.show_user)
         if not isinstance(user, Mapping) or user.get("credit") is None:

@@ -3,10 +3,10 @@
 The vastai 1.9.1 SDK, given a *dict* query, adds its own defaults (verified, external=false,
 rentable, rented=false) and then ``dict.update(query)``; defaults can therefore be overridden
 but never removed. We pass ``no_default=True`` and spell every filter ourselves, so
-``verified_only=False`` really drops the ``verified`` filter (vast_api.md §3.2).
+``verified_only=False`` really drops the ``verified`` filter.
 
 The SDK then sets ``order``, ``type``, ``limit`` and ``allocated_storage`` on the body, so the
-wire body is ``search_filters(req)`` plus those four keys (vast_api.md §3.1, worked example).
+wire body is ``search_filters(req)`` plus those four keys.
 Values are JSON numbers/bools (not the strings the CLI's string parser produces); GPU names are
 exact vast names with spaces (``"RTX 4090"``), never the ``_`` spelling of the query language.
 """
