@@ -1,1 +1,3 @@
-"""The chat side: command dispatch, launches, permissions."""
+"""The chat side: the dispatcher (``dispatch``), one module per verb family (``launching``,
+``jobs``, ``approvals``, ``market``, ``spending``, ``audit_view``), planning and submitting
+launches (``launch``) and permissions."""

@@ -1,0 +1,104 @@
+"""The admin verbs on a launch and its budget: the Approve / Reject buttons of an approval
+request, and Extend budget on a budget alert.
+
+Approving queues the job (a worker rents it on the next tick); rejecting finishes it
+(nothing was rented). Each change, its thread reply and its audit entry commit together.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import update
+
+from gpubot.chat import permissions
+from gpubot.chat.jobs import cancel_unstarted
+from gpubot.chat.reply import Reply, job_or_none, no_job, refusal
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import JobRow
+from gpubot.deps import EngineDeps
+from gpubot.models import JobState
+from gpubot.notify import audit, events
+from gpubot.render import chat as texts
+from gpubot.render import events as thread
+
+MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
+"""The most one "Extend budget" click may add."""
+
+
+def approve(deps: EngineDeps, job_id: str, user: str) -> Reply:
+    """Queue a job awaiting approval (an admin; never the requester). A job that moved on
+    is left as it is."""
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        job = job_or_none(session, job_id)
+        if job is None:
+            return no_job(job_id)
+        permissions.check_approver(deps.config, user, job.requester)
+        done = session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.state == JobState.AWAITING_APPROVAL.value)
+            .values(state=JobState.QUEUED.value, due_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return Reply(text=texts.nothing_to("approve", job_id, job.state), job_id=job_id)
+        session.refresh(job)
+        events.note(session, job, thread.approved(user))
+        events.refresh_card(session, job)
+        audit.record(session, user, "approve", job_id, "", {"requester": job.requester})
+    deps.enqueuer.kick()
+    return Reply(text=texts.approved(job_id), job_id=job_id)
+
+
+def reject(deps: EngineDeps, job_id: str, user: str) -> Reply:
+    """Finish a job awaiting approval as cancelled (an admin). A job that moved on is left
+    as it is."""
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        job = job_or_none(session, job_id)
+        if job is None:
+            return no_job(job_id)
+        permissions.check_admin(deps.config, user, "reject a launch")
+        reason = texts.rejection_reason(user)
+        if not cancel_unstarted(session, job_id, reason, now):
+            return Reply(text=texts.nothing_to("reject", job_id, job.state), job_id=job_id)
+        session.refresh(job)
+        events.note(session, job, thread.rejected(job_id, reason))
+        events.refresh_card(session, job)
+        audit.record(session, user, "reject", job_id, reason, {"requester": job.requester})
+    return Reply(text=texts.rejected(job_id), job_id=job_id)
+
+
+def extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) -> Reply:
+    """Raise the job's budget cap by ``amount_text`` USD (owner or admin); an empty amount
+    doubles the cap. Refused: not a finite amount, more than
+    :data:`MAX_BUDGET_EXTENSION_USD`, or no cap to double."""
+    with session_scope(deps.sessions) as session:
+        job = job_or_none(session, job_id)
+        if job is None:
+            return no_job(job_id)
+        permissions.check_owner_or_admin(deps.config, user, job, "extend the budget of")
+        old = job.budget_usd
+        try:
+            extra = Decimal(amount_text) if amount_text else (old or Decimal(0))
+        except InvalidOperation:
+            extra = old or Decimal(0)
+        if not extra.is_finite() or extra > MAX_BUDGET_EXTENSION_USD:
+            return refusal(texts.not_an_amount(job_id))
+        if extra <= 0:
+            return refusal(texts.no_budget_cap(job_id))
+        new = (old or Decimal(0)) + extra
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(budget_usd=new)
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(job)
+        events.note(session, job, thread.budget_raised(user=user, new_usd=new))
+        events.refresh_card(session, job)
+        audit.record(
+            session, user, "budget.extend", job_id, "", {"from": str(old), "to": str(new)}
+        )
+    return Reply(text=texts.budget_extended(job_id, old, new), job_id=job_id)
