@@ -1,8 +1,10 @@
-"""Ack latency of ``/gpu train lr=2e-5`` through the bot's HTTP front, vs a bare Bolt app.
+"""Ack latency of every ``/gpu`` verb through the bot's HTTP front, vs a bare Bolt app.
 
 Setup (all on 127.0.0.1, ports chosen by the OS):
 - the vast.ai simulator (``gpubot sim``, in its own process like the real remote API, or
-  in-process with ``--sim-in-process``) behind the real ``VastAIProvider``;
+  in-process with ``--sim-in-process``) behind the real ``VastAIProvider``, reached through
+  a forwarding proxy that holds every offer search (``/bundles/``) for ``--search-delay``
+  seconds (default 2 s: a slow vast search, e.g. one 429 retry) before forwarding it;
 - the Slack Web API fake (``tests/fixtures/slack_fake.py``);
 - gpubot's Bolt app (``bot.app.build_app``) served by ``bot.http.make_http_server`` (the
   threaded werkzeug WSGI server ``gpubot serve`` uses in HTTP mode);
@@ -10,11 +12,15 @@ Setup (all on 127.0.0.1, ports chosen by the OS):
   same signing secret (request verification on in both).
 
 Each round fires ``--concurrency`` signed slash-command requests at once (a barrier releases
-the client threads together) and records each request's wall time until the HTTP response
-(the ack body) is read. One warm-up request per app is not counted. Database: SQLite (the
-default ``GPUBOT_HOME`` file) and, if reachable, a throwaway PostgreSQL database.
+the client threads together), cycling through the verbs in ``VERBS`` (launches and ``offers``
+search vast), and records each request's wall time until the HTTP response (the ack body) is
+read. Each request has its own response_url on the Slack fake; the answer time is when the
+last response_url post for it arrived (or the ack, when the ack carried the answer). One
+warm-up request per app is not counted. Database: SQLite (the default ``GPUBOT_HOME`` file)
+and, if reachable, a throwaway PostgreSQL database.
 
-Prints p50/p99 per app and the ratio gpubot / bare. No assertions.
+Prints p50/p99 of the ack per app and per verb, the ratio gpubot / bare, and the answer
+times. No assertions.
 """
 
 from __future__ import annotations
@@ -53,7 +59,12 @@ channel_monthly_usd = 1000000
 """
 
 
-def command_body(text: str, *, user: str, trigger: str) -> str:
+VERBS = ("train lr=2e-5", "offers gpu=4090", "jobs", "status", "help")
+"""One burst cycles through these: two search vast (launch, offers), three only read."""
+ACK_PLACEHOLDER = "Working on it"
+
+
+def command_body(text: str, *, user: str, trigger: str, response_url: str) -> str:
     return urlencode(
         {
             "token": "deprecated",
@@ -67,7 +78,7 @@ def command_body(text: str, *, user: str, trigger: str) -> str:
             "text": text,
             "api_app_id": "A0GPUBOT",
             "is_enterprise_install": "false",
-            "response_url": "http://127.0.0.1:9/webhook",
+            "response_url": response_url,
             "trigger_id": trigger,
         }
     )
@@ -92,26 +103,43 @@ def bare_app(slack_url: str) -> Any:
     return app
 
 
-def fire(url: str, n: int, round_no: int, tag: str) -> tuple[list[float], list[int]]:
-    """``n`` concurrent signed requests; returns (latencies in s, HTTP statuses)."""
+class Sample:
+    """One request: its verb, ack time, HTTP status, and when its answer arrived."""
+
+    def __init__(self, verb: str, path: str) -> None:
+        self.verb = verb
+        self.path = path
+        self.started = 0.0
+        self.ack_s = 0.0
+        self.status = 0
+        self.answered_in_ack = False
+        self.answer_s: float | None = None
+
+
+def fire(url: str, slack: Any, n: int, round_no: int, tag: str) -> list[Sample]:
+    """``n`` concurrent signed requests (verbs cycling through ``VERBS``)."""
     barrier = threading.Barrier(n)
-    latencies: list[float] = [0.0] * n
-    statuses: list[int] = [0] * n
+    samples = [Sample(VERBS[i % len(VERBS)], f"/webhook/{tag}/{round_no}/{i}") for i in range(n)]
+    base = slack.webhook_url.split("/webhook/")[0]
 
     def one(i: int) -> None:
+        sample = samples[i]
         session = requests.Session()
         session.trust_env = False
         user = f"U{i:05d}"
-        body = command_body("train lr=2e-5", user=user, trigger=f"{tag}.{round_no}.{i}.trig")
+        body = command_body(sample.verb, user=user, trigger=f"{tag}.{round_no}.{i}.trig",
+                            response_url=base + sample.path)
         headers = c.slack_headers(body, SIGNING_SECRET)
         barrier.wait()
-        started = time.perf_counter()
+        sample.started = time.monotonic()
         try:
             response = session.post(url, data=body, headers=headers, timeout=60)
-            statuses[i] = response.status_code
+            sample.status = response.status_code
+            sample.answered_in_ack = (response.status_code == 200
+                                      and ACK_PLACEHOLDER not in response.text)
         except requests.RequestException:
-            statuses[i] = -1
-        latencies[i] = time.perf_counter() - started
+            sample.status = -1
+        sample.ack_s = time.monotonic() - sample.started
         session.close()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -119,7 +147,67 @@ def fire(url: str, n: int, round_no: int, tag: str) -> tuple[list[float], list[i
         t.start()
     for t in threads:
         t.join()
-    return latencies, statuses
+    return samples
+
+
+def collect_answers(slack: Any, samples: list[Sample], timeout_s: float = 120.0) -> None:
+    """Fill ``answer_s``: the ack when it carried the answer, else the last response_url post
+    for the request once no placeholder is left (polls the fake until ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last: dict[str, float] = {}
+        for post in list(slack.webhook_log):
+            last[post.path] = max(last.get(post.path, 0.0), post.at)
+        for s in samples:
+            if s.answered_in_ack:
+                s.answer_s = s.ack_s
+            elif s.path in last:
+                s.answer_s = last[s.path] - s.started
+        if all(s.answer_s is not None or s.status != 200 for s in samples):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+class SlowSearchProxy:
+    """Forwards every request to the simulator; offer searches (``/bundles/``) are held for
+    ``delay_s`` first, as a slow vast.ai search (or one answered after a 429 retry) would be."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        from werkzeug.serving import make_server
+        from werkzeug.wrappers import Request, Response
+
+        self.upstream = upstream.rstrip("/")
+        self.delay_s = delay_s
+        session = requests.Session()
+        session.trust_env = False
+
+        def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+            request = Request(environ)
+            if "/bundles" in request.path and self.delay_s > 0:
+                time.sleep(self.delay_s)  # the simulated remote latency, not a wait for state
+            upstream_response = session.request(
+                request.method, self.upstream + request.full_path.rstrip("?"),
+                data=request.get_data(),
+                headers={k: v for k, v in request.headers.items()
+                         if k.lower() not in {"host", "content-length"}},
+                timeout=60,
+            )
+            response = Response(upstream_response.content, status=upstream_response.status_code)
+            for k, v in upstream_response.headers.items():
+                if k.lower() not in {"content-length", "transfer-encoding", "connection",
+                                     "content-encoding"}:
+                    response.headers[k] = v
+            return response(environ, start_response)
+
+        self.server = make_server("127.0.0.1", 0, wsgi, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def serve(app: Any, deps: Any) -> tuple[Any, str]:
@@ -154,7 +242,8 @@ class SimProcess:
 
 
 def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
-            rounds: int, concurrency: int) -> list[list[object]]:
+            rounds: int, concurrency: int, search_url: str
+            ) -> tuple[list[list[object]], list[list[object]]]:
     from bot.app import build_app
     from gpubot.config import load_config_text
     from gpubot.providers.vastai.provider import VastAIProvider
@@ -176,32 +265,33 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
     deps = build_engine_deps(
         settings,
         config=load_config_text(CONFIG_TOML),
-        provider=VastAIProvider(api_key=sim.api_key, server_url=sim.url),
+        provider=VastAIProvider(api_key=sim.api_key, server_url=search_url),
         store=MemoryStore(),
         enqueuer=Kicks(),
     )
     c.quiet()
-    results: dict[str, tuple[list[float], list[int]]] = {}
+    results: dict[str, list[Sample]] = {}
     serial: dict[str, float] = {}
     for name, app in (("bare Bolt (ack only)", bare_app(slack.url)),
                       ("gpubot", build_app(deps, settings=deps.settings))):
         server, url = serve(app, deps)
         try:
-            fire(url, 1, 0, f"warm-{db}-{name[:4]}")
-            one_by_one = [fire(url, 1, -k, f"serial-{db}-{name[:4]}")[0][0] for k in range(10)]
+            fire(url, slack, 1, 0, f"warm-{db}-{name[:4]}")
+            one_by_one = [fire(url, slack, 1, -k, f"serial-{db}-{name[:4]}")[0].ack_s
+                          for k in range(10)]
             serial[name] = c.median(one_by_one)
-            lats: list[float] = []
-            codes: list[int] = []
+            samples: list[Sample] = []
             for r in range(1, rounds + 1):
-                la, st = fire(url, concurrency, r, f"{db}-{name[:4]}")
-                lats += la
-                codes += st
-            results[name] = (lats, codes)
+                burst = fire(url, slack, concurrency, r, f"{db}-{name[:4]}")
+                if name == "gpubot":
+                    collect_answers(slack, burst)
+                samples += burst
+            results[name] = samples
         finally:
             server.shutdown()
             server.server_close()
-            # Listeners that missed Bolt's 3 s ack wait keep running in Bolt's executor:
-            # let them finish before the database goes away.
+            # Listeners (and lazy answers) still running in Bolt's executor: let them finish
+            # before the database goes away.
             runner = getattr(app, "_listener_runner", None)
             executor = getattr(runner, "listener_executor", None)
             if executor is not None:
@@ -214,20 +304,33 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
     with session_scope(deps.sessions) as session:
         jobs_created = int(session.scalar(select(func.count()).select_from(JobRow)) or 0)
     rows: list[list[object]] = []
-    bare_p50 = c.percentile(results["bare Bolt (ack only)"][0], 50)
-    bare_p99 = c.percentile(results["bare Bolt (ack only)"][0], 99)
-    for name, (lats, codes) in results.items():
+    bare = [s.ack_s for s in results["bare Bolt (ack only)"]]
+    bare_p50, bare_p99 = c.percentile(bare, 50), c.percentile(bare, 99)
+    for name, samples in results.items():
+        lats = [s.ack_s for s in samples]
         p50, p99 = c.percentile(lats, 50), c.percentile(lats, 99)
-        ok = sum(1 for s in codes if s == 200)
+        ok = sum(1 for s in samples if s.status == 200)
         rows.append([
             db, name, f"{serial[name] * 1000:.0f}", len(lats), ok,
             f"{p50 * 1000:.0f}", f"{p99 * 1000:.0f}",
-            f"{max(lats) * 1000:.0f}", f"{p50 / bare_p50:.1f}x", f"{p99 / bare_p99:.1f}x",
+            f"{max(lats) * 1000:.0f}", f"{p50 / bare_p50:.2f}x", f"{p99 / bare_p99:.2f}x",
             sum(1 for x in lats if x >= 3.0),
             jobs_created if name == "gpubot" else "-",
         ])
+    verb_rows: list[list[object]] = []
+    for verb in VERBS:
+        mine = [s for s in results["gpubot"] if s.verb == verb]
+        acks = [s.ack_s for s in mine]
+        answers = [s.answer_s for s in mine if s.answer_s is not None]
+        verb_rows.append([
+            db, verb, len(mine), f"{c.percentile(acks, 50) * 1000:.0f}",
+            f"{c.percentile(acks, 99) * 1000:.0f}", f"{c.percentile(acks, 99) / bare_p99:.2f}x",
+            f"{c.percentile(answers, 50):.2f}" if answers else "-",
+            f"{c.percentile(answers, 99):.2f}" if answers else "-",
+            len(mine) - len(answers),
+        ])
     deps.sessions.kw["bind"].dispose()
-    return rows
+    return rows, verb_rows
 
 
 def main() -> int:
@@ -235,6 +338,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4, help="bursts per app and database")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--search-delay", type=float, default=2.0,
+                        help="seconds each vast offer search is held by the proxy (0: none)")
     parser.add_argument("--sim-in-process", action="store_true",
                         help="run the simulator in this process (its CPU then competes)")
     args = parser.parse_args()
@@ -245,26 +350,34 @@ def main() -> int:
     from tests.fixtures.slack_fake import SlackFake
 
     c.print_header(
-        f"ack latency: {args.rounds} bursts x {args.concurrency} concurrent signed "
-        "`/gpu train lr=2e-5` (werkzeug threaded WSGI server, 127.0.0.1)"
+        f"ack latency: {args.rounds} bursts x {args.concurrency} concurrent signed `/gpu` "
+        f"requests ({', '.join(VERBS)}), vast search held {args.search_delay:g} s "
+        "(werkzeug threaded WSGI server, 127.0.0.1)"
     )
     rows: list[list[object]] = []
+    verb_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="gpubot-bench-ack-") as tmp:
         sim: Any = (SimServer(home=Path(tmp) / "sim").start() if args.sim_in_process
                     else SimProcess(Path(tmp) / "sim"))
         slack = SlackFake(token=BOT_TOKEN).start()
+        proxy = SlowSearchProxy(sim.url, args.search_delay)
         try:
             if args.db in ("sqlite", "both"):
-                rows += measure("sqlite", None, Path(tmp) / "home-sqlite", sim, slack,
-                                args.rounds, args.concurrency)
+                r, v = measure("sqlite", None, Path(tmp) / "home-sqlite", sim, slack,
+                               args.rounds, args.concurrency, proxy.url)
+                rows += r
+                verb_rows += v
             if args.db in ("postgres", "both"):
                 if c.pg_available():
                     with c.pg_database("gpubot_bench_ack") as url:
-                        rows += measure("postgres", url, Path(tmp) / "home-pg", sim, slack,
-                                        args.rounds, args.concurrency)
+                        r, v = measure("postgres", url, Path(tmp) / "home-pg", sim, slack,
+                                       args.rounds, args.concurrency, proxy.url)
+                        rows += r
+                        verb_rows += v
                 else:
                     print(f"PostgreSQL not reachable at {c.PG_ADMIN_URL}: skipped")
         finally:
+            proxy.stop()
             slack.stop()
             sim.stop()
     print(c.table(
@@ -272,7 +385,14 @@ def main() -> int:
          "p50 vs bare", "p99 vs bare", ">=3 s", "jobs"],
         rows,
     ))
+    print(c.table(
+        ["db", "gpubot verb", "requests", "ack p50 ms", "ack p99 ms", "ack p99 vs bare p99",
+         "answer p50 s", "answer p99 s", "no answer"],
+        verb_rows,
+    ))
     print("'alone ms' = median of 10 requests sent one at a time (service time, no queueing).")
+    print("'answer' = request sent -> last response_url post for it (or the ack when the ack "
+          "carried the answer); 'no answer' = none within 120 s after the burst.")
     print("'jobs' = job rows gpubot wrote (warm-up and one-at-a-time requests included).")
     print("Bolt runs listeners in a 5-thread pool and waits at most 3 s for ack(); a request "
           "not acked by then gets HTTP 404 (counted as not 200).")

@@ -5,11 +5,21 @@
 (RateLimitErrorRetryHandler); it is used only for short interactive calls (views.publish,
 file uploads after an ack). Outbox delivery uses its own client that never sleeps
 (``bot.delivery``).
+
+Every listener acks at once and answers from a lazy function (``bot.listeners``); the app runs
+with ``process_before_response=True``: Bolt then runs the ack function in the request's own
+thread and returns its response as soon as it returns (the 3 s deadline never waits on the
+executor), and hands each lazy function to ``listener_executor``
+(https://docs.slack.dev/tools/bolt-python/concepts/lazy-listeners/). That executor has
+:data:`ANSWER_WORKERS` threads: answers that wait on a slow vast search queue there, acks do
+not. The same setting is right for Socket Mode (the envelope is acknowledged when the ack
+function returns).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 from slack_bolt import App
@@ -22,6 +32,10 @@ from gpubot.errors import ConfigError
 from gpubot.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+ANSWER_WORKERS = 10
+"""Threads answering acknowledged requests. Each holds at most one database connection at a
+time, and vast searches run outside sessions: 10 matches the PostgreSQL pool (5 + 5 overflow)."""
 
 
 def is_slack_com(api_url: str) -> bool:
@@ -62,7 +76,10 @@ def build_app(deps: EngineDeps, *, settings: Settings) -> App:
         signing_secret=secret or None,
         request_verification_enabled=bool(secret),
         token_verification_enabled=is_slack_com(settings.slack_api_url),
-        process_before_response=False,
+        process_before_response=True,
+        listener_executor=ThreadPoolExecutor(
+            max_workers=ANSWER_WORKERS, thread_name_prefix="gpubot-answer"
+        ),
         logger=logging.getLogger("bot.bolt"),
     )
     register(app, deps)

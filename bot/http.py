@@ -1,7 +1,11 @@
 """The HTTP front (WSGI, werkzeug): ``POST /slack/events``, ``GET /healthz``, ``GET /metrics``.
 
 ``/slack/events`` hands the raw body and headers to Bolt, which verifies the signature
-(401 on a bad or stale one) before any listener runs. ``/metrics`` is Prometheus text:
+(401 on a bad or stale one) before any listener runs. The one exception is Slack's
+certificate check: a form POST with ``ssl_check=1`` and no command or payload, sent unsigned
+when a command's Request URL is saved, is answered 200 with an empty body as Slack's docs
+require (https://docs.slack.dev/interactivity/implementing-slash-commands/, "ssl_check");
+it carries nothing to act on, so nothing runs. ``/metrics`` is Prometheus text:
 jobs by state, live instances, the ledger total, the outbox backlog and the provider rows
 rejected by validation (a counter in the database, so every worker's ticks add to it).
 """
@@ -21,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from bot.ack_gate import GATE
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow, MessageRow
 from gpubot.deps import EngineDeps
@@ -120,6 +125,15 @@ _STRING_FIELDS = (
 )
 
 
+def is_ssl_check(body: str) -> bool:
+    """True for Slack's certificate check: form field ``ssl_check=1`` and neither a
+    ``command`` nor a ``payload`` (so there is nothing a listener could do)."""
+    if "ssl_check" not in body:
+        return False
+    form = parse_qs(body, keep_blank_values=True)
+    return form.get("ssl_check") == ["1"] and "command" not in form and "payload" not in form
+
+
 def _bolt_response(app: App, request: Request, signing_secret: str | None) -> Response:
     """Verify, sanity-check, then hand to Bolt. Never a 5xx for what a client sent."""
     try:
@@ -127,6 +141,8 @@ def _bolt_response(app: App, request: Request, signing_secret: str | None) -> Re
     except HTTPException as exc:  # e.g. 413 for a body over MAX_BODY_BYTES
         return exc.get_response()
     body = raw.decode("utf-8", errors="replace")
+    if is_ssl_check(body):
+        return Response("", status=200)
     timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
     if not (timestamp.isascii() and timestamp.isdigit()):
         return _refuse(401, "invalid request")
@@ -177,7 +193,12 @@ def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
             if method != "POST":
                 response = Response("method not allowed", status=405)
             else:
-                response = _bolt_response(app, request, signing_secret)
+                # Answers (bot.listeners) wait while requests are being acked: acks first.
+                GATE.enter()
+                try:
+                    response = _bolt_response(app, request, signing_secret)
+                finally:
+                    GATE.leave()
         elif path == "/healthz" and method == "GET":
             try:
                 with session_scope(deps.sessions) as session:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -272,3 +273,44 @@ def action_body(
 
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+# -- ack-first and channel-access helpers (additions) ----------------------------------------
+
+
+class GatedOffersProvider(FixedOffersProvider):
+    """Fixed market whose searches block until ``gate`` is set (at most ``timeout_s``): a vast
+    search that is still running while the bot must already have acked."""
+
+    def __init__(self, offers: list[Offer], timeout_s: float = 10.0) -> None:
+        super().__init__(offers)
+        self.gate = threading.Event()
+        self.timeout_s = timeout_s
+
+    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
+        self.gate.wait(self.timeout_s)
+        return super().search_offers(requirements, interruptible=interruptible)
+
+
+def wait_until(predicate: Callable[[], bool], *, what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def shown_to_user(ack_text: str, posts: list[dict[str, Any]]) -> list[str]:
+    """The messages one slash command leaves in front of the user: the ack's message, then
+    each response_url post applied in order (``replace_original`` replaces the last shown,
+    ``delete_original`` removes it, anything else adds a message)."""
+    shown = [ack_text] if ack_text else []
+    for post in posts:
+        if post.get("delete_original"):
+            if shown:
+                shown.pop()
+        elif post.get("replace_original") and shown:
+            shown[-1] = str(post.get("text", ""))
+        else:
+            shown.append(str(post.get("text", "")))
+    return shown
