@@ -12,6 +12,12 @@ from workers.runtime import deps, tick_counter
 
 logger = get_task_logger(__name__)
 
+ADVANCE_SOFT_TIME_LIMIT_SECONDS = 2100
+"""> ``gpubot.db.queries.STEP_DEADLINE`` (2,000 s), which is > every inner timeout."""
+ADVANCE_TIME_LIMIT_SECONDS = 2160
+"""Hard kill; < the Redis visibility timeout (3,600 s), so a running step is never delivered
+twice because of the broker."""
+
 
 @app.task(name="workers.tasks.reconcile_tick_task", ignore_result=True)
 def reconcile_tick_task() -> dict[str, object]:
@@ -28,9 +34,19 @@ def reconcile_tick_task() -> dict[str, object]:
     return {"claimed": len(report.claimed), "listed_ok": report.listed_ok}
 
 
-@app.task(name="workers.tasks.advance_job_task", ignore_result=True, acks_late=True)
+@app.task(
+    name="workers.tasks.advance_job_task",
+    ignore_result=True,
+    acks_late=True,
+    soft_time_limit=ADVANCE_SOFT_TIME_LIMIT_SECONDS,
+    time_limit=ADVANCE_TIME_LIMIT_SECONDS,
+)
 def advance_job_task(job_id: str, lock_token: str) -> None:
-    """Advance one claimed job by one step (idempotent; a redelivery is harmless)."""
+    """Advance one claimed job by one step (idempotent; a redelivery is harmless).
+
+    Time limits: above the step deadline (the claim heartbeat stops renewing at
+    ``STEP_DEADLINE``) and below the Redis visibility timeout (3,600 s); see
+    docs/architecture.md, claims."""
     from gpubot.engine.steps import advance_job
 
     advance_job(deps(), job_id, lock_token)

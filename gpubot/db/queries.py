@@ -8,18 +8,24 @@ row over after our lock expired: the results are dropped (StaleLockError).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from gpubot.db.tables import JobRow
 from gpubot.errors import StaleLockError
 from gpubot.models import JobState
+
+logger = logging.getLogger(__name__)
 
 
 def _lock_ttl_from_env() -> timedelta:
@@ -33,14 +39,23 @@ def _lock_ttl_from_env() -> timedelta:
 
 
 LOCK_TTL = _lock_ttl_from_env()
-"""A claim older than this is abandoned (worker killed) and may be taken over.
+"""A claim not renewed for this long is abandoned (worker killed) and may be taken over.
 
-Default 5 minutes: longer than any step (task soft limit 600 s is per task, but steps are
-bounded by their SSH/HTTP timeouts). ``GPUBOT_LOCK_TTL_SECONDS`` (read once at import, so set
-it before the process starts) overrides it; the fault tests shorten it so that a SIGKILLed
-worker's claim blocks its job for seconds, not minutes. Keep it well above the longest step in
-production: a step that outlives its lock is taken over and its result dropped.
+Default 5 minutes. A running step renews its claim every third of this (:class:`ClaimHeartbeat`)
+until it ends or reaches :data:`STEP_DEADLINE`, so a step may take longer than the TTL; the TTL
+only bounds how long a dead worker's claim blocks its job. ``GPUBOT_LOCK_TTL_SECONDS`` (read
+once at import, so set it before the process starts) overrides it; the fault tests shorten it
+so that a SIGKILLed worker's claim blocks its job for seconds, not minutes.
 """
+
+STEP_DEADLINE = timedelta(seconds=2000)
+"""The longest a step may keep its claim alive. Ordering (docs/architecture.md, claims):
+every inner timeout (provider HTTP 30 s per request, SSH connect 10 s, SSH commands up to
+1,800 s for transfers and staging, presigned URLs 3,600 s) < STEP_DEADLINE (2,000 s) <
+the step task's soft time limit (2,100 s) < its hard limit (2,160 s) < the Redis visibility
+timeout (3,600 s); LOCK_TTL (300 s) < STEP_DEADLINE. A step still running at its deadline
+stops renewing: its claim runs out LOCK_TTL later and another worker may take the job over;
+the late step's result is then dropped by the guarded apply."""
 
 
 def claim_due_jobs(
@@ -144,3 +159,129 @@ def release_lock(session: Session, job_id: str, lock_token: str) -> None:
         .execution_options(synchronize_session=False)
     )
     session.commit()
+
+
+def renew_claim(
+    session: Session,
+    job_id: str,
+    lock_token: str,
+    *,
+    now: datetime,
+    lock_ttl: timedelta = LOCK_TTL,
+) -> bool:
+    """Extend our claim to ``now + lock_ttl``; False if the claim is no longer ours.
+
+    ``UPDATE jobs SET lock_expires_at = … WHERE id = ? AND lock_token = ?``: a claim that ran
+    out but that nobody took over is still ours (no other worker acted on the job); one that was
+    taken over (new token) or released is not, and the step holding it must not apply.
+    """
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.lock_token == lock_token)
+        .values(lock_expires_at=now + lock_ttl)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.commit()
+    return True
+
+
+class ClaimHeartbeat:
+    """Keeps one claim alive while its step works: a daemon thread renews ``lock_expires_at``
+    under the token (:func:`renew_claim`) every third of ``lock_ttl``, measured both on
+    ``clock`` (the engine's clock, which may run fast in tests) and on the wall clock, until
+    :meth:`stop` or ``deadline`` (then the claim is left to run out).
+
+    :attr:`lost` becomes true once a renewal finds the claim taken over or released; the step
+    must then not apply (:meth:`check` raises). A renewal that fails on a database error is
+    logged and retried at the next beat (the guarded apply still protects the result).
+    Use as a context manager: the thread starts on enter and is stopped and joined on exit.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        lock_token: str,
+        *,
+        clock: Callable[[], datetime],
+        lock_ttl: timedelta = LOCK_TTL,
+        deadline: timedelta = STEP_DEADLINE,
+    ) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.lock_token = lock_token
+        self.clock = clock
+        self.lock_ttl = lock_ttl
+        self.deadline = deadline
+        self.renewals = 0
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"claim-heartbeat-{job_id}", daemon=True
+        )
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        """Raise StaleLockError if the claim was lost (call before an action that costs)."""
+        if self.lost:
+            raise StaleLockError(f"job {self.job_id}: claim lost during the step")
+
+    def renew_now(self) -> bool:
+        """One renewal now; False (and :attr:`lost` set) if the claim is no longer ours.
+        A database error counts as "not known to be lost": True, logged."""
+        if self.lost:
+            return False
+        try:
+            with self.sessions() as session:
+                ok = renew_claim(
+                    session, self.job_id, self.lock_token, now=self.clock(),
+                    lock_ttl=self.lock_ttl,
+                )
+        except SQLAlchemyError as exc:
+            logger.warning("job %s: claim renewal failed, retrying: %s", self.job_id, exc)
+            return True
+        if not ok:
+            logger.warning("job %s: claim lost while its step ran", self.job_id)
+            self._lost.set()
+            return False
+        self.renewals += 1
+        return True
+
+    def _run(self) -> None:
+        ttl_s = self.lock_ttl.total_seconds()
+        every_s = ttl_s / 3
+        poll_s = min(max(every_s / 10, 0.02), 5.0)
+        started_wall = last_wall = time.monotonic()
+        started_clock = last_clock = self.clock()
+        while not self._stop.wait(poll_s):
+            now_wall, now_clock = time.monotonic(), self.clock()
+            if (now_wall - started_wall > self.deadline.total_seconds()
+                    or now_clock - started_clock > self.deadline):
+                logger.warning("job %s: step passed its deadline; claim left to expire",
+                               self.job_id)
+                return
+            due = (now_wall - last_wall >= every_s
+                   or (now_clock - last_clock).total_seconds() >= every_s)
+            if not due:
+                continue
+            if not self.renew_now():
+                return
+            last_wall, last_clock = now_wall, now_clock
+
+    def __enter__(self) -> ClaimHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)

@@ -1,7 +1,8 @@
 """The orphan sweep: nothing the bot rents may outlive its record.
 
-An *orphan* is an instance in a **successful** listing whose label starts with
-``<GPUBOT_LABEL_PREFIX>:`` and that no live record claims:
+An *orphan* is an instance in a **successful** listing whose label is ours
+(``<GPUBOT_LABEL_PREFIX>:<job id>:<attempt>``, or the older ``<GPUBOT_LABEL_PREFIX>:<job id>``;
+``labels.parse_rental_label``) and that no live record claims:
 
 * no :class:`InstanceRow` with its provider id that is not destroyed and whose job is live, and
 * no pending rental (an InstanceRow still without a provider id, not abandoned, of a live job)
@@ -33,6 +34,7 @@ from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, InstanceRow, JobRow
 from gpubot.deps import EngineDeps
+from gpubot.engine.labels import parse_rental_label
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation, JobState
 from gpubot.notify import audit, ops
@@ -126,9 +128,10 @@ def sweep_orphans(
     retried by the next sweep. An orphan destroyed earlier but still listed is destroyed
     again (destroy is idempotent) without a new escalation.
     """
-    prefix = f"{deps.settings.label_prefix}:"
+    prefix = deps.settings.label_prefix
     grace = timedelta(minutes=deps.config.engine.orphan_grace_minutes)
-    ours = [o for o in listing if o.label and o.label.startswith(prefix)]
+    # Ours: ``<prefix>:<job>:<attempt>`` and the older ``<prefix>:<job>`` (labels.py).
+    ours = [o for o in listing if parse_rental_label(o.label, prefix) is not None]
     to_destroy: list[tuple[InstanceObservation, datetime | None, bool]] = []
     with session_scope(deps.sessions) as session:
         for obs in ours:

@@ -326,16 +326,46 @@ class RemoteSession:
         if job.checkpoint_key == prefix:
             return prefix
         members = parsing.checkpoint_files(files, newest)
-        self._upload(
-            [(f"{layout.checkpoint_dir}/{f.path}", prefix + _relative(f.path, newest), f.sha256)
-             for f in members]
-        )
         entries = [
             {"path": _relative(f.path, newest), "size": f.size, "sha256": f.sha256}
             for f in members
         ]
+        # A step whose result was lost (claim taken over, worker killed after the upload) is
+        # re-run from the same stored state: what is already stored is not uploaded again.
+        stored = {o.key: o for o in self.deps.store.list(prefix)}
+        if self._manifest_matches(prefix, stored, entries):
+            return prefix
+        self._upload(
+            [
+                (f"{layout.checkpoint_dir}/{f.path}", prefix + e["path"], f.sha256)
+                for f, e in zip(members, entries, strict=True)
+                if not _stored_intact(stored.get(prefix + e["path"]), e)
+            ]
+        )
         self._verify_and_manifest(prefix, entries)
         return prefix
+
+    def _manifest_matches(
+        self, prefix: str, stored: dict[str, Any], entries: list[dict[str, Any]]
+    ) -> bool:
+        """True when ``prefix`` already holds a complete checkpoint with exactly ``entries``:
+        its manifest lists the same paths, sizes and sha256 and every file is stored with that
+        size and sha256. Anything else (no manifest, a different one, a file missing or
+        different) is False: the caller uploads what is missing and rewrites the manifest."""
+        if prefix + MANIFEST not in stored:
+            return False
+        try:
+            body = self.deps.store.get_bytes(prefix + MANIFEST).decode()
+            listed = [json.loads(line) for line in body.splitlines() if line.strip()]
+        except (StorageError, ValueError):
+            return False
+
+        def key(e: dict[str, Any]) -> tuple[str, int, str]:
+            return (str(e.get("path")), int(e.get("size", -1)), str(e.get("sha256")))
+
+        if sorted(map(key, listed)) != sorted(map(key, entries)):
+            return False
+        return all(_stored_intact(stored.get(prefix + e["path"]), e) for e in entries)
 
     def collect_results(self, job: JobRow) -> list[dict[str, Any]]:
         """Upload every file under the results dir; return links with sizes and checksums."""
@@ -391,6 +421,16 @@ class RemoteSession:
                 raise StorageError(f"upload of {prefix}{entry['path']} did not arrive intact")
         body = "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries).encode()
         store.put_bytes(prefix + MANIFEST, body)
+
+
+def _stored_intact(obj: Any, entry: dict[str, Any]) -> bool:
+    """The stored object (a StoredObject or None) has the entry's size and sha256."""
+    return (
+        obj is not None
+        and obj.size_bytes == entry["size"]
+        and obj.sha256 is not None
+        and obj.sha256 == entry["sha256"]
+    )
 
 
 def _relative(path: str, name: str) -> str:

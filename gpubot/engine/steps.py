@@ -20,6 +20,7 @@ order is how a transition is reviewed. The work a step delegates already lives b
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,10 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpubot.db.engine import session_scope
-from gpubot.db.queries import apply_job_update, release_lock, take_claim
+from gpubot.db.queries import ClaimHeartbeat, apply_job_update, release_lock, take_claim
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import idle, planning, remote_job
+from gpubot.engine.labels import adoptable, rental_label
 from gpubot.errors import (
     GpubotError,
     NoCapacityError,
@@ -61,6 +63,18 @@ logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 8
 """Unexpected step errors in a row before the job is failed (and its instance destroyed)."""
+
+_CLAIM: contextvars.ContextVar[ClaimHeartbeat | None] = contextvars.ContextVar(
+    "gpubot_step_claim", default=None
+)
+"""The heartbeat of the claim the current step runs under (None outside ``advance_job``)."""
+
+
+def _claim_still_held() -> None:
+    """Raise StaleLockError if the running step's claim was lost (before a costly action)."""
+    heartbeat = _CLAIM.get()
+    if heartbeat is not None:
+        heartbeat.check()
 
 
 @dataclass
@@ -103,6 +117,31 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
         with session_scope(deps.sessions) as session:
             release_lock(session, job_id, lock_token)
         return
+    # The claim is renewed while the step works (uploads and creates can outlast LOCK_TTL);
+    # a renewal that finds it taken over means this step's result must not be applied.
+    heartbeat = ClaimHeartbeat(deps.sessions, job_id, lock_token, clock=deps.clock)
+    claim = _CLAIM.set(heartbeat)
+    try:
+        with heartbeat:
+            result = _run_step(deps, job, instance, state, step)
+    finally:
+        _CLAIM.reset(claim)
+    if result is None or heartbeat.lost:
+        logger.warning("job %s: claim lost during %s, step result dropped", job_id, state.value)
+        return
+    _apply(deps, job, lock_token, result)
+    if result.immediate:
+        deps.enqueuer.kick()
+
+
+def _run_step(
+    deps: EngineDeps,
+    job: JobRow,
+    instance: InstanceRow | None,
+    state: JobState,
+    step: Callable[[EngineDeps, JobRow, InstanceRow | None], StepResult],
+) -> StepResult | None:
+    """Run the pre-checks and ``step``; None when the claim was found lost (StaleLockError)."""
     try:
         result = _pre_checks(deps, job, instance) or step(deps, job, instance)
         job.progress = dict(job.progress or {}) | {"error_count": 0}
@@ -112,17 +151,15 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
     except (TransientProviderError, RemoteError, StorageError) as exc:
         result = _retry_later(deps, job, exc)
     except StaleLockError:
-        return
+        return None
     except Exception as exc:  # noqa: BLE001 - a step must never wedge a job
-        logger.exception("job %s: unexpected error in %s", job_id, state.value)
+        logger.exception("job %s: unexpected error in %s", job.id, state.value)
         result = _retry_later(deps, job, exc)
     if result.changes.get("state") == JobState.TEARING_DOWN.value and state not in {
         JobState.TEARING_DOWN
     }:
         result = _with_destroy_now(deps, job, result)
-    _apply(deps, job, lock_token, result)
-    if result.immediate:
-        deps.enqueuer.kick()
+    return result
 
 
 def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> StepResult:
@@ -268,17 +305,70 @@ def _step_queued(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) ->
 
 
 def _label(deps: EngineDeps, job: JobRow) -> str:
-    return f"{deps.settings.label_prefix}:{job.id}"
+    """The label of the rental this step makes: ``<prefix>:<job id>:<attempt>``, the attempt
+    being the one about to be rented (``attempts + 1``). One label per attempt, so adopting by
+    label can never pick up the instance of an earlier attempt (still listed while destroyed)."""
+    return rental_label(deps.settings.label_prefix, job.id, job.attempts + 1)
+
+
+def _recorded_provider_ids(deps: EngineDeps, job_id: str) -> set[str]:
+    """Every provider id ever recorded for the job (destroyed, destroying or live)."""
+    with session_scope(deps.sessions) as session:
+        return {
+            pid
+            for pid in session.scalars(
+                select(InstanceRow.provider_id).where(
+                    InstanceRow.job_id == job_id, InstanceRow.provider_id.is_not(None)
+                )
+            )
+            if pid
+        }
+
+
+def _record_provider_id(deps: EngineDeps, placeholder_id: int, provider_id: str) -> None:
+    """Write the new instance's id onto its placeholder at once, whatever becomes of the step.
+
+    Money safety: nothing may bill unrecorded, and the step's own apply is dropped if its claim
+    was lost meanwhile. A placeholder that another worker abandoned in between is reopened as
+    ``destroying`` and the instance destroyed (best effort; the teardown and the reconcile
+    verify it), so the job never ends up with two current rentals.
+    """
+    abandoned = False
+    with session_scope(deps.sessions) as session:
+        row = session.get(InstanceRow, placeholder_id)
+        if row is None:
+            return
+        row.provider_id = provider_id
+        if row.destroyed_at is not None:
+            abandoned = True
+            row.destroyed_at = None
+            row.destroy_requested_at = deps.clock()
+            row.status = "destroying"
+    if abandoned:
+        try:
+            deps.provider.destroy(provider_id)
+        except ProviderError as exc:
+            logger.warning("instance %s: destroy of a late rental failed: %s", provider_id, exc)
 
 
 def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
-    """Rent (or find the rental of a crashed earlier attempt, by label)."""
+    """Rent (or find the rental of a crashed earlier attempt, by label).
+
+    A placeholder without a provider id means a create may have happened before a crash (or
+    a timeout after the request left): the listing is searched for the placeholder's own label
+    and an instance is adopted only if it is not recorded for this job already and is neither
+    released (destroyed rows linger as ``unloaded``), stopped nor exited (labels.adoptable).
+    The claim is checked just before the create: a step whose claim was taken over never
+    rents, so one attempt makes at most one create.
+    """
     label = _label(deps, job)
     if instance is not None and instance.provider_id:
         return StepResult(changes={"state": JobState.BOOTING.value})
     if instance is not None and instance.provider_id is None:
         # A create may have happened before a crash: look for our label first.
-        found = [o for o in deps.provider.list_instances() if o.label == label]
+        listing = deps.provider.list_instances()
+        recorded = _recorded_provider_ids(deps, job.id)
+        found = adoptable(listing, instance.label or label, recorded)
         if found:
             # The crash may have come before the SSH key was attached (create_instance attaches
             # it in a second call): attach it now (idempotent), or SSH would be refused until
@@ -292,6 +382,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
                 },
             )
         # The create never happened: forget the placeholder and rent afresh below.
+        _claim_still_held()
         with session_scope(deps.sessions) as session:
             row = session.get(InstanceRow, instance.id)
             if row is not None:
@@ -321,6 +412,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
             return _teardown(job, outcome=JobState.FAILED, reason=f"no offer: {exc}")
         return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300]})
     # Record the rental BEFORE renting.
+    _claim_still_held()
     placeholder = InstanceRow(
         job_id=job.id,
         label=label,
@@ -348,6 +440,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         bid_per_hour_usd=choice.bid_per_hour_usd,
         env={"GPUBOT_JOB_ID": job.id},
     )
+    _claim_still_held()  # a taken-over step must not rent: one create per attempt
     try:
         provider_id = deps.provider.create_instance(choice.offer, spec)
     except NoCapacityError as exc:
@@ -377,6 +470,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
             immediate=True,
             notes=[lambda s, j: events.note(s, j, f"Offer unavailable ({why}); trying another.")],
         )
+    _record_provider_id(deps, placeholder_id, provider_id)
     _attach_key_quietly(deps, job, provider_id)
     attempts = job.attempts + 1
     return StepResult(
