@@ -47,6 +47,9 @@ max_files = 100
 """The demo's declared input: users name it (``/gpu ocr src=samples shards=2``), never a path.
 Its folder is outside GPUBOT_HOME, as config validation requires."""
 DEMO_INPUT_PDFS = 8
+DEMO_TRAIN_STEPS = 1500
+"""Steps of the demo's train job: about 30 s of real time (0.02 s a step), long enough
+for the outbid to land mid-run and the resumed run to have work left."""
 MISSING_EXTRA_EXIT = 2
 MISSING_EXTRA_MESSAGE = (
     "gpubot demo needs the 'demo' extra (moto's local S3 server, pypdf for the OCR samples), "
@@ -307,14 +310,23 @@ def _script(deps: Any, sim: Any, say: Callable[[str], None], out: TextIO) -> boo
     ok = True
     _command(deps, "/gpu offers gpu_ram=24", say, "demo-1")
 
-    # 1. a training job, outbid mid-run, resumed from its checkpoint
-    reply = _command(deps, "/gpu train lr=2e-5", say, "demo-2")
+    # 1. a training job, outbid mid-run, resumed from its checkpoint. The run must outlast
+    # the first polls: 300 default steps took about 6 s of real time, and the first running
+    # poll that backs up a checkpoint comes a few seconds after the start (one SSH session of
+    # status, log and checkpoint listing per tick, list calls paced at 1 s), so the job often
+    # finished before the hook saw it running with a checkpoint.
+    reply = _command(deps, f"/gpu train lr=2e-5 steps={DEMO_TRAIN_STEPS}", say, "demo-2")
     train_id = reply.job_id
     outbid_done: dict[str, bool] = {"done": False}
+    outbid_at: dict[str, str] = {}
 
     def outbid_once() -> None:
+        """Outbid the train job's instance once, on the first poll that sees it running with a
+        backed-up checkpoint and steps still to go (a real mid-run outbid)."""
         job = _job_state(deps, train_id)
         if outbid_done["done"] or job is None or job.state != "running" or not job.checkpoint_key:
+            return
+        if int((job.progress or {}).get("step") or 0) >= DEMO_TRAIN_STEPS:
             return
         with session_scope(deps.sessions) as session:
             row = session.scalars(
@@ -327,10 +339,20 @@ def _script(deps: Any, sim: Any, say: Callable[[str], None], out: TextIO) -> boo
             say(f"   ⚡ [demo] the host outbids instance {provider_id}")
             sim.control.outbid(provider_id)
             outbid_done["done"] = True
+            outbid_at["step"] = str((job.progress or {}).get("step"))
 
     states = _follow(deps, {train_id}, printer, timeout_s=240, on_poll=outbid_once)
     ok &= _check(say, states.get(train_id) == "succeeded", "train job succeeded")
-    ok &= _check(say, outbid_done["done"], "the outbid happened and the job resumed")
+    train = _job_state(deps, train_id)
+    resumed = str((train.progress or {}).get("resume_from") or "") if train else ""
+    resumed_step = int(resumed.rsplit("-", 1)[-1]) if resumed.rsplit("-", 1)[-1].isdigit() else 0
+    ok &= _check(
+        say,
+        outbid_done["done"] and train is not None and train.attempts == 2
+        and 0 < resumed_step < DEMO_TRAIN_STEPS,
+        f"the outbid happened (at step {outbid_at.get('step', '—')}) and the job resumed "
+        f"(from {resumed.rsplit('/', 1)[-1] or 'no checkpoint'} of {DEMO_TRAIN_STEPS} steps)",
+    )
 
     # 2. a sweep
     reply = _command(deps, "/gpu sweep train lr=1e-5,2e-5", say, "demo-3")
