@@ -89,7 +89,7 @@ def reconcile_tick(
     report.stopped_for_budget = budgets.enforce(
         deps, now=now, tick_interval_seconds=_observed_interval(now)
     )
-    from gpubot.groups import submit as groups
+    from gpubot import groups
     groups.advance_groups(deps, now=now)
     if sweep and listed_ok:
         from gpubot.engine import orphans as sweeper

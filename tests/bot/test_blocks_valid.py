@@ -175,7 +175,7 @@ def test_plan_approval_idle_and_group_messages_are_valid() -> None:
     assert f"<@{ALICE}>" in joined and "<@UADMIN1>" in joined
     assert_valid(idle_warning_blocks("j-1", md.escape(EVIL)))
 
-    from gpubot.groups.submit import _final_text
+    from gpubot.groups.results import final_text as _final_text
 
     group = JobGroupRow(id="g-1", kind="sweep", state="succeeded", spec={})
     children = [JobRow(id=f"j-{i:04d}", state="succeeded") for i in range(300)]

@@ -17,7 +17,7 @@ from gpubot.db.tables import JobGroupRow
 from gpubot.deps import EngineDeps
 from gpubot.engine.steps import advance_job
 from gpubot.engine.tick import reconcile_tick
-from gpubot.groups.submit import advance_groups
+from gpubot.groups.advance import advance_groups
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.scenarios.conftest import TEST_TEMPLATES, make_engine, sim

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gpubot.engine.staging import SourceFile, should_pack
-from gpubot.groups.submit import balance_shards, new_group_id, rank_runs
+from gpubot.groups.results import rank_runs
+from gpubot.groups.shards import balance_shards
+from gpubot.groups.submit import new_group_id
 from gpubot.templates import TargetMode
 
 

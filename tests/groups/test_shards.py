@@ -9,12 +9,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from gpubot import groups
 from gpubot.commands.grammar import parse_command
 from gpubot.commands.types import LaunchCommand
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.deps import EngineDeps
-from gpubot.groups import submit as groups
 from gpubot.jobs.ocr.make_pdfs import expected_pages, make_pdfs, pdf_bytes
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from gpubot import groups
 from gpubot.chat.launch import plan_launch
 from gpubot.commands.grammar import parse_command
 from gpubot.commands.types import LaunchCommand, SweepCommand
@@ -17,7 +18,6 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import InstanceRow, JobGroupRow, JobRow, MessageRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import BudgetError, PermissionDenied
-from gpubot.groups import submit as groups
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from tests.groups.conftest import drive_group
