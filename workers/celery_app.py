@@ -63,8 +63,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": tick,
                 "options": {"expires": max(tick * 2, 2.0)},
             },
-            "reconcile-charges": {
-                "task": "workers.tasks.reconcile_charges_task",
+            "check-charges": {
+                "task": "workers.tasks.check_charges_task",
                 "schedule": 24 * 3600.0,
                 "options": {"expires": 3600.0},
             },

@@ -62,15 +62,15 @@ def deliver_messages_task() -> int:
 
 
 @app.task(
-    name="workers.tasks.reconcile_charges_task",
+    name="workers.tasks.check_charges_task",
     ignore_result=True,
     autoretry_for=(Exception,),
     retry_backoff=60,
     max_retries=5,
 )
-def reconcile_charges_task() -> int:
+def check_charges_task() -> int:
     """Daily: compare the ledger with the provider's charges; differences go to ops."""
-    from gpubot.governance.budgets import reconcile_charges
+    from gpubot.governance.charges import check_charges
 
     engine_deps = deps()
-    return len(reconcile_charges(engine_deps, now=engine_deps.clock()))
+    return len(check_charges(engine_deps, now=engine_deps.clock()))

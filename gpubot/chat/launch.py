@@ -21,7 +21,7 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import planning
-from gpubot.errors import BudgetError, CommandError
+from gpubot.errors import CommandError
 from gpubot.models import (
     InterruptibleMode,
     JobState,
@@ -108,17 +108,11 @@ class Plan:
         return lines
 
 
-def plan_launch(
-    deps: EngineDeps,
-    command: LaunchCommand | RentCommand,
-    *,
-    requester: str | None = None,
-    channel: str | None = None,
-) -> Plan:
-    """Search the market and choose; raises NoOfferError / CommandError / BudgetError.
+def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:
+    """Search the market and choose; raises NoOfferError / CommandError. No writes.
 
-    With ``requester`` and ``channel`` the estimate is checked against their budgets and the
-    team's (``approval_reason`` is set when an admin must approve). No writes."""
+    Budgets are not checked here: callers put the estimate through
+    :func:`gpubot.governance.gate.launch_gate` and set ``approval_reason``."""
     if isinstance(command, LaunchCommand):
         kind, template_name = "job", command.template
         params = dict(command.params)
@@ -147,7 +141,6 @@ def plan_launch(
     budget = overrides.budget_usd
     if budget is None and kind == "job":
         budget = deps.config.budgets.job_default_usd
-    approval_reason = _budget_gate(deps, requester, channel, estimate.total_usd)
     return Plan(
         kind=kind,
         template=template_name,
@@ -159,30 +152,7 @@ def plan_launch(
         expected_hours=hours,
         estimate_usd=estimate.total_usd,
         budget_usd=budget,
-        approval_reason=approval_reason,
     )
-
-
-def _budget_gate(
-    deps: EngineDeps, requester: str | None, channel: str | None, estimate_usd: Decimal
-) -> str | None:
-    """None when the launch fits every budget; the reason when an admin must approve it.
-
-    Raises:
-        BudgetError: the launch would exceed a budget and ``on_exceed = "refuse"``.
-    """
-    if requester is None or channel is None:
-        return None
-    from gpubot.governance import budgets
-    with session_scope(deps.sessions) as session:
-        verdict = budgets.check_launch(
-            deps, session, requester=requester, channel=channel, estimate_usd=estimate_usd
-        )
-    if verdict.ok:
-        return None
-    if verdict.outcome.value == "refuse":
-        raise BudgetError(verdict.reason)
-    return verdict.reason
 
 
 def submit(

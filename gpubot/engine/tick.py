@@ -85,8 +85,8 @@ def reconcile_tick(
         entries, verified = observe_and_meter(session, listing, listed_ok=listed_ok, now=now)
         report.ledger_entries = entries
         report.destroys_verified = verified
-    from gpubot.governance import budgets
-    report.stopped_for_budget = budgets.enforce(
+    from gpubot.governance import enforce
+    report.stopped_for_budget = enforce.enforce(
         deps, now=now, tick_interval_seconds=_observed_interval(now)
     )
     from gpubot import groups

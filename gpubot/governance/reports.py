@@ -1,9 +1,10 @@
-"""Cost reports from the ledger: a text table and a bar chart (``/gpu cost``).
+"""``/gpu cost``, the data side: ledger totals per group and a bar chart.
 
 Totals come straight from the append-only ledger: an entry belongs to the period in which it
-ended (``period_end`` after the period's start, as in :mod:`gpubot.governance.budgets`). The
-report's total line is the exact ledger sum for the period, shown rounded to cents; group
-lines are rounded separately, so they may differ from the total by a cent of rounding.
+ended (``period_end`` after the period's start, as in :mod:`gpubot.governance.limits`). The
+report's total is the exact ledger sum for the period (the table shows it rounded to cents);
+group totals are rounded separately, so they may differ from the total by a cent of rounding.
+The reply text is :func:`gpubot.render.budgets.cost_report_text`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import LedgerEntryRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
-from gpubot.governance.budgets import dec, normalize_period, period_start
+from gpubot.governance.periods import dec, normalize_period, period_start
+from gpubot.render.budgets import CostReport
 
 GROUPS = {
     "user": LedgerEntryRow.requester,
@@ -61,35 +63,6 @@ def ledger_groups(
     return sorted(out, key=lambda kv: (-kv[1], kv[0]))
 
 
-def _label(group_by: str, key: str) -> str:
-    if key == "-":
-        return "(none)"
-    if group_by == "user":
-        return f"<@{key}>"
-    if group_by == "channel":
-        return f"<#{key}>"
-    return key
-
-
-def render_table(
-    title: str, group_by: str, groups: Sequence[tuple[str, Decimal]], total: Decimal
-) -> str:
-    """A monospace table (Slack code block): one line per group, then the total. Pure."""
-    header = group_by
-    names = [_label(group_by, k) for k, _ in groups]
-    amounts = [costs.format_usd(v) for _, v in groups]
-    total_s = costs.format_usd(total)
-    empty = "(no spend)"
-    w1 = max([len(header), len("total"), len(empty) if not groups else 0, *map(len, names)])
-    w2 = max([len("cost"), len(total_s), *map(len, amounts)])
-    lines = [title, "```", f"{header:<{w1}}  {'cost':>{w2}}", "-" * (w1 + w2 + 2)]
-    if not groups:
-        lines.append(empty)
-    lines += [f"{n:<{w1}}  {a:>{w2}}" for n, a in zip(names, amounts, strict=True)]
-    lines += ["-" * (w1 + w2 + 2), f"{'total':<{w1}}  {total_s:>{w2}}", "```"]
-    return "\n".join(lines)
-
-
 def render_chart(
     path: Path, title: str, group_by: str, groups: Sequence[tuple[str, Decimal]]
 ) -> Path:
@@ -119,13 +92,13 @@ def render_chart(
 
 def cost_report(
     deps: EngineDeps, *, period: str = "month", group_by: str | None = None
-) -> tuple[str, str | None]:
+) -> CostReport:
     """Spend in the current ``period`` (day/today, week, month; UTC) from the ledger.
 
     ``group_by`` is ``user`` | ``channel`` | ``job``, or None for a breakdown by kind
-    (compute, storage, bandwidth, adjustment). Returns ``(text, png_path)``: a table whose
-    total line equals :func:`ledger_total` for the period, and a bar chart saved under
-    ``GPUBOT_HOME/charts/`` (None when nothing was spent).
+    (compute, storage, bandwidth, adjustment). The report's total equals :func:`ledger_total`
+    for the period; its bar chart is saved under ``GPUBOT_HOME/charts/`` (``chart_path`` None
+    when nothing was spent).
 
     Raises:
         CommandError: an unknown period or grouping.
@@ -139,12 +112,12 @@ def cost_report(
     with session_scope(deps.sessions) as session:
         groups = ledger_groups(session, since=since, group_by=grouping)
         total = ledger_total(session, since)
-    title = f"*Cost this {key}* (since {since:%Y-%m-%d %H:%M} UTC)"
-    text = render_table(title, grouping, groups, total)
-    if not groups:
-        return text, None
-    name = f"cost-{key}-{grouping}-{now:%Y%m%dT%H%M%S}.png"
-    chart = render_chart(
-        deps.settings.home / "charts" / name, f"Cost this {key}", grouping, groups
-    )
-    return text, str(chart)
+    chart: str | None = None
+    if groups:
+        name = f"cost-{key}-{grouping}-{now:%Y%m%dT%H%M%S}.png"
+        chart = str(
+            render_chart(
+                deps.settings.home / "charts" / name, f"Cost this {key}", grouping, groups
+            )
+        )
+    return CostReport(key, since, grouping, tuple(groups), total, chart)

@@ -24,7 +24,8 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import planning, staging
-from gpubot.errors import BudgetError, CommandError
+from gpubot.errors import CommandError
+from gpubot.governance.gate import launch_gate
 from gpubot.groups import children as kids
 from gpubot.groups import shards as sharding
 from gpubot.groups import summary
@@ -232,7 +233,9 @@ def _submit_group(
     reason = permissions.approval_reason(
         deps.config, price_per_hour_usd=first.price_per_hour_usd, estimate_usd=total
     )
-    gate = _budget_gate(deps, requester, channel, total)
+    gate = launch_gate(
+        deps, requester=requester, channel=channel, estimate_usd=total
+    ).approval_reason()
     reason = "; ".join(r for r in (reason, gate) if r) or None
     limit = deps.config.engine.max_concurrent_children
     group_id = new_group_id(request_key)
@@ -304,22 +307,6 @@ def _submit_group(
     logger.info("group %s: %d children, %d held", group_id, len(job_ids), len(held))
     deps.enqueuer.kick()
     return GroupSubmission(group_id, job_ids, text, True, total, reason)
-
-
-def _budget_gate(
-    deps: EngineDeps, requester: str, channel: str, estimate_usd: Decimal
-) -> str | None:
-    from gpubot.config import OnExceed
-    from gpubot.governance import budgets
-    with session_scope(deps.sessions) as session:
-        verdict = budgets.check_launch(
-            deps, session, requester=requester, channel=channel, estimate_usd=estimate_usd
-        )
-    if verdict.ok:
-        return None
-    if deps.config.budgets.on_exceed is OnExceed.REFUSE:
-        raise BudgetError(verdict.reason)
-    return verdict.reason
 
 
 def _plan_view(

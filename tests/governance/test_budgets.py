@@ -1,4 +1,4 @@
-"""Budgets: pure helpers (literal tables) and the services on a real SQLite schema."""
+"""Governance: pure helpers (literal tables) and the services on a real SQLite schema."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, BudgetRow, JobRow, MessageRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
-from gpubot.governance import budgets
-from gpubot.governance.budgets import LaunchOutcome, Limit
+from gpubot.governance import budgets, charges, enforce, gate, limits, periods
+from gpubot.governance.gate import LaunchOutcome
+from gpubot.governance.limits import Limit
 from gpubot.models import JobState
+from gpubot.render import budgets as budget_render
 from gpubot.testing.fakes import T0, FakeClock, FakeProvider, seed_instance, seed_job, seed_ledger
 
 D = Decimal
@@ -43,14 +45,14 @@ D = Decimal
     ],
 )
 def test_period_start(period: str, now: datetime, expected: datetime) -> None:
-    assert budgets.period_start(period, now) == expected
+    assert periods.period_start(period, now) == expected
 
 
 def test_period_start_rejects_unknown_period_and_naive_time() -> None:
     with pytest.raises(CommandError):
-        budgets.period_start("year", T0)
+        periods.period_start("year", T0)
     with pytest.raises(ValueError):
-        budgets.period_start("month", datetime(2025, 3, 1))
+        periods.period_start("month", datetime(2025, 3, 1))
 
 
 @pytest.mark.parametrize(
@@ -64,7 +66,7 @@ def test_period_start_rejects_unknown_period_and_naive_time() -> None:
     ],
 )
 def test_forecast_line(spent: str, limit: str, burn: str, text: str) -> None:
-    assert budgets.forecast_line(D(spent), D(limit), D(burn)) == text
+    assert budget_render.forecast_line(D(spent), D(limit), D(burn)) == text
 
 
 def _lim(scope: str, sid: str, limit: str, period: str = "month") -> Limit:
@@ -117,14 +119,14 @@ def test_launch_verdict_table(
     outcome: LaunchOutcome,
     over: list[str],
 ) -> None:
-    verdict = budgets.launch_verdict([(lim, D(s)) for lim, s in checks], D(estimate), on_exceed)
+    verdict = gate.launch_verdict([(lim, D(s)) for lim, s in checks], D(estimate), on_exceed)
     assert verdict.outcome is outcome
     assert [lim.scope for lim in verdict.exceeded] == over
     assert bool(verdict.reason) == bool(over)
 
 
 def test_launch_verdict_reason_names_the_budget_and_the_numbers() -> None:
-    verdict = budgets.launch_verdict(
+    verdict = gate.launch_verdict(
         [(_lim("user", "U1", "100"), D("98"))], D("5"), OnExceed.REFUSE
     )
     assert verdict.reason == (
@@ -144,7 +146,7 @@ def test_launch_verdict_reason_names_the_budget_and_the_numbers() -> None:
     ],
 )
 def test_read_job_alerts(stored: dict[str, object], budget: str, expected: set[int]) -> None:
-    assert budgets.read_job_alerts(stored, D(budget)) == expected
+    assert enforce.read_job_alerts(stored, D(budget)) == expected
 
 
 @pytest.mark.parametrize(
@@ -167,7 +169,7 @@ def test_charges_by_instance(
     rows: list[dict[str, object]],
     expected: dict[str, tuple[str, int | None, int | None, str | None]],
 ) -> None:
-    got = budgets.charges_by_instance(rows)
+    got = charges.charges_by_instance(rows)
     assert set(got) == set(expected)
     for pid, (amount, start, end, label) in expected.items():
         ch = got[pid]
@@ -210,27 +212,27 @@ def test_job_thresholds_alert_once_each_then_stop(deps: EngineDeps, clock: FakeC
         seed_instance(s, "j-1", "101", price_per_hour_usd="0.60")
 
     _spend(deps, "j-1", "4.00")
-    assert budgets.enforce(deps, now=clock()) == []
+    assert enforce.enforce(deps, now=clock()) == []
     assert _replies(deps, job_id="j-1") == []
 
     _spend(deps, "j-1", "1.25")  # 52.5 %
-    assert budgets.enforce(deps, now=clock()) == []
-    assert budgets.enforce(deps, now=clock.advance(seconds=10)) == []
+    assert enforce.enforce(deps, now=clock()) == []
+    assert enforce.enforce(deps, now=clock.advance(seconds=10)) == []
     texts = _replies(deps, job_id="j-1")
     assert len(texts) == 1
     assert "j-1 has used 50% of its $10.00 budget ($5.25 spent)" in texts[0]
     assert "At the current $0.60/h the budget runs out in 7 h 55 m." in texts[0]
 
     _spend(deps, "j-1", "3.00")  # 82.5 %
-    budgets.enforce(deps, now=clock.advance(seconds=10))
-    budgets.enforce(deps, now=clock.advance(seconds=10))
+    enforce.enforce(deps, now=clock.advance(seconds=10))
+    enforce.enforce(deps, now=clock.advance(seconds=10))
     texts = _replies(deps, job_id="j-1")
     assert len(texts) == 2
     assert "used 80% of its $10.00 budget ($8.25 spent)" in texts[1]
 
     _spend(deps, "j-1", "1.95")  # 102 %
-    assert budgets.enforce(deps, now=clock.advance(seconds=10)) == ["j-1"]
-    assert budgets.enforce(deps, now=clock.advance(seconds=10)) == []
+    assert enforce.enforce(deps, now=clock.advance(seconds=10)) == ["j-1"]
+    assert enforce.enforce(deps, now=clock.advance(seconds=10)) == []
     texts = _replies(deps, job_id="j-1")
     assert len(texts) == 3
     assert texts[2].startswith(
@@ -248,7 +250,7 @@ def test_job_thresholds_alert_once_each_then_stop(deps: EngineDeps, clock: FakeC
 def test_jump_past_two_thresholds_posts_one_alert(deps: EngineDeps, clock: FakeClock) -> None:
     _job(deps, "j-2", budget_usd="10")
     _spend(deps, "j-2", "8.50")
-    assert budgets.enforce(deps, now=clock()) == []
+    assert enforce.enforce(deps, now=clock()) == []
     texts = _replies(deps, job_id="j-2")
     assert len(texts) == 1 and "used 80%" in texts[0]
     assert "Nothing is billing right now." in texts[0]  # no live instance
@@ -259,17 +261,19 @@ def test_finished_and_unapproved_jobs_are_not_enforced(deps: EngineDeps, clock: 
     _job(deps, "j-wait", budget_usd="1", state=JobState.AWAITING_APPROVAL)
     _spend(deps, "j-done", "5")
     _spend(deps, "j-wait", "5")
-    assert budgets.enforce(deps, now=clock()) == []
+    assert enforce.enforce(deps, now=clock()) == []
     assert _replies(deps, job_id="j-done") == [] and _replies(deps, job_id="j-wait") == []
 
 
 def test_raising_a_job_cap_restarts_its_alerts(deps: EngineDeps, clock: FakeClock) -> None:
     _job(deps, "j-3", budget_usd="10")
     _spend(deps, "j-3", "6")
-    budgets.enforce(deps, now=clock())
-    text = budgets.set_budget(deps, actor="UADMIN", scope="job", scope_id="j-3", amount_usd=D(11))
+    enforce.enforce(deps, now=clock())
+    text = budget_render.budget_set_text(
+        budgets.set_budget(deps, actor="UADMIN", scope="job", scope_id="j-3", amount_usd=D(11))
+    )
     assert "Budget of job j-3 set to $11.00 (was $10.00)" in text
-    budgets.enforce(deps, now=clock.advance(seconds=10))
+    enforce.enforce(deps, now=clock.advance(seconds=10))
     alerts = [t for t in _replies(deps, job_id="j-3") if "Budget alert" in t]
     assert len(alerts) == 2
     assert "of its $11.00 budget" in alerts[1]
@@ -283,20 +287,20 @@ def test_user_budget_alerts_channel_and_stops_only_that_users_jobs(
     _job(deps, "j-b", requester="U1", channel="C1")
     _job(deps, "j-c", requester="U2", channel="C1")
     _spend(deps, "j-a", "10.50")
-    assert budgets.enforce(deps, now=clock()) == []
-    assert budgets.enforce(deps, now=clock.advance(seconds=10)) == []
+    assert enforce.enforce(deps, now=clock()) == []
+    assert enforce.enforce(deps, now=clock.advance(seconds=10)) == []
     alerts = _replies(deps, channel="C1")
     assert len(alerts) == 1
     assert "user <@U1> has used 50% of the monthly budget of $20.00 ($10.50 spent)" in alerts[0]
 
     _spend(deps, "j-b", "9.60")
-    assert sorted(budgets.enforce(deps, now=clock.advance(seconds=10))) == ["j-a", "j-b"]
+    assert sorted(enforce.enforce(deps, now=clock.advance(seconds=10))) == ["j-a", "j-b"]
     with session_scope(deps.sessions) as s:
         reasons = {j.id: j.stop_requested_reason for j in s.scalars(select(JobRow))}
     expected = "monthly budget of $20.00 for user <@U1> reached (spent $20.10)"
     assert reasons == {"j-a": expected, "j-b": expected, "j-c": None}
     assert "Stopping 2 live job(s)" in _replies(deps, channel="C1")[-1]
-    assert budgets.enforce(deps, now=clock.advance(seconds=10)) == []
+    assert enforce.enforce(deps, now=clock.advance(seconds=10)) == []
 
 
 def test_team_default_budget_alerts_ops_channel(
@@ -308,7 +312,7 @@ def test_team_default_budget_alerts_ops_channel(
     )
     _job(deps, "j-t", requester="U7", channel="C7")
     _spend(deps, "j-t", "25", who="U7", chan="C7")
-    budgets.enforce(deps, now=clock())
+    enforce.enforce(deps, now=clock())
     ops_msgs = _replies(deps, channel=ops_channel)
     assert (
         len(ops_msgs) == 1
@@ -323,13 +327,13 @@ def test_spend_in_previous_month_does_not_count(deps: EngineDeps, clock: FakeClo
             s, [("j-old", "U1", "C1", "compute", "99")], at=datetime(2025, 2, 28, tzinfo=UTC)
         )
         seed_ledger(s, [("j-old", "U1", "C1", "compute", "1.5")], at=T0)
-        month = budgets.period_start("month", T0)
-        assert budgets.spend(s, scope="user", scope_id="U1", since=month) == D("1.5")
-        assert budgets.spend(s, scope="job", scope_id="j-old", since=budgets.EPOCH) == D("100.5")
-        assert budgets.spend(s, scope="channel", scope_id="C2", since=month) == D(0)
-        assert budgets.spend(s, scope="team", scope_id="", since=month) == D("1.5")
+        month = periods.period_start("month", T0)
+        assert limits.spend(s, scope="user", scope_id="U1", since=month) == D("1.5")
+        assert limits.spend(s, scope="job", scope_id="j-old", since=periods.EPOCH) == D("100.5")
+        assert limits.spend(s, scope="channel", scope_id="C2", since=month) == D(0)
+        assert limits.spend(s, scope="team", scope_id="", since=month) == D("1.5")
         with pytest.raises(ValueError):
-            budgets.spend(s, scope="galaxy", scope_id="x", since=month)
+            limits.spend(s, scope="galaxy", scope_id="x", since=month)
 
 
 def test_check_launch_verdicts(deps: EngineDeps) -> None:
@@ -337,26 +341,28 @@ def test_check_launch_verdicts(deps: EngineDeps) -> None:
     _job(deps, "j-1", requester="U1", channel="C1")
     _spend(deps, "j-1", "96")
     with session_scope(deps.sessions) as s:
-        ok = budgets.check_launch(deps, s, requester="U1", channel="C1", estimate_usd=D(4))
+        ok = gate.check_launch(deps, s, requester="U1", channel="C1", estimate_usd=D(4))
         assert ok.ok
-        refused = budgets.check_launch(deps, s, requester="U1", channel="C1", estimate_usd=D(5))
+        refused = gate.check_launch(deps, s, requester="U1", channel="C1", estimate_usd=D(5))
         assert refused.outcome is LaunchOutcome.REFUSE
         assert "user <@U1>" in refused.reason and "$101.00" in refused.reason
-        other = budgets.check_launch(deps, s, requester="U2", channel="C1", estimate_usd=D(5))
+        other = gate.check_launch(deps, s, requester="U2", channel="C1", estimate_usd=D(5))
         assert other.ok
     budgets.set_budget(deps, actor="UADMIN", scope="channel", scope_id="C1", amount_usd=D(50))
     deps.config = replace(
         deps.config, budgets=replace(deps.config.budgets, on_exceed=OnExceed.APPROVAL)
     )
     with session_scope(deps.sessions) as s:
-        verdict = budgets.check_launch(deps, s, requester="U2", channel="C1", estimate_usd=D(1))
+        verdict = gate.check_launch(deps, s, requester="U2", channel="C1", estimate_usd=D(1))
         assert verdict.outcome is LaunchOutcome.NEEDS_APPROVAL
         assert [lim.scope for lim in verdict.exceeded] == ["channel"]
 
 
 def test_set_budget_writes_row_and_audit_and_rejects_bad_input(deps: EngineDeps) -> None:
-    text = budgets.set_budget(
-        deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D("50"), period="week"
+    text = budget_render.budget_set_text(
+        budgets.set_budget(
+            deps, actor="UADMIN", scope="user", scope_id="U1", amount_usd=D("50"), period="week"
+        )
     )
     assert text.startswith("Weekly budget for user <@U1> set to $50.00 (was no limit)")
     budgets.set_budget(
@@ -386,7 +392,7 @@ def test_set_budget_writes_row_and_audit_and_rejects_bad_input(deps: EngineDeps)
 def test_show_lists_job_user_channel_and_team(deps: EngineDeps) -> None:
     _job(deps, "j-1", requester="U1", channel="C1", budget_usd="20")
     _spend(deps, "j-1", "5")
-    text = budgets.show(deps, user="U1", channel="C1")
+    text = budget_render.overview_text(budgets.show(deps, user="U1", channel="C1"))
     assert "• job j-1: $5.00 of $20.00 (25.0%)" in text
     assert "• you (<@U1>): $5.00 of $100.00 monthly (5.0%)" in text
     assert "• this channel (<#C1>): $5.00 of $200.00 monthly (2.5%)" in text
@@ -394,7 +400,7 @@ def test_show_lists_job_user_channel_and_team(deps: EngineDeps) -> None:
     assert "are refused" in text
 
 
-def test_reconcile_charges_escalates_differences_over_a_cent(
+def test_check_charges_escalates_differences_over_a_cent(
     deps: EngineDeps, provider: FakeProvider, clock: FakeClock, ops_channel: str
 ) -> None:
     with session_scope(deps.sessions) as s:
@@ -411,7 +417,7 @@ def test_reconcile_charges_escalates_differences_over_a_cent(
         {"source": "instance-778", "amount": 4.0, "metadata": {"label": "gpubot:j-lost"}},
         {"source": "stripe", "type": "credit", "amount": -25.0},
     ]
-    assert budgets.reconcile_charges(deps, now=clock()) == ["502", "778"]
+    assert charges.check_charges(deps, now=clock()) == ["502", "778"]
     msgs = _replies(deps, channel=ops_channel)
     assert len(msgs) == 2
     assert "instance 502 (job j-2): the provider charged $2.50, our ledger has $2.00" in msgs[0]
@@ -427,6 +433,6 @@ def test_approved_over_budget_job_is_not_stopped_by_scope_budget(
     with session_scope(deps.sessions) as s:
         job = s.get(JobRow, "j-ok")
         assert job is not None
-        job.plan = {budgets.BUDGET_APPROVED_KEY: "UADMIN"}
+        job.plan = {enforce.BUDGET_APPROVED_KEY: "UADMIN"}
     _spend(deps, "j-no", "6")
-    assert budgets.enforce(deps, now=clock()) == ["j-no"]
+    assert enforce.enforce(deps, now=clock()) == ["j-no"]

@@ -14,9 +14,16 @@ from gpubot.db.engine import session_scope
 from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
 from gpubot.governance import reports
+from gpubot.render import budgets as budget_render
 from gpubot.testing.fakes import T0, seed_ledger
 
 D = Decimal
+
+
+def _report(deps: EngineDeps, **kw: str | None) -> tuple[str, str | None]:
+    """``/gpu cost``'s reply text and chart path, as the dispatcher builds them."""
+    report = reports.cost_report(deps, **kw)  # type: ignore[arg-type]
+    return budget_render.cost_report_text(report), report.chart_path
 
 
 def _total_line(text: str) -> str:
@@ -69,7 +76,7 @@ def test_render_table(
     groups: list[tuple[str, Decimal]], total: Decimal, expected: list[str]
 ) -> None:
     lines = [
-        line.rstrip() for line in reports.render_table("T", "user", groups, total).splitlines()
+        line.rstrip() for line in budget_render.cost_table("T", "user", groups, total).splitlines()
     ]
     assert lines == expected
 
@@ -99,36 +106,36 @@ def test_report_total_equals_ledger_to_the_cent(deps: EngineDeps) -> None:
         assert reports.ledger_total(s, since=datetime(2025, 3, 1, tzinfo=UTC)) == exact
         assert reports.ledger_total(s) == exact + 1000
     for group_by in (None, "user", "channel", "job"):
-        text, chart = reports.cost_report(deps, period="month", group_by=group_by)
+        text, chart = _report(deps, period="month", group_by=group_by)
         assert _total_line(text) == f"${exact.quantize(D('0.01'))}"
         assert chart is not None
         data = Path(chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert Path(chart).parent == deps.settings.home / "charts"
-    text, _ = reports.cost_report(deps, group_by="user")
+    text, _ = _report(deps, group_by="user")
     by_user = _group_lines(text)
     assert set(by_user) == {"<@U1>", "<@U2>", "<@U3>"}
     expected_u1 = sum((e[4] for e in entries if e[1] == "U1"), D(0))
     assert by_user["<@U1>"] == f"${expected_u1.quantize(D('0.01'))}"
-    text, _ = reports.cost_report(deps, group_by="job")
+    text, _ = _report(deps, group_by="job")
     assert "(none)" in _group_lines(text)  # entries without a job are not lost
 
 
 def test_report_periods_and_empty_ledger(deps: EngineDeps) -> None:
-    text, chart = reports.cost_report(deps, period="week")
+    text, chart = _report(deps, period="week")
     assert chart is None
     assert _total_line(text) == "$0.00"
     with session_scope(deps.sessions) as s:
         seed_ledger(s, [("j-1", "U1", "C1", "compute", "2.00")], at=T0)
         seed_ledger(s, [("j-1", "U1", "C1", "compute", "3.00")], at=T0 - timedelta(days=1))
         seed_ledger(s, [("j-1", "U1", "C1", "storage", "4.00")], at=T0 - timedelta(days=5))
-    assert _total_line(reports.cost_report(deps, period="today")[0]) == "$2.00"
-    assert _total_line(reports.cost_report(deps, period="week")[0]) == "$5.00"
-    month, _ = reports.cost_report(deps, period="month")
+    assert _total_line(_report(deps, period="today")[0]) == "$2.00"
+    assert _total_line(_report(deps, period="week")[0]) == "$5.00"
+    month, _ = _report(deps, period="month")
     assert _total_line(month) == "$9.00"
     assert _group_lines(month) == {"compute": "$5.00", "storage": "$4.00"}
     assert re.search(r"since 2025-03-01 00:00 UTC", month)
     with pytest.raises(CommandError):
-        reports.cost_report(deps, period="decade")
+        _report(deps, period="decade")
     with pytest.raises(CommandError):
-        reports.cost_report(deps, group_by="gpu")
+        _report(deps, group_by="gpu")
