@@ -363,7 +363,13 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     """
     label = _label(deps, job)
     if instance is not None and instance.provider_id:
-        return StepResult(changes={"state": JobState.BOOTING.value})
+        # Recorded right after its create by a step that never applied (crash, lost claim):
+        # adopt it like a rental found by label (key attach, and it counts as an attempt).
+        _attach_key_quietly(deps, job, instance.provider_id)
+        return StepResult(
+            changes={"state": JobState.BOOTING.value, "attempts": job.attempts + 1},
+            instance_changes={instance.id: {"status": "provisioning"}},
+        )
     if instance is not None and instance.provider_id is None:
         # A create may have happened before a crash: look for our label first.
         listing = deps.provider.list_instances()
