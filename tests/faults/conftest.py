@@ -328,11 +328,18 @@ def assert_clean(
 
 @pytest.fixture
 def redis_url() -> str:
-    """A Redis database of its own for this suite, emptied first."""
+    """This pytest-xdist worker's own Redis database, emptied first.
+
+    One database per xdist worker (see tests/services_available.py): tests of one worker run
+    one at a time, so flushing it never pulls the queue from under a test running in parallel
+    (a shared database here let modules on two xdist workers flush each other's queues).
+    ``GPUBOT_FAULTS_REDIS_DB`` picks another database by hand.
+    """
     import redis
 
-    base = require_redis()
-    url = base.rsplit("/", 1)[0] + "/" + os.environ.get("GPUBOT_FAULTS_REDIS_DB", "11")
+    url = require_redis()
+    if override := os.environ.get("GPUBOT_FAULTS_REDIS_DB"):
+        url = url.rsplit("/", 1)[0] + "/" + override
     redis.Redis.from_url(url).flushdb()
     return url
 
