@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import assert_never
@@ -203,6 +203,42 @@ def _failures(offer: Offer, req: Requirements, rental_type: RentalType) -> list[
     return out
 
 
+def _failed_categories(offer: Offer, req: Requirements, rental_type: RentalType) -> list[str]:
+    """The categories of :func:`_failures`, in the same order, without formatting reasons."""
+    if _bad_data(offer) is not None:
+        return ["bad_data"]
+    out: list[str] = []
+    if offer.host_id in req.blocked_host_ids:
+        out.append("blocked")
+    if req.gpu_names and offer.gpu_name not in req.gpu_names:
+        out.append("gpu_name")
+    if offer.num_gpus != req.num_gpus:
+        out.append("num_gpus")
+    if offer.gpu_ram_gb < req.min_gpu_ram_gb:
+        out.append("gpu_ram")
+    if offer.cuda_max < req.min_cuda:
+        out.append("cuda")
+    if offer.compute_cap < req.min_compute_cap:
+        out.append("compute_cap")
+    if offer.reliability < req.min_reliability:
+        out.append("reliability")
+    price = _charged_price(offer, rental_type)
+    if price is None:
+        out.append("bid")
+    cap = req.max_price_per_hour_usd
+    if cap is not None and price is not None and price > cap:
+        out.append("price")
+    if req.datacenter_only and not offer.datacenter:
+        out.append("datacenter")
+    if req.verified_only and not offer.verified:
+        out.append("verified")
+    if offer.disk_space_gb < req.disk_gb:
+        out.append("disk")
+    if offer.inet_down_mbps < req.min_inet_down_mbps:
+        out.append("bandwidth")
+    return out
+
+
 def offer_matches(
     offer: Offer, req: Requirements, *, rental_type: RentalType = RentalType.ON_DEMAND
 ) -> list[str]:
@@ -280,10 +316,15 @@ def choose_rental(
 ) -> RentalChoice:
     """The best offer for ``req`` and how to rent it, with the reason as one sentence.
 
-    Filters with :func:`offer_matches` (blocked hosts and impossible offers are skipped),
-    ranks with :func:`rank_offers`, and re-checks the pick before returning it: an offer
-    failing the re-check is never returned. With ``AUTO`` and no matching offer that can be
-    bid on below its on-demand price, falls back to on-demand.
+    Filters as :func:`offer_matches` does (blocked hosts and impossible offers are skipped),
+    takes the first offer in :func:`rank_offers` order, and re-checks the pick before returning
+    it: an offer failing the re-check is never returned. With ``AUTO`` and no matching offer
+    that can be bid on below its on-demand price, falls back to on-demand.
+
+    Cost: one pass of plain comparisons over ``offers``; the Decimal price (and the bid, once
+    per offer) only for offers passing them; ``min`` instead of a sort; failure reasons only
+    when nothing qualifies (for the message). Same decisions as filter + sort + re-check
+    (``tests/core/test_offer_choice_equivalence.py``).
 
     Args:
         checkpoint_every: how often the job checkpoints, for the reason ("50 steps").
@@ -293,10 +334,11 @@ def choose_rental(
             the most offers and how to relax it.
     """
     wanted = decide_rental_type(mode, expected_hours=expected_hours, checkpoints=checkpoints)
-    choice = _pick(offers, req, wanted, ranking)
+    candidates = _candidates(offers, req)
+    choice = _pick(candidates, req, wanted, ranking)
     fallback = False
     if choice is None and wanted is RentalType.INTERRUPTIBLE and mode is InterruptibleMode.AUTO:
-        choice = _pick(offers, req, RentalType.ON_DEMAND, ranking)
+        choice = _pick(candidates, req, RentalType.ON_DEMAND, ranking)
         wanted, fallback = RentalType.ON_DEMAND, choice is not None
     if choice is None:
         raise NoOfferError(_no_offer_message(offers, req, wanted))
@@ -314,50 +356,168 @@ def choose_rental(
     return RentalChoice(offer=choice, rental_type=wanted, bid_per_hour_usd=bid, reason=reason)
 
 
+def _sane(offer: Offer) -> bool:
+    """``_bad_data(offer) is None``, without building the message."""
+    isfinite = math.isfinite
+    price = offer.price_per_hour_usd
+    min_bid = offer.min_bid_per_hour_usd
+    reliability = offer.reliability
+    return (
+        isfinite(offer.gpu_ram_gb)
+        and isfinite(reliability)
+        and isfinite(offer.cuda_max)
+        and isfinite(offer.dlperf)
+        and isfinite(offer.disk_space_gb)
+        and isfinite(offer.inet_down_mbps)
+        and price.is_finite()
+        and min_bid.is_finite()
+        and price > 0
+        and min_bid >= 0
+        and offer.num_gpus >= 1
+        and offer.gpu_ram_gb > 0
+        and 0 <= reliability <= 1
+    )
+
+
+def _candidates(offers: Iterable[Offer], req: Requirements) -> list[Offer]:
+    """The offers passing every check of :func:`_failures` that does not depend on the rental
+    type (all but ``bid`` and ``price``), in input order.
+
+    Plain attribute comparisons first (one pass, no Decimal work, no messages); the data
+    sanity check (:func:`_sane`) only for the offers that pass them.
+    """
+    blocked = req.blocked_host_ids
+    names = frozenset(req.gpu_names) if req.gpu_names else None
+    num_gpus = req.num_gpus
+    min_ram = req.min_gpu_ram_gb
+    min_cuda = req.min_cuda
+    min_cc = req.min_compute_cap
+    min_rel = req.min_reliability
+    datacenter_only = req.datacenter_only
+    verified_only = req.verified_only
+    disk_gb = req.disk_gb
+    min_inet = req.min_inet_down_mbps
+    out: list[Offer] = []
+    for o in offers:
+        if (
+            o.num_gpus != num_gpus
+            or (names is not None and o.gpu_name not in names)
+            or o.gpu_ram_gb < min_ram
+            or o.reliability < min_rel
+            or o.cuda_max < min_cuda
+            or o.compute_cap < min_cc
+            or (verified_only and not o.verified)
+            or (datacenter_only and not o.datacenter)
+            or o.disk_space_gb < disk_gb
+            or o.inet_down_mbps < min_inet
+            or o.host_id in blocked
+        ):
+            continue
+        if _sane(o):
+            out.append(o)
+    return out
+
+
+def _interruptible_price(offer: Offer) -> Decimal | None:
+    """``_charged_price(offer, INTERRUPTIBLE)`` with :func:`bid_for` inlined (one bid per offer).
+
+    The bid must stay below the on-demand compute price; a bid capped at it never saves."""
+    min_bid = offer.min_bid_per_hour_usd
+    compute = offer.compute_per_hour_usd
+    if compute is None:
+        compute = offer.price_per_hour_usd
+    bid = max(min_bid * BID_MARGIN_FACTOR, min_bid + BID_MARGIN_MIN_USD).quantize(
+        BID_QUANTUM, rounding=ROUND_CEILING
+    )
+    if bid >= compute or bid <= min_bid or bid <= 0:
+        return None
+    return bid + offer.storage_per_hour_usd
+
+
+def _priced(
+    candidates: Iterable[Offer], req: Requirements, rental_type: RentalType
+) -> list[tuple[Decimal, Offer]]:
+    """(charged price, offer) for the candidates that also pass the bid and price-cap checks."""
+    cap = req.max_price_per_hour_usd
+    out: list[tuple[Decimal, Offer]] = []
+    if rental_type is RentalType.ON_DEMAND:
+        for o in candidates:
+            price = o.price_per_hour_usd
+            if cap is None or not price > cap:
+                out.append((price, o))
+    else:
+        for o in candidates:
+            charged = _interruptible_price(o)
+            if charged is not None and (cap is None or not charged > cap):
+                out.append((charged, o))
+    return out
+
+
+def _rank_key(ranking: OfferRanking) -> Callable[[tuple[Decimal, Offer]], tuple[object, ...]]:
+    """The :func:`rank_offers` key on a precomputed (price, offer) pair."""
+    match ranking:
+        case OfferRanking.PRICE:
+            return lambda po: (po[0], -po[1].reliability, po[1].offer_id)
+        case OfferRanking.DLPERF_PER_USD:
+            return lambda po: (
+                -(po[1].dlperf / float(po[0])) if po[0] > 0 else -0.0,
+                po[0],
+                po[1].offer_id,
+            )
+        case _:
+            assert_never(ranking)
+
+
 def _pick(
-    offers: Sequence[Offer], req: Requirements, rental_type: RentalType, ranking: OfferRanking
+    candidates: Sequence[Offer],
+    req: Requirements,
+    rental_type: RentalType,
+    ranking: OfferRanking,
 ) -> Offer | None:
-    qualifying = [o for o in offers if not _failures(o, req, rental_type)]
-    for offer in rank_offers(qualifying, ranking, rental_type=rental_type):
-        # Re-check the pick against the requirements before it is rented (SkyPilot's
-        # _offer_matches): ranking must never promote an offer the filter would reject.
-        if not offer_matches(offer, req, rental_type=rental_type):
+    """The best qualifying offer: the first of ``rank_offers(qualifying)`` (``min`` with the
+    same key returns the same, first-in-input-order offer on ties), re-checked with
+    :func:`_failures` before it is returned."""
+    priced = _priced(candidates, req, rental_type)
+    if not priced:
+        return None
+    key = _rank_key(ranking)
+    best = min(priced, key=key)[1]
+    # Re-check the pick against the requirements before it is rented (SkyPilot's
+    # _offer_matches): ranking must never promote an offer the filter would reject.
+    if not _failures(best, req, rental_type):
+        return best
+    for _, offer in sorted(priced, key=key):  # pragma: no cover - the filter is the re-check
+        if not _failures(offer, req, rental_type):
             return offer
     return None
 
 
 def _no_offer_message(offers: Sequence[Offer], req: Requirements, rental_type: RentalType) -> str:
+    """The NoOfferError text: the top three ruling-out requirements, a hint, and the closest
+    miss. Costs one full check per offer: only built when nothing qualifies."""
     if not offers:
         return "No offers on the market right now: try again in a few minutes."
     counts: Counter[str] = Counter()
+    single: list[Offer] = []
     for offer in offers:
-        for category in {c for c, _ in _failures(offer, req, rental_type)}:
-            counts[category] += 1
+        categories = _failed_categories(offer, req, rental_type)
+        counts.update(set(categories))
+        if len(categories) == 1 and categories[0] not in ("bad_data", "blocked"):
+            single.append(offer)
     kind = "interruptible" if rental_type is RentalType.INTERRUPTIBLE else "on-demand"
     top = counts.most_common(3)
     parts = [f"{_LABELS[c]} ruled out {n}" for c, n in top]
     head = f"No {kind} offer matches ({len(offers)} seen): " + ", ".join(parts) + "."
     if top:
         head += f" Most restrictive: {_LABELS[top[0][0]]}; {_HINTS[top[0][0]]}."
-    near = _nearest_miss(offers, req, rental_type)
-    if near is not None:
-        offer, reason = near
+    if single:
+        near = min(single, key=lambda o: _effective_price(o, rental_type))
+        reason = _failures(near, req, rental_type)[0][1]
         head += (
-            f" Closest: {offer.gpu_name} at ${_effective_price(offer, rental_type)}/h, "
+            f" Closest: {near.gpu_name} at ${_effective_price(near, rental_type)}/h, "
             f"which fails only: {reason}."
         )
     return head
-
-
-def _nearest_miss(
-    offers: Sequence[Offer], req: Requirements, rental_type: RentalType
-) -> tuple[Offer, str] | None:
-    single = [(o, f) for o in offers if len(f := _failures(o, req, rental_type)) == 1]
-    single = [(o, f) for o, f in single if f[0][0] not in ("bad_data", "blocked")]
-    if not single:
-        return None
-    offer, failures = min(single, key=lambda of: _effective_price(of[0], rental_type))
-    return offer, failures[0][1]
 
 
 def _pct_below(bid: Decimal, on_demand: Decimal) -> int:

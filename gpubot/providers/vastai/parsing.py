@@ -53,48 +53,107 @@ def offer_from_vast(row: Mapping[str, Any]) -> Offer:
     ``dph_base`` (on-demand compute without storage) becomes ``compute_per_hour_usd``; the row
     must come from an on-demand search for ``dph_total`` to be the on-demand price.
 
+    Speed (a search can return thousands of rows): JSON floats and ints, what vast sends, take
+    a fast path per field; anything else goes through the general converters with the same
+    result. ``Decimal(repr(x))`` of a float is ``Decimal(str(x))``.
+
     Raises:
         ValueError: the row lacks ``id``, ``gpu_name`` or a usable ``dph_total``.
     """
-    offer_id = row.get("id", row.get("ask_contract_id"))
-    if offer_id is None or not row.get("gpu_name"):
+    get = row.get
+    offer_id = get("id", _ABSENT)
+    if offer_id is _ABSENT:
+        offer_id = get("ask_contract_id")
+    gpu_name = get("gpu_name")
+    if offer_id is None or not gpu_name:
         raise ValueError("offer row without id or gpu_name")
-    price = _money(row.get("dph_total"))
+    price = _fmoney(get("dph_total"))
     if price is None:
         raise ValueError(f"offer {offer_id} has no usable dph_total")
-    min_bid = _money(row.get("min_bid"))
-    datacenter = row.get("datacenter")
-    if not isinstance(datacenter, bool):
-        datacenter = _int(row.get("hosting_type")) == 1
-    verified = row.get("verified")
-    if not isinstance(verified, bool):
-        verified = str(row.get("verification") or "").lower() == "verified"
-    reliability = row.get("reliability")
+    min_bid = _fmoney(get("min_bid"))
+    datacenter = get("datacenter")
+    if datacenter is not True and datacenter is not False:
+        datacenter = _fint(get("hosting_type")) == 1
+    verified = get("verified")
+    if verified is not True and verified is not False:
+        verified = str(get("verification") or "").lower() == "verified"
+    reliability = get("reliability")
     if reliability is None:
-        reliability = row.get("reliability2")
+        reliability = get("reliability2")
+    num_gpus = _fint(get("num_gpus"))
+    host_id = get("host_id")
+    machine_id = get("machine_id")
     return Offer(
-        offer_id=str(offer_id),
-        gpu_name=str(row["gpu_name"]),
-        num_gpus=_int(row.get("num_gpus")) or 1,
-        gpu_ram_gb=_float(row.get("gpu_ram")) / MB_PER_GB,
+        offer_id=str(offer_id) if type(offer_id) is not str else offer_id,
+        gpu_name=str(gpu_name) if type(gpu_name) is not str else gpu_name,
+        num_gpus=num_gpus or 1,
+        gpu_ram_gb=_ffloat(get("gpu_ram")) / MB_PER_GB,
         price_per_hour_usd=price,
         min_bid_per_hour_usd=min_bid if min_bid is not None else price,
-        storage_per_gb_month_usd=_money(row.get("storage_cost")) or Decimal(0),
-        upload_per_gb_usd=_money(row.get("inet_up_cost")) or Decimal(0),
-        download_per_gb_usd=_money(row.get("inet_down_cost")) or Decimal(0),
-        reliability=_float(reliability),
-        cuda_max=_float(row.get("cuda_max_good")),
-        compute_cap=_int(row.get("compute_cap")),
-        dlperf=_float(row.get("dlperf")),
+        storage_per_gb_month_usd=_rate(get("storage_cost")) or _ZERO_USD,
+        upload_per_gb_usd=_rate(get("inet_up_cost")) or _ZERO_USD,
+        download_per_gb_usd=_rate(get("inet_down_cost")) or _ZERO_USD,
+        reliability=_ffloat(reliability),
+        cuda_max=_ffloat(get("cuda_max_good")),
+        compute_cap=_fint(get("compute_cap")),
+        dlperf=_ffloat(get("dlperf")),
         datacenter=datacenter,
         verified=verified,
-        host_id=_id_str(row.get("host_id")),
-        machine_id=_id_str(row.get("machine_id")),
-        disk_space_gb=_float(row.get("disk_space")),
-        geolocation=str(row.get("geolocation") or ""),
-        inet_down_mbps=_float(row.get("inet_down")),
-        compute_per_hour_usd=_money(row.get("dph_base")),
+        host_id=str(host_id) if type(host_id) is int else _id_str(host_id),
+        machine_id=str(machine_id) if type(machine_id) is int else _id_str(machine_id),
+        disk_space_gb=_ffloat(get("disk_space")),
+        geolocation=str(get("geolocation") or ""),
+        inet_down_mbps=_ffloat(get("inet_down")),
+        compute_per_hour_usd=_fmoney(get("dph_base")),
     )
+
+
+_ABSENT: Any = object()
+_ZERO_USD = Decimal(0)
+_EXACT_INT = 2**53
+"""Ints up to this size survive the general path's ``int(float(x))`` unchanged."""
+
+
+def _fmoney(value: Any) -> Decimal | None:
+    """:func:`_money` with a fast path for floats."""
+    if type(value) is float:
+        return Decimal(repr(value)) if math.isfinite(value) else None
+    return _money(value)
+
+
+_RATES: dict[float, Decimal | None] = {}
+_RATES_MAX = 4096
+
+
+def _rate(value: Any) -> Decimal | None:
+    """:func:`_fmoney` for the per-GB rates (storage, traffic), memoised per float value.
+
+    Hosts pick these from a few hundred round values, so most rows hit the memo. Zero is not
+    memoised (``-0.0 == 0.0`` but they print differently); the memo is emptied when full."""
+    if type(value) is float and value:
+        money = _RATES.get(value, _ABSENT)
+        if money is _ABSENT:
+            if len(_RATES) >= _RATES_MAX:
+                _RATES.clear()
+            money = _RATES[value] = _fmoney(value)
+        return money
+    return _fmoney(value)
+
+
+def _ffloat(value: Any) -> float:
+    """:func:`_float` with a fast path for floats and ints."""
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    return _float(value)
+
+
+def _fint(value: Any) -> int:
+    """:func:`_int` with a fast path for exact ints."""
+    if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:
+        return value
+    return _int(value)
 
 
 # ------------------------------------------------------------------------------- instances
