@@ -10,7 +10,8 @@ Units and rounding rules:
   :data:`LEDGER_QUANTUM` = 10^-8 USD, so many small per-tick charges add up without drift.
   Sum ledger amounts first and round only for display.
 * Display (:func:`format_usd`) rounds half-up to cents; a non-zero amount below one cent is
-  shown with 4 decimal places (``$0.0042``), and below $0.0001 as ``<$0.0001``.
+  shown with 4 decimal places (``$0.0042``), and below $0.0001 as ``under $0.0001`` (never a
+  bare ``<``, which starts markup in Slack's mrkdwn).
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def format_duration(td: timedelta) -> str:
 def format_usd(amount: Decimal) -> str:
     """Display money: half-up to cents (``$1.23``, ``$1,234.50``); sub-cent ``$0.0042``.
 
-    Zero is ``$0.00``; non-zero amounts under $0.0001 are ``<$0.0001``; negatives get ``-``.
+    Zero is ``$0.00``; non-zero amounts under $0.0001 are ``under $0.0001``; negatives get ``-``.
     """
     value = _dec(amount)
     sign = "-" if value < 0 else ""
@@ -229,5 +230,5 @@ def format_usd(amount: Decimal) -> str:
         return f"{sign}${cents:,.2f}"
     sub = value.quantize(_SUB_CENT, rounding=ROUND_HALF_UP)
     if sub == 0:
-        return f"{sign}<$0.0001"
+        return f"{sign}under $0.0001"
     return f"{sign}${sub:.4f}"
