@@ -12,7 +12,8 @@ pacing and Retry-After alike) so a run takes ~20 s per scenario instead of ~200 
 ``--scale 1`` runs at Slack's real 1 post/s. Scenarios:
 - one deliverer with its default pacing (one post per channel per interval);
 - one deliverer with pacing off (``post_interval_seconds=0``: relies on 429 handling only);
-- two deliverers at once (two worker processes; pacing is per process).
+- two deliverers at once, each with a Redis client of its own (two worker processes sharing
+  the per-channel pace on Redis, ``--redis``, default redis://127.0.0.1:6379/0).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def fill_outbox(deps: Any, jobs: int) -> None:
     with session_scope(deps.sessions) as session:
         for i in range(jobs):
             job_id = f"job{i:04d}"
-            outbox.post_parent(session, thread_key=job_id, channel=CHANNEL, job_id=job_id,
+            outbox.post_parent(session, channel=CHANNEL, job_id=job_id,
                                text=f"Plan for {job_id}: RTX 4090 at $0.40/h")
             outbox.upsert_card(session, job_id=job_id, channel=CHANNEL, thread_key=job_id,
                                text=f"{job_id}: queued")
@@ -58,10 +59,13 @@ def dirty_count(deps: Any) -> int:
 
 
 def scenario(name: str, tmp: Path, *, jobs: int, interval: float, pacing: float,
-             deliverers: int) -> list[object]:
+             deliverers: int, redis_url: str | None = None) -> list[object]:
+    import uuid
+
     from slack_sdk import WebClient
 
     from bot.delivery import SlackDeliverer
+    from gpubot.pace import make_slots
     from gpubot.testing.fakes import sqlite_deps
     from tests.fixtures.slack_fake import SlackFake
 
@@ -70,9 +74,11 @@ def scenario(name: str, tmp: Path, *, jobs: int, interval: float, pacing: float,
         deps = sqlite_deps(tmp)
         c.quiet()
         fill_outbox(deps, jobs)
+        prefix = f"bench-slack-pace:{uuid.uuid4().hex}"
         workers = [
             SlackDeliverer(WebClient(token=TOKEN, base_url=slack.url), deps,
-                           post_interval_seconds=pacing)
+                           post_interval_seconds=pacing,
+                           slots=make_slots(redis_url, key_prefix=prefix) if redis_url else None)
             for _ in range(deliverers)
         ]
         started = time.monotonic()
@@ -98,6 +104,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--scale", type=float, default=0.1,
                         help="time scale: 1 = Slack's real 1 post/s per channel")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+                        help="Redis for the shared pace of the two-deliverer scenario")
     args = parser.parse_args()
     sys.path.insert(0, str(c.REPO))
     interval = 1.0 * args.scale
@@ -111,8 +119,9 @@ def main() -> int:
                              interval=interval, pacing=interval, deliverers=1))
         rows.append(scenario("1 deliverer, pacing off", Path(tmp) / "b", jobs=args.jobs,
                              interval=interval, pacing=0.0, deliverers=1))
-        rows.append(scenario("2 deliverers, paced each", Path(tmp) / "c", jobs=args.jobs,
-                             interval=interval, pacing=interval, deliverers=2))
+        rows.append(scenario("2 deliverers, Redis pace", Path(tmp) / "c", jobs=args.jobs,
+                             interval=interval, pacing=interval, deliverers=2,
+                             redis_url=args.redis))
     print(c.table(
         ["scenario", "posts due", "posted", "429s", "429 share", "wall s", "wall / ideal",
          "left"],

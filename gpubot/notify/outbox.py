@@ -5,18 +5,38 @@ transaction as the state change they describe; a delivery loop (Slack: ``bot.del
 console: ``bot.console``) sends them, paced and retried. A chat outage therefore delays
 messages but loses none, and the card of a job is one row edited in place, so bursts of
 progress collapse into one ``chat.update``.
+
+Row states (the ``messages`` table): ``dirty`` = to be sent. Delivered rows have ``sent_at``
+set (a posted parent also has its ``ts``). A row that failed for good (:func:`fail`) is not
+dirty and has no ``sent_at``; when that row is a thread's parent, every queued and future
+message of its thread fails too (:func:`fail_orphans`), so nothing waits forever for a thread
+that will never exist.
+
+Selection (:func:`pending`) is fair per channel and keeps thread order: a thread's messages
+are selected only once its parent is posted and every earlier message of the thread is out.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
-from gpubot.db.tables import MessageRow, utcnow
+from gpubot.db.tables import JobGroupRow, JobRow, MessageRow, utcnow
 from gpubot.redact import redact_for_chat as redact
+from gpubot.render import mrkdwn as md
+
+CONSOLE_CHANNEL = "console"
+"""Rows for the terminal front: no Slack destination, never wait for a thread."""
+DM_KIND = "dm"
+"""A direct message to ``user`` (Slack: ``conversations.open``, then ``chat.postMessage``);
+``channel`` holds the user id, so pacing and fairness count it as its own conversation."""
+DM_REPEAT_AFTER = timedelta(hours=1)
+"""At most one "invite me" DM per user and channel in this time."""
+PER_CHANNEL_MAX = 20
+"""Rows one channel may take of a :func:`pending` batch."""
 
 
 def _add(
@@ -130,13 +150,205 @@ def to_channel(
     _add(session, channel=channel, kind="reply", text=text, blocks=blocks)
 
 
-def pending(session: Session, *, now: datetime, limit: int = 200) -> list[MessageRow]:
-    """Rows to deliver now, oldest first (parents before their cards and replies)."""
+def _parent_of(parent: Any, thread_key: Any) -> ColumnElement[bool]:
+    """``parent`` (an alias of MessageRow) is the root of the thread named ``thread_key``."""
+    return and_(
+        parent.kind == "parent",
+        or_(
+            parent.job_id == thread_key,
+            and_(parent.job_id.is_(None), parent.group_id == thread_key),
+        ),
+    )
+
+
+def pending(
+    session: Session, *, now: datetime, limit: int = 200, per_channel: int = PER_CHANNEL_MAX
+) -> list[MessageRow]:
+    """Rows to deliver now, at most ``limit``, fair per channel.
+
+    A row is due when it is dirty, its ``not_before`` has passed and, for a message in a
+    thread (``thread_key`` set; not a parent, not an edit of a posted card, not the console),
+    the thread's parent is posted and no earlier message of the thread is still unsent (thread
+    order is kept even across deliverers and back-offs). Each channel contributes at most
+    ``per_channel`` rows, handed out round-robin (every channel's oldest row first, then every
+    channel's second ...), so a backlog in one channel never holds up another. Within a
+    channel the order is oldest first.
+    """
+    msg = MessageRow
+    parent = aliased(MessageRow)
+    earlier = aliased(MessageRow)
+    parent_posted = exists().where(_parent_of(parent, msg.thread_key), parent.ts.is_not(None))
+    earlier_unsent = exists().where(
+        earlier.thread_key == msg.thread_key,
+        earlier.channel == msg.channel,
+        earlier.id < msg.id,
+        earlier.dirty.is_(True),
+        earlier.ts.is_(None),
+        earlier.kind != "parent",
+    )
+    ready = or_(
+        msg.channel == CONSOLE_CHANNEL,
+        msg.kind.in_(("parent", DM_KIND)),
+        msg.thread_key.is_(None),
+        and_(msg.kind == "card", msg.ts.is_not(None)),
+        and_(parent_posted, ~earlier_unsent),
+    )
+    ranked = (
+        select(
+            msg.id.label("id"),
+            func.row_number().over(partition_by=msg.channel, order_by=msg.id).label("rank"),
+        )
+        .where(msg.dirty.is_(True), msg.not_before <= now, ready)
+        .subquery()
+    )
     return list(
         session.scalars(
             select(MessageRow)
-            .where(MessageRow.dirty.is_(True), MessageRow.not_before <= now)
-            .order_by(MessageRow.id)
+            .join(ranked, MessageRow.id == ranked.c.id)
+            .where(ranked.c.rank <= per_channel)
+            .order_by(ranked.c.rank, MessageRow.id)
             .limit(limit)
         )
+    )
+
+
+def fail(session: Session, row_id: int) -> None:
+    """Give up on one row for good: not dirty, no ``sent_at`` (see the module docstring).
+    A failed parent takes its thread's queued messages with it (:func:`fail_orphans`)."""
+    session.execute(
+        update(MessageRow)
+        .where(MessageRow.id == row_id)
+        .values(dirty=False, sent_at=None, attempts=MessageRow.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    fail_orphans(session)
+
+
+def fail_orphans(session: Session) -> int:
+    """Fail every queued message whose thread's parent failed; return how many.
+
+    Messages written for such a thread later (a card refresh, a reply) are failed by the next
+    call: the delivery loop calls this every round.
+    """
+    parent = aliased(MessageRow)
+    parent_failed = exists().where(
+        _parent_of(parent, MessageRow.thread_key),
+        parent.dirty.is_(False),
+        parent.ts.is_(None),
+        parent.sent_at.is_(None),
+    )
+    result = session.execute(
+        update(MessageRow)
+        .where(
+            MessageRow.dirty.is_(True),
+            MessageRow.thread_key.is_not(None),
+            MessageRow.kind != "parent",
+            parent_failed,
+        )
+        .values(dirty=False, sent_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def fail_channel(session: Session, *, channel: str, error: str, now: datetime) -> int:
+    """Fail every queued message of ``channel`` that no deliverer holds (``not_before`` has
+    passed): the channel refused the bot (``error``, e.g. ``not_in_channel``) and would refuse
+    each of them alike. Their threads fail with them (:func:`fail_orphans`), and the requester
+    of each failed thread is told by DM how to fix it (:func:`direct_message`, once per user
+    and channel per hour). Returns how many messages failed."""
+    failed_parents = list(
+        session.execute(
+            select(MessageRow.job_id, MessageRow.group_id).where(
+                MessageRow.channel == channel,
+                MessageRow.kind == "parent",
+                MessageRow.dirty.is_(True),
+                MessageRow.ts.is_(None),
+                MessageRow.not_before <= now,
+            )
+        )
+    )
+    result = session.execute(
+        update(MessageRow)
+        .where(
+            MessageRow.channel == channel,
+            MessageRow.dirty.is_(True),
+            MessageRow.not_before <= now,
+        )
+        .values(dirty=False, sent_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    count += fail_orphans(session)
+    for job_id, group_id in failed_parents:
+        user = requester_of(session, job_id=job_id, group_id=group_id)
+        if user:
+            direct_message(
+                session,
+                user=user,
+                about_channel=channel,
+                text=unreachable_text(channel=channel, error=error, thread_id=job_id or group_id),
+                now=now,
+            )
+    return count
+
+
+def requester_of(
+    session: Session, *, job_id: str | None, group_id: str | None
+) -> str | None:
+    """The Slack user who asked for the job (or else the group); None: unknown."""
+    if job_id:
+        job = session.get(JobRow, job_id)
+        if job is not None and job.requester:
+            return job.requester
+    if group_id:
+        group = session.get(JobGroupRow, group_id)
+        if group is not None and group.requester:
+            return group.requester
+    return None
+
+
+def direct_message(
+    session: Session, *, user: str, text: str, about_channel: str, now: datetime
+) -> bool:
+    """Queue a DM to ``user`` about ``about_channel`` unless one was queued in the last
+    :data:`DM_REPEAT_AFTER`; return whether one was queued.
+
+    The row's ``thread_key`` records ``about_channel`` (a DM has no thread; it is only used
+    to find an earlier DM about the same channel).
+    """
+    earlier = session.scalars(
+        select(MessageRow.id).where(
+            MessageRow.kind == DM_KIND,
+            MessageRow.user == user,
+            MessageRow.thread_key == f"dm:{about_channel}",
+            MessageRow.created_at >= now - DM_REPEAT_AFTER,
+        )
+    ).first()
+    if earlier is not None:
+        return False
+    session.add(
+        MessageRow(
+            channel=user,
+            kind=DM_KIND,
+            user=user,
+            thread_key=f"dm:{about_channel}",
+            text=redact(text),
+            blocks={},
+            dirty=True,
+            created_at=now,
+        )
+    )
+    return True
+
+
+def unreachable_text(*, channel: str, error: str, thread_id: str | None) -> str:
+    """What the requester is told when the bot cannot post in ``channel``."""
+    what = f"`{md.inline(thread_id, 40)}`" if thread_id else "your request"
+    return (
+        f"I could not post the thread of {what} in {md.channel_ref(channel)} "
+        f"(Slack said `{md.inline(error, 60)}`): I am not a member of that channel, or it is "
+        "private, archived or a direct message I cannot see.\n"
+        "Invite me there with `/invite @gpubot`, or launch from a channel I am in. "
+        "The job itself is not affected; `/gpu status` shows its card."
     )

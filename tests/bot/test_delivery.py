@@ -36,7 +36,9 @@ def _launch(deps: EngineDeps, n: int, channel: str = CHANNEL) -> list[str]:
 
 def _deliverer(deps: EngineDeps, slack: SlackFake, **kwargs: float) -> SlackDeliverer:
     client = WebClient(token=BOT_TOKEN, base_url=slack.url, timeout=5)
-    return SlackDeliverer(client, deps, **kwargs)  # type: ignore[arg-type]
+    return SlackDeliverer(
+        client, deps, method_intervals_seconds={"chat.update": 0.02}, **kwargs  # type: ignore[arg-type]
+    )
 
 
 def _dirty(deps: EngineDeps) -> int:

@@ -17,18 +17,20 @@ answered 429 anyway.
 - :class:`RedisPace`: every process sharing a Redis server (the broker's), atomic in one Lua
   script on the server's own clock (``TIME``), so worker clocks do not matter.
 
+Both are turns on the shared slot mechanism :mod:`gpubot.pace` (also used for Slack delivery).
+
 Endpoints are the names in :data:`DEFAULT_INTERVALS_SECONDS`; unknown names pace as ``other``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from gpubot.errors import ConfigError, RateLimitedError
+from gpubot.pace import LocalSlots, RedisSlots, Slots, is_redis_url
 
 ENDPOINTS = ("create", "destroy", "list", "search", "other")
 DEFAULT_INTERVALS_SECONDS: Mapping[str, float] = MappingProxyType(
@@ -68,12 +70,16 @@ def _intervals(intervals: Mapping[str, float] | None) -> dict[str, float]:
 
 
 class _BasePace:
+    """Turns on top of :class:`gpubot.pace.Slots` (one slot key per endpoint)."""
+
     def __init__(
         self,
+        slots: Slots,
         intervals: Mapping[str, float] | None,
         max_wait_seconds: float,
         sleep: Callable[[float], None],
     ) -> None:
+        self.slots = slots
         self.intervals = _intervals(intervals)
         self.max_wait_seconds = float(max_wait_seconds)
         self._sleep = sleep
@@ -81,14 +87,21 @@ class _BasePace:
     def _endpoint(self, endpoint: str) -> str:
         return endpoint if endpoint in self.intervals else "other"
 
-    def _wait_or_raise(self, endpoint: str, wait_seconds: float, reserved: bool) -> None:
-        if not reserved:
+    def turn(self, endpoint: str) -> None:
+        name = self._endpoint(endpoint)
+        slot = self.slots.reserve(
+            name, self.intervals[name], max_wait_seconds=self.max_wait_seconds
+        )
+        if not slot.reserved:
             raise RateLimitedError(
-                f"vast.ai {endpoint} calls are paced: next turn in {wait_seconds:.1f} s",
-                retry_after_seconds=wait_seconds,
+                f"vast.ai {name} calls are paced: next turn in {slot.wait_seconds:.1f} s",
+                retry_after_seconds=slot.wait_seconds,
             )
-        if wait_seconds > 0:
-            self._sleep(wait_seconds)  # pacing an outgoing call, not waiting for state
+        if slot.wait_seconds > 0:
+            self._sleep(slot.wait_seconds)  # pacing an outgoing call, not waiting for state
+
+    def defer(self, endpoint: str, seconds: float) -> None:
+        self.slots.defer(self._endpoint(endpoint), seconds)
 
 
 class LocalPace(_BasePace):
@@ -102,54 +115,7 @@ class LocalPace(_BasePace):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(intervals, max_wait_seconds, sleep)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
-
-    def turn(self, endpoint: str) -> None:
-        name = self._endpoint(endpoint)
-        with self._lock:
-            now = self._clock()
-            slot = max(self._next.get(name, now), now)
-            wait = slot - now
-            reserved = wait <= self.max_wait_seconds
-            if reserved:
-                self._next[name] = slot + self.intervals[name]
-        self._wait_or_raise(name, wait, reserved)
-
-    def defer(self, endpoint: str, seconds: float) -> None:
-        name = self._endpoint(endpoint)
-        with self._lock:
-            until = self._clock() + max(0.0, seconds)
-            self._next[name] = max(self._next.get(name, until), until)
-
-
-# KEYS[1] = next-slot key; ARGV = interval ms, max wait ms. Returns {wait ms, reserved 0/1}.
-_TURN_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local wait = slot - now
-if wait > tonumber(ARGV[2]) then
-  return {wait, 0}
-end
-local nxt = slot + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], nxt, 'PX', nxt - now + 60000)
-return {wait, 1}
-"""
-
-# KEYS[1] = next-slot key; ARGV[1] = defer ms.
-_DEFER_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local untl = now + tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or 0)
-if untl > cur then
-  redis.call('SET', KEYS[1], untl, 'PX', untl - now + 60000)
-end
-return 1
-"""
+        super().__init__(LocalSlots(clock=clock), intervals, max_wait_seconds, sleep)
 
 
 class RedisPace(_BasePace):
@@ -167,22 +133,10 @@ class RedisPace(_BasePace):
     ) -> None:
         """``client`` is a ``redis.Redis``; ``key_prefix`` should name the API key's account
         (never the key itself) when several accounts share a server."""
-        super().__init__(intervals, max_wait_seconds, sleep)
-        self._turn = client.register_script(_TURN_LUA)
-        self._defer = client.register_script(_DEFER_LUA)
-        self.key_prefix = key_prefix
-
-    def turn(self, endpoint: str) -> None:
-        name = self._endpoint(endpoint)
-        wait_ms, reserved = self._turn(
-            keys=[f"{self.key_prefix}:{name}"],
-            args=[int(self.intervals[name] * 1000), int(self.max_wait_seconds * 1000)],
+        super().__init__(
+            RedisSlots(client, key_prefix=key_prefix), intervals, max_wait_seconds, sleep
         )
-        self._wait_or_raise(name, int(wait_ms) / 1000, bool(int(reserved)))
-
-    def defer(self, endpoint: str, seconds: float) -> None:
-        name = self._endpoint(endpoint)
-        self._defer(keys=[f"{self.key_prefix}:{name}"], args=[int(max(0.0, seconds) * 1000)])
+        self.key_prefix = key_prefix
 
 
 def make_pace(
@@ -197,7 +151,7 @@ def make_pace(
 
     ``identity`` names the vast account (``VastAIProvider.pace_identity``, a hash): callers
     with the same identity share turns; other accounts on the same Redis do not."""
-    if broker_url and broker_url.split("://", 1)[0] in ("redis", "rediss"):
+    if is_redis_url(broker_url):
         import redis
 
         return RedisPace(
