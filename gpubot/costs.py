@@ -65,6 +65,21 @@ def compute_cost_usd(price_per_hour_usd: Decimal, seconds: float | int | Decimal
     return _ledger(price * secs / SECONDS_PER_HOUR)
 
 
+def hourly_charge_usd(
+    compute_per_hour_usd: Decimal,
+    storage_per_gb_month_usd: Decimal,
+    disk_gb: float | int | Decimal,
+) -> Decimal:
+    """What a running instance costs per hour: compute plus its disk's storage.
+
+    This is the rate a plan quotes and the simulator (like vast) charges; cards show it.
+    """
+    return _ledger(
+        _dec(compute_per_hour_usd)
+        + storage_cost_usd(storage_per_gb_month_usd, disk_gb, SECONDS_PER_HOUR)
+    )
+
+
 def storage_cost_usd(
     storage_per_gb_month_usd: Decimal,
     disk_gb: float | int | Decimal,
@@ -117,7 +132,7 @@ def estimate_job_cost(
     """
     hours = _non_negative("expected_hours", _dec(expected_hours))
     seconds = hours * SECONDS_PER_HOUR
-    compute_per_hour = choice.price_per_hour_usd - choice.offer.storage_per_hour_usd
+    compute_per_hour = choice.compute_per_hour_usd
     compute = compute_cost_usd(compute_per_hour, seconds)
     storage = storage_cost_usd(choice.offer.storage_per_gb_month_usd, disk_gb, seconds)
     storage_per_hour = storage_cost_usd(

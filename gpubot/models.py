@@ -175,6 +175,12 @@ class RentalChoice:
             return self.bid_per_hour_usd + self.offer.storage_per_hour_usd
         return self.offer.price_per_hour_usd
 
+    @property
+    def compute_per_hour_usd(self) -> Decimal:
+        """The compute part of :attr:`price_per_hour_usd`: the bid for interruptible, vast's
+        ``dph_base`` for on-demand (``dph_total`` when the offer did not report ``dph_base``)."""
+        return self.price_per_hour_usd - self.offer.storage_per_hour_usd
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchSpec:

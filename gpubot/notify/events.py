@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from gpubot import costs
 from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
 from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
 from gpubot.models import RentalChoice
@@ -33,6 +34,14 @@ def spent_usd(session: Session, job_id: str) -> Decimal:
         )
     )
     return Decimal(str(total or 0))
+
+
+def charged_per_hour_usd(instance: InstanceRow) -> Decimal:
+    """The $/h the instance is charged while it runs (compute plus its disk's storage): the
+    same figure the plan quoted, never the compute rate alone."""
+    return costs.hourly_charge_usd(
+        instance.price_per_hour_usd, instance.storage_per_gb_month_usd, instance.disk_gb
+    )
 
 
 def job_view(session: Session, job: JobRow) -> JobView:
@@ -73,7 +82,7 @@ def job_view(session: Session, job: JobRow) -> JobView:
         metrics={k: float(v) for k, v in (progress.get("metrics") or {}).items()},
         eta_seconds=eta,
         spent_usd=spent_usd(session, job.id),
-        price_per_hour_usd=instance.price_per_hour_usd if instance else None,
+        price_per_hour_usd=charged_per_hour_usd(instance) if instance else None,
         budget_usd=job.budget_usd,
         gpu_name=instance.gpu_name if instance else "",
         provider_id=instance.provider_id if instance else None,
@@ -135,7 +144,7 @@ def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> N
             ssh_port=instance.ssh_port,
             ssh_host=instance.ssh_host,
             gpu_name=instance.gpu_name,
-            price_per_hour_usd=instance.price_per_hour_usd,
+            price_per_hour_usd=charged_per_hour_usd(instance),
         ),
     )
 
