@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -12,6 +13,9 @@ from gpubot.ports import Clock, Enqueuer, RunnerFactory, system_clock
 from gpubot.providers.base import Provider
 from gpubot.settings import Settings
 from gpubot.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from gpubot.remote.pool import SSHPool
 
 
 class _NoKick:
@@ -31,3 +35,6 @@ class EngineDeps:
     ssh_public_key: str
     clock: Clock = system_clock
     enqueuer: Enqueuer = field(default_factory=_NoKick)
+    ssh_pool: SSHPool | None = None
+    """The process's SSH connection pool when ``connect`` leases from one (production);
+    told when an instance is destroyed so its connections close."""

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from gpubot.config import BotConfig, load_config
 from gpubot.db.engine import make_engine, make_sessionmaker, upgrade_to_head
 from gpubot.deps import EngineDeps
 from gpubot.errors import ConfigError, GpubotError
 from gpubot.notify import ops
-from gpubot.ports import Clock, Enqueuer, system_clock
+from gpubot.ports import Clock, Enqueuer, RunnerFactory, system_clock
 from gpubot.providers.base import Provider
 from gpubot.redact import register_secret
 from gpubot.remote.runner import Runner, SSHTarget
 from gpubot.settings import Settings
 from gpubot.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from gpubot.remote.pool import SSHPool
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,15 @@ def ssh_connect(target: SSHTarget, *, known_host_key: str | None) -> Runner:
     runner = ParamikoRunner(target=target, known_host_key=known_host_key)
     runner.connect()
     return runner
+
+
+def build_ssh_connector() -> tuple[RunnerFactory, SSHPool]:
+    """The production RunnerFactory: leases from the process's SSH pool (connections reused
+    across ticks; see gpubot.remote.pool), and that pool."""
+    from gpubot.remote.pool import shared_pool
+
+    pool = shared_pool()
+    return pool.connect, pool
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -103,13 +116,15 @@ def build_engine_deps(
     if provider is None:
         provider = make_provider(settings)
         prepare_vast(provider, settings, config, public_key)
+    connect, pool = build_ssh_connector()
     deps = EngineDeps(
         settings=settings,
         config=config,
         sessions=sessions,
         provider=provider,
         store=store or make_store(settings),
-        connect=ssh_connect,
+        connect=connect,
+        ssh_pool=pool,
         ssh_key_path=settings.effective_ssh_key_path,
         ssh_public_key=public_key,
         clock=clock or system_clock,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,9 +75,14 @@ def loss_reason(instance: InstanceRow) -> str:
 
 
 def request_destroy(deps: EngineDeps, instance: InstanceRow) -> None:
-    """Ask the provider to destroy (idempotent); verification happens on later ticks."""
+    """Ask the provider to destroy (idempotent); verification happens on later ticks.
+
+    Pooled SSH connections to the instance are closed too (none is reused for whatever
+    server later takes its address)."""
     if instance.provider_id:
         deps.provider.destroy(instance.provider_id)
+    if deps.ssh_pool is not None and instance.ssh_host and instance.ssh_port:
+        deps.ssh_pool.discard(instance.ssh_host, int(instance.ssh_port))
 
 
 def kill_quietly(deps: EngineDeps, instance: InstanceRow, job: JobRow) -> None:
@@ -123,6 +129,12 @@ class JobStatus:
     ``control.LOG_TAIL_MAX_BYTES`` bytes (failure reasons quote it)."""
     disk_free_mb: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    poll_seen: dict[str, Any] | None = None
+    """What this poll saw of the log, progress file and checkpoint dir; stored in the job's
+    progress (``poll_seen``) so the next poll skips what did not change."""
+    tail_read: bool = True
+    """False when the log was unchanged and its tail not re-read (``log_tail`` is then empty,
+    ``diagnosis`` the previous poll's)."""
 
 
 @dataclass
@@ -138,6 +150,9 @@ class RemoteSession:
     def __init__(self, runner: Runner, deps: EngineDeps) -> None:
         self.runner = runner
         self.deps = deps
+        self.last_poll: parsing.Poll | None = None
+        """The newest :meth:`status` poll of this session (its checkpoint signature lets
+        :meth:`backup_checkpoints` skip an unchanged checkpoint dir)."""
 
     @property
     def host_key(self) -> str | None:
@@ -285,20 +300,60 @@ class RemoteSession:
         return StartResult("run")
 
     def status(self, job: JobRow) -> JobStatus:
+        """The job's state in one round trip (``control.poll_script``): process state, exit
+        code, progress, log tail, checkpoint-dir signature.
+
+        Reads less when nothing changed since the previous poll (``job.progress["poll_seen"]``,
+        written by :func:`merge_progress`): an unchanged log's tail is not re-read while the
+        job runs (``tail_read`` False; the previous diagnosis is kept), an unchanged progress
+        file is not re-read (``progress`` None: nothing advanced). A stopped job always gets
+        its tail.
+
+        Raises:
+            RemoteCommandFailed: the poll script failed or printed no status.
+            SSHConnectError: the link failed.
+        """
         layout = self.layout(job)
-        raw = parsing.parse_status(self._run(control.status_script(layout), "job status"))
-        tail = self._run(control.tail_log_script(layout, 60), "job log")
-        diagnosis = parsing.diagnose(tail, raw.exit_code, raw.running)
+        previous = job.progress or {}
+        seen = previous.get("poll_seen") or {}
+        nonce = secrets.token_hex(16)
+        script = control.poll_script(
+            layout,
+            nonce=nonce,
+            seen_log=_seen_pair(seen.get("log")),
+            seen_progress=_seen_pair(seen.get("progress")),
+        )
+        out = self._run(script, "job status", max_output_bytes=control.POLL_MAX_OUTPUT_BYTES)
+        try:
+            poll = parsing.parse_poll(out, nonce)
+        except ValueError as e:
+            raise RemoteCommandFailed(f"job status printed no status: {e}", exit_status=0) from e
+        raw = poll.status
+        self.last_poll = poll
         vanished = not raw.running and raw.exit_code is None and raw.pid is not None
+        if poll.tail is not None:
+            tail = poll.tail
+            diagnosis = parsing.diagnose(tail, raw.exit_code, raw.running)
+            trainer_metrics = parsing.latest_trainer_metrics(tail)
+        else:
+            tail = ""
+            diagnosis = previous.get("diagnosis")
+            trainer_metrics = None
         return JobStatus(
             running=raw.running,
             exit_code=raw.exit_code,
             vanished=vanished,
             progress=raw.progress,
-            trainer_metrics=parsing.latest_trainer_metrics(tail),
-            diagnosis=diagnosis,
+            trainer_metrics=trainer_metrics,
+            diagnosis=diagnosis if isinstance(diagnosis, str) or diagnosis is None else None,
             log_tail=tail,
             disk_free_mb=raw.disk_free_mb,
+            poll_seen={
+                "log": list(poll.log_seen),
+                "progress": list(poll.progress_seen),
+                "checkpoints": poll.checkpoints_sig,
+            },
+            tail_read=poll.tail is not None,
         )
 
     def tail(self, job: JobRow, lines: int) -> str:
@@ -310,8 +365,16 @@ class RemoteSession:
     # -- checkpoints and results -----------------------------------------------------------
 
     def backup_checkpoints(self, job: JobRow, *, final: bool = False) -> str | None:
-        """Upload the newest complete checkpoint if it is new; returns its key prefix."""
+        """Upload the newest complete checkpoint if it is new; returns its key prefix.
+
+        Not final and polled in this session with the checkpoint dir's signature unchanged
+        since the previous (applied) poll: nothing appeared or completed, so the hashing
+        listing is skipped and ``job.checkpoint_key`` returned."""
         layout = self.layout(job)
+        sig = self.last_poll.checkpoints_sig if self.last_poll is not None else None
+        previous_sig = ((job.progress or {}).get("poll_seen") or {}).get("checkpoints")
+        if not final and sig is not None and sig == previous_sig:
+            return job.checkpoint_key
         files = parsing.parse_checkpoint_listing(
             self._run(
                 control.list_checkpoints_script(layout),
@@ -423,6 +486,17 @@ class RemoteSession:
         store.put_bytes(prefix + MANIFEST, body)
 
 
+def _seen_pair(value: Any) -> tuple[int, int] | None:
+    """A stored ``[size, mtime]`` back as a tuple; None when absent or malformed."""
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    return None
+
+
 def _stored_intact(obj: Any, entry: dict[str, Any]) -> bool:
     """The stored object (a StoredObject or None) has the entry's size and sha256."""
     return (
@@ -471,6 +545,8 @@ def merge_progress(job: JobRow, status: JobStatus, now: datetime) -> dict[str, A
     progress["metrics"] = metrics
     progress["diagnosis"] = status.diagnosis
     progress["running"] = status.running
+    if status.poll_seen is not None:
+        progress["poll_seen"] = status.poll_seen
     return progress
 
 

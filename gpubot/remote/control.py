@@ -50,6 +50,8 @@ __all__ = [
     "DOWNLOAD_SHA_MISMATCH_EXIT",
     "DownloadItem",
     "LOG_TAIL_MAX_BYTES",
+    "POLL_MAX_OUTPUT_BYTES",
+    "POLL_TAIL_LINES",
     "PROGRESS_MAX_BYTES",
     "RemoteLayout",
     "SETUP_FAILURE_TAIL_LINES",
@@ -62,6 +64,8 @@ __all__ = [
     "kill_script",
     "list_checkpoints_script",
     "pack_workdir",
+    "poll_marker",
+    "poll_script",
     "prepare_dirs_script",
     "remote_layout",
     "setup_script",
@@ -437,6 +441,120 @@ def status_script(layout: RemoteLayout, *, stage: Stage = "job") -> str:
         '"cancelled": %s, "now": %s, "progress": %s}\\n\' '
         '"$running" "${pid:-null}" "${ec:-null}" "${logsize:-0}" "${free:-null}" "$dm" '
         '"$oom" "$cancelled" "$(date +%s)" "$prog"\n'
+    )
+
+
+POLL_TAIL_LINES = 60
+"""Log lines the running step's poll reads (failure reasons and trainer metrics use them)."""
+
+POLL_MAX_OUTPUT_BYTES = LOG_TAIL_MAX_BYTES + 2 * PROGRESS_MAX_BYTES + 2 * 2000 + 4096
+"""The bound to pass to ``exec`` for :func:`poll_script`: the tail, the progress text (its
+JSON escaping at most doubles it), the OOM hint and the status fields all fit, so nothing the
+parser needs is ever cut (the runner keeps the newest bytes and the status comes last)."""
+
+_NONCE_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def poll_marker(nonce: str) -> str:
+    """The line separating the log tail from the status JSON in :func:`poll_script` output."""
+    return f"===gpubot-status-{nonce}==="
+
+
+def _seen_pair(value: tuple[int, int] | None) -> str:
+    if value is None:
+        return "none"
+    size, mtime = value
+    for v in (size, mtime):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError("seen size/mtime must be non-negative ints")
+    return f"{size}:{mtime}"
+
+
+def poll_script(
+    layout: RemoteLayout,
+    *,
+    nonce: str,
+    seen_log: tuple[int, int] | None = None,
+    seen_progress: tuple[int, int] | None = None,
+    tail_lines: int = POLL_TAIL_LINES,
+    tail_max_bytes: int = LOG_TAIL_MAX_BYTES,
+) -> str:
+    """One round trip for the running job: process state, exit code, progress, log tail.
+
+    Prints the log tail (as :func:`tail_log_script`: at most ``tail_lines`` lines within
+    ``tail_max_bytes`` bytes), then a newline and the line :func:`poll_marker` (``nonce``),
+    then one JSON line (parse the whole output with ``parsing.parse_poll``): the keys of
+    :func:`status_script` plus ``log_mtime``, ``progress_size``, ``progress_mtime`` (epoch
+    seconds; 0 when the file is absent), ``tail_included``, ``progress_included`` and
+    ``checkpoints_sig`` (a checksum of the names, sizes and mtimes two levels deep in the
+    checkpoint dir, ``absent`` without one: when it is unchanged no checkpoint appeared or
+    completed, so the hashing listing of :func:`list_checkpoints_script` can be skipped).
+
+    Reads less when nothing changed: ``seen_log`` / ``seen_progress`` are the ``(size,
+    mtime)`` of the log / progress file at the previous poll. The tail is skipped when the log
+    still has that size and mtime *and* the job is running (a stopped job always gets its
+    tail: failure reasons quote it); the progress text is skipped (``null``) when the progress
+    file is unchanged. ``dmesg`` is read only when the job is not running. Every job-written
+    file is read with a byte bound on the instance; no caller value reaches the shell except
+    the layout's quoted paths, the hex ``nonce`` and the integers above.
+
+    Raises:
+        ValueError: ``nonce`` is not 16-64 lowercase hex digits, a seen value is not a pair
+            of non-negative ints, or ``tail_lines``/``tail_max_bytes`` is not positive.
+    """
+    if not _NONCE_RE.match(nonce):
+        raise ValueError("nonce must be 16-64 lowercase hex digits")
+    for name, value in (("tail_lines", tail_lines), ("tail_max_bytes", tail_max_bytes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int")
+    pid_file = q(layout.pid_file())
+    exit_file = q(layout.exit_code_file())
+    log = q(layout.log_file())
+    progress = q(layout.progress_file)
+    read_ec = _read_small(exit_file, "tr -cd '0-9-'")
+    status_format = (
+        '{"stage": "job", "running": %s, "pid": %s, "exit_code": %s, "log_size": %s, '
+        '"log_mtime": %s, "progress_size": %s, "progress_mtime": %s, "tail_included": %s, '
+        '"progress_included": %s, "disk_free_mb": %s, "dmesg_readable": %s, "oom_hint": %s, '
+        '"cancelled": %s, "checkpoints_sig": "%s", "now": %s, "progress": %s}\\n'
+    )
+    return (
+        f"pid=$({_read_small(pid_file, 'tr -cd 0-9')})\n"
+        f"ec=$({read_ec})\n"
+        "running=false\n"
+        'if [ -n "$pid" ] && [ -z "$ec" ] && kill -0 "$pid" 2>/dev/null; then running=true; fi\n'
+        f'[ -f {exit_file} ] && [ -z "$ec" ] && ec=-1\n'
+        f"set -- $(stat -c '%s %Y' {log} 2>/dev/null)\n"
+        "logsize=${1:-0}; logmtime=${2:-0}\n"
+        f"set -- $(stat -c '%s %Y' {progress} 2>/dev/null)\n"
+        "psize=${1:-0}; pmtime=${2:-0}\n"
+        "tail_in=false\n"
+        f'if [ "$running" != true ] || [ "$logsize:$logmtime" != {_seen_pair(seen_log)} ]; then\n'
+        "tail_in=true\n"
+        + _tail_lines(log, tail_lines, tail_max_bytes)
+        + "fi\n"
+        "prog=null; prog_in=false\n"
+        f'if [ -f {progress} ] && [ "$psize:$pmtime" != {_seen_pair(seen_progress)} ]; then\n'
+        "  prog_in=true\n"
+        f'  prog="\\"$(head -c {PROGRESS_MAX_BYTES} {progress} | {_JSON_STRING_FILTER})\\""\n'
+        "fi\n"
+        f"free=$(df -Pk {q(layout.job_dir)} 2>/dev/null | awk 'NR==2 {{print int($4/1024)}}')\n"
+        "dm=false; oom=\n"
+        'if [ "$running" != true ] && dmesg > /dev/null 2>&1; then dm=true; '
+        "oom=$(dmesg 2>/dev/null | grep -i -E 'out of memory|oom-kill|killed process' "
+        f"| tail -n 1 | head -c 2000 | {_JSON_STRING_FILTER}); "
+        "fi\n"
+        'if [ -n "$oom" ]; then oom="\\"$oom\\""; else oom=null; fi\n'
+        f"if [ -f {q(layout.cancelled_marker)} ]; then cancelled=true; else cancelled=false; fi\n"
+        f"if [ -d {q(layout.checkpoint_dir)} ]; then ck=$({{ find {q(layout.checkpoint_dir)} "
+        "-maxdepth 2 -exec stat -c '%n %s %Y' {} + 2>/dev/null "
+        '|| echo "unreadable $$ $(date +%s%N)"; } | cksum | tr -cd \'0-9 \'); '
+        "else ck=absent; fi\n"
+        f"printf '\\n%s\\n' {q(poll_marker(nonce))}\n"
+        f"printf {q(status_format)} "
+        '"$running" "${pid:-null}" "${ec:-null}" "$logsize" "$logmtime" "$psize" "$pmtime" '
+        '"$tail_in" "$prog_in" "${free:-null}" "$dm" "$oom" "$cancelled" "$ck" "$(date +%s)" '
+        '"$prog"\n'
     )
 
 

@@ -23,7 +23,9 @@ __all__ = [
     "checkpoint_name",
     "diagnose",
     "newest_complete_checkpoint",
+    "Poll",
     "parse_checkpoint_listing",
+    "parse_poll",
     "parse_progress",
     "parse_status",
     "parse_trainer_log",
@@ -120,6 +122,61 @@ def parse_status(text: str) -> RemoteStatus:
             progress=parse_progress(progress_text) if progress_text is not None else None,
         )
     raise ValueError("no status line in the remote output")
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """One running-job poll as printed by ``control.poll_script``."""
+
+    status: RemoteStatus
+    """Process state, exit code, progress (None when not re-read or absent), disk, cancel."""
+    log_seen: tuple[int, int]
+    """``(size, mtime)`` of the log now (``(0, 0)`` when absent): pass back as ``seen_log``."""
+    progress_seen: tuple[int, int]
+    """``(size, mtime)`` of the progress file now: pass back as ``seen_progress``."""
+    tail: str | None
+    """The log tail, or None when it was skipped because the log had not changed."""
+    progress_included: bool
+    """False when the progress file was unchanged (or absent) and so not read."""
+    checkpoints_sig: str | None
+    """Changes whenever a checkpoint appears, grows or completes (None when not printed)."""
+
+
+def parse_poll(text: str, nonce: str) -> Poll:
+    """Split ``poll_script`` output at its marker: the log tail before, the status after.
+
+    Only the *last* marker counts, and the status must be the JSON line right after it, so
+    nothing the job printed in its log can pose as the status.
+
+    Raises:
+        ValueError: the marker or the status line is missing (the script did not run to the
+            end, or the output was cut).
+    """
+    marker = "\n===gpubot-status-" + nonce + "===\n"
+    cut = text.rfind(marker)
+    if cut < 0:
+        raise ValueError("no poll marker in the remote output")
+    after = text[cut + len(marker):].strip()
+    if "\n" in after:
+        raise ValueError("unexpected output after the poll status line")
+    status = parse_status(after)
+    try:
+        data = json.loads(after)
+    except json.JSONDecodeError as e:  # parse_status accepted it, so this cannot happen
+        raise ValueError("unparseable poll status") from e
+    tail_included = data.get("tail_included") is True
+    return Poll(
+        status=status,
+        log_seen=(max(0, status.log_size), max(0, _as_int(data.get("log_mtime")) or 0)),
+        progress_seen=(
+            max(0, _as_int(data.get("progress_size")) or 0),
+            max(0, _as_int(data.get("progress_mtime")) or 0),
+        ),
+        tail=text[:cut] if tail_included else None,
+        progress_included=data.get("progress_included") is True,
+        checkpoints_sig=sig if isinstance(sig := data.get("checkpoints_sig"), str) and sig
+        else None,
+    )
 
 
 def _parse_time(value: Any) -> datetime | None:

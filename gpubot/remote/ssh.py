@@ -54,12 +54,32 @@ from gpubot.remote.runner import (
     SSHTarget,
 )
 
-__all__ = ["ParamikoRunner", "fingerprint_of", "load_or_create_key"]
+__all__ = [
+    "ChannelOpenError",
+    "ParamikoRunner",
+    "fingerprint_of",
+    "host_key_matches",
+    "load_or_create_key",
+]
 
 _TIMEOUT_EXIT_STATUS = 124
 _READ_CHUNK = 65536
 _LINK_CHECK_SECONDS = 0.5
 _T = TypeVar("_T")
+
+
+class ChannelOpenError(SSHConnectError):
+    """The connection could not open a channel: the command was never started (so running it
+    again on a fresh connection is safe). Typical of a pooled connection whose peer is gone."""
+
+
+def host_key_matches(pinned: str, key_line: str, fingerprint: str) -> bool:
+    """True when ``pinned`` (a ``"<type> <base64>"`` line or a ``SHA256:`` fingerprint) names
+    the key ``key_line`` / ``fingerprint``."""
+    pinned = pinned.strip()
+    if pinned.startswith("SHA256:"):
+        return pinned == fingerprint
+    return " ".join(pinned.split()[:2]) == " ".join(key_line.split()[:2])
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:
@@ -121,11 +141,7 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
         if self.pinned is None:
             return
         line = f"{key.get_name()} {key.get_base64()}"
-        if self.pinned.startswith("SHA256:"):
-            ok = self.pinned == fingerprint_of(key)
-        else:
-            ok = " ".join(self.pinned.split()[:2]) == line
-        if not ok:
+        if not host_key_matches(self.pinned, line, fingerprint_of(key)):
             raise _HostKeyMismatch(fingerprint_of(key))
 
 
@@ -207,6 +223,18 @@ class ParamikoRunner:
                 f"SSH connection to {self._where()} failed: {_describe(e)}"
             ) from e
         self._client = client
+
+    @property
+    def alive(self) -> bool:
+        """True while the connection is open (no network round trip: a peer that vanished
+        without a word still reads as alive until the next command fails)."""
+        return self._transport_alive()
+
+    def set_keepalive(self, interval_seconds: int) -> None:
+        """Send an SSH keepalive every ``interval_seconds`` while idle (0 disables): an idle
+        pooled connection then notices a dead peer and NAT state stays warm."""
+        if self._client is not None and (transport := self._client.get_transport()):
+            transport.set_keepalive(interval_seconds)
 
     def _transport_alive(self) -> bool:
         if self._client is None:
@@ -298,7 +326,14 @@ class ParamikoRunner:
         out = _TailBuffer(max_output_bytes)
         err = _TailBuffer(max_output_bytes)
         try:
-            chan = transport.open_session(timeout=self.connect_timeout_seconds)
+            try:
+                chan = transport.open_session(timeout=self.connect_timeout_seconds)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                self._drop()
+                raise ChannelOpenError(
+                    f"SSH connection to {self._where()} failed opening a channel: "
+                    f"{_describe(e)}"
+                ) from e
             try:
                 chan.exec_command(command)
                 while True:
@@ -330,7 +365,7 @@ class ParamikoRunner:
                     if not transport.is_active():
                         raise SSHConnectError(f"SSH connection to {self._where()} dropped")
                     if not got:
-                        select.select([chan], [], [], min(remaining, 0.5))
+                        _wait_readable(chan, min(remaining, 0.5))
                 status = chan.recv_exit_status()
                 if status == -1 and self._link_died(transport):
                     raise SSHConnectError(f"SSH connection to {self._where()} dropped")
@@ -492,6 +527,14 @@ class _TailBuffer:
         """The kept bytes (at most ``limit_bytes``) decoded as UTF-8, invalid bytes replaced."""
         data = b"".join(self._chunks)
         return data[max(0, len(data) - self.limit_bytes) :].decode("utf-8", "replace")
+
+
+def _wait_readable(chan: paramiko.Channel, timeout_seconds: float) -> None:
+    """Wait until ``chan`` has data (or the timeout). ``poll``, not ``select``: a worker
+    holding many pooled connections has file descriptors above select's limit of 1024."""
+    poller = select.poll()
+    poller.register(chan.fileno(), select.POLLIN)
+    poller.poll(max(0, int(timeout_seconds * 1000)))
 
 
 def _describe(e: BaseException) -> str:
