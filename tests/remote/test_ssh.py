@@ -48,8 +48,10 @@ def test_exec_returns_output_and_exit_status(sshd: SSHDServer) -> None:
 
 def test_exec_timeout_raises_and_connection_stays_usable(sshd: SSHDServer) -> None:
     with ParamikoRunner(target=sshd.target) as runner:
+        # 3 s, not less: under load the session and bash start can take over a second before
+        # "started" reaches stderr (a 0.5 s timeout failed on a loaded 2-core machine).
         with pytest.raises(RemoteCommandFailed) as info:
-            runner.exec("echo started >&2; sleep 30", timeout_seconds=0.5)
+            runner.exec("echo started >&2; sleep 30", timeout_seconds=3.0)
         assert info.value.exit_status == 124
         assert "started" in info.value.stderr_tail
         assert runner.exec("echo still-here").stdout == "still-here\n"
