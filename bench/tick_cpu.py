@@ -9,14 +9,21 @@ is released and it is made due again, so each timed tick does the same work; the
 moves 10 s per tick.
 
 Measured with ``time.process_time()`` (CPU of this process: SQLAlchemy, the driver, SQLite
-itself; PostgreSQL's server CPU is *not* included, so its wall time is shown too). Two
-points: a fresh database, and after ``--history-hours`` of ledger history per job (one entry
-per kind per tick, as the tick writes them), since budget enforcement sums the ledger.
+itself; PostgreSQL's server CPU is *not* included, so its wall time is shown too). Points: a
+fresh database, then after ``--history-hours`` of ledger history per job (one entry per kind
+per tick, as the tick writes them) and after ``--ledger-rows`` history rows in total (bulk
+inserted with executemany on SQLite, COPY on PostgreSQL, then the spend summaries rebuilt
+from the ledger when the code has them). A second table gives the CPU of each tick phase
+(median); ``--profile`` prints the cProfile top entries of one tick per point.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -88,37 +95,72 @@ def seed(deps: Any, n: int) -> None:
         session.execute(insert(InstanceRow), instances)
 
 
-def seed_history(deps: Any, n: int, hours: float, tick_s: float) -> int:
-    """Ledger rows as ``hours`` of ticks would have written them (compute + storage)."""
-    from sqlalchemy import insert, select
+def seed_history(deps: Any, n: int, rows: int, tick_s: float) -> tuple[int, float]:
+    """About ``rows`` ledger rows as ticks would have written them (compute + storage, one
+    pair per job per tick, ending at the clock's now), bulk inserted: executemany on SQLite,
+    COPY on PostgreSQL. Then the spend summaries are rebuilt from the ledger (when the code
+    has them). Returns (rows written, seconds spent rebuilding summaries)."""
+    from sqlalchemy import select
 
     from gpubot.db.engine import session_scope
     from gpubot.db.tables import InstanceRow, LedgerEntryRow
 
-    ticks = int(hours * 3600 / tick_s)
+    ticks = max(1, rows // (2 * n))
     end = deps.clock()
     with session_scope(deps.sessions) as session:
         ids = dict(session.execute(select(InstanceRow.job_id, InstanceRow.id)).all())
-    written = 0
-    batch: list[dict[str, object]] = []
-    for i in range(n):
-        job_id = f"j{i:05d}"
-        for t in range(ticks):
-            start = end - timedelta(seconds=tick_s * (ticks - t))
-            stop = start + timedelta(seconds=tick_s)
-            for kind, amount in (("compute", Decimal("0.00111111")),
-                                 ("storage", Decimal("0.00001543"))):
-                batch.append({
-                    "instance_id": ids[job_id], "job_id": job_id, "requester": f"U{i % 20:03d}",
-                    "channel": f"C{i % 5:03d}", "kind": kind, "amount_usd": amount,
-                    "period_start": start, "period_end": stop, "created_at": stop,
-                })
-        if len(batch) >= 50_000 or i == n - 1:
-            with session_scope(deps.sessions) as session:
-                session.execute(insert(LedgerEntryRow), batch)
-            written += len(batch)
-            batch = []
-    return written
+    engine = deps.sessions.kw["bind"]
+    table = LedgerEntryRow.__table__
+    time_bind = table.c.period_end.type.bind_processor(engine.dialect)
+    stamps = []
+    for t in range(ticks + 1):
+        at = end - timedelta(seconds=tick_s * (ticks - t))
+        stamps.append(time_bind(at) if time_bind else at)
+    cols = ("instance_id", "job_id", "requester", "channel", "kind", "amount_usd",
+            "period_start", "period_end", "created_at")
+    kinds = (("compute", "0.00111111"), ("storage", "0.00001543"))
+
+    def gen() -> Any:
+        for i in range(n):
+            job_id = f"j{i:05d}"
+            for t in range(ticks):
+                for kind, amount in kinds:
+                    yield (ids[job_id], job_id, f"U{i % 20:03d}", f"C{i % 5:03d}", kind,
+                           amount, stamps[t], stamps[t + 1], stamps[t + 1])
+
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if engine.dialect.name == "sqlite":
+            cur.executemany(
+                f"INSERT INTO ledger_entries ({', '.join(cols)}) "
+                f"VALUES ({', '.join('?' for _ in cols)})",
+                gen(),
+            )
+        else:
+            buf = io.StringIO()
+            for rec in gen():
+                buf.write("\t".join(str(v) for v in rec))
+                buf.write("\n")
+            buf.seek(0)
+            cur.copy_expert(f"COPY ledger_entries ({', '.join(cols)}) FROM STDIN", buf)
+        raw.commit()
+    finally:
+        raw.close()
+    written = n * ticks * 2
+    rebuild_s = 0.0
+    try:
+        from gpubot.db.spend import rebuild_spend_summaries
+    except ImportError:  # the code before the summaries
+        return written, rebuild_s
+    w0 = time.perf_counter()
+    with session_scope(deps.sessions) as session:
+        rebuild_spend_summaries(session)
+    rebuild_s = time.perf_counter() - w0
+    with engine.connect() as conn:  # fresh planner statistics, as autovacuum/ANALYZE would
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+    return written, rebuild_s
 
 
 def reset(deps: Any) -> None:
@@ -134,39 +176,112 @@ def reset(deps: Any) -> None:
         )
 
 
-def timed_ticks(deps: Any, ticks: int) -> tuple[float, float, Any]:
+PHASES = ("list", "meter", "enforce", "groups", "claim")
+
+
+def _phase_timers(deps: Any) -> dict[str, float]:
+    """Wrap the tick's phases (module attributes it calls) with CPU accumulators."""
+    from gpubot import groups
+    from gpubot.engine import tick
+    from gpubot.governance import enforce
+
+    spent = dict.fromkeys(PHASES, 0.0)
+
+    def wrap(owner: Any, name: str, phase: str) -> None:
+        inner = getattr(owner, name)
+        if getattr(inner, "_bench_wrapped", False):
+            inner = inner.__wrapped__
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[phase] += time.process_time() - c0
+
+        timed._bench_wrapped = True  # type: ignore[attr-defined]
+        timed.__wrapped__ = inner  # type: ignore[attr-defined]
+        setattr(owner, name, timed)
+
+    wrap(deps.provider, "list_instances", "list")
+    wrap(tick, "observe_and_meter", "meter")
+    wrap(enforce, "enforce", "enforce")
+    wrap(groups, "advance_groups", "groups")
+    wrap(tick, "claim_due_jobs", "claim")
+    return spent
+
+
+def timed_ticks(deps: Any, ticks: int, profile: bool = False
+                ) -> tuple[float, float, Any, dict[str, float], str]:
     from gpubot.engine.tick import reconcile_tick
 
     cpu: list[float] = []
     wall: list[float] = []
+    phases: dict[str, list[float]] = {p: [] for p in (*PHASES, "commit+other")}
     report = None
+    spent = _phase_timers(deps)
     for _ in range(ticks):
         deps.clock.advance(seconds=10)
         reset(deps)
+        for p in spent:
+            spent[p] = 0.0
         w0, c0 = time.perf_counter(), time.process_time()
         report = reconcile_tick(deps, dispatch=lambda job_id, token: None)
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
-    return statistics.median(cpu), statistics.median(wall), report
+        for p in PHASES:
+            phases[p].append(spent[p])
+        phases["commit+other"].append(cpu[-1] - sum(spent.values()))
+    top = ""
+    if profile:
+        deps.clock.advance(seconds=10)
+        reset(deps)
+        prof = cProfile.Profile()
+        prof.enable()
+        reconcile_tick(deps, dispatch=lambda job_id, token: None)
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+        top = out.getvalue()
+    return (statistics.median(cpu), statistics.median(wall), report,
+            {p: statistics.median(v) for p, v in phases.items()}, top)
 
 
-def measure(db: str, url: str, home: Path, n: int, ticks: int, history_hours: float
-            ) -> list[list[object]]:
+def measure(db: str, url: str, home: Path, n: int, ticks: int, history_hours: float,
+            ledger_rows: list[int], profile: bool
+            ) -> tuple[list[list[object]], list[list[object]]]:
     deps = build_deps(url, home, n)
     c.quiet()
     seed(deps, n)
     rows: list[list[object]] = []
-    cpu, wall, report = timed_ticks(deps, ticks)
-    rows.append([db, n, "fresh", f"{cpu * 1000:.0f}", f"{wall * 1000:.0f}",
-                 report.instances_seen, report.ledger_entries, len(report.claimed)])
+    phase_rows: list[list[object]] = []
+    total = 0
+
+    def point(label: str) -> None:
+        cpu, wall, report, phases, top = timed_ticks(deps, ticks, profile)
+        rows.append([db, n, label, f"{cpu * 1000:.0f}", f"{wall * 1000:.0f}",
+                     report.instances_seen, report.ledger_entries, len(report.claimed)])
+        phase_rows.append([db, label, *(f"{v * 1000:.0f}" for v in phases.values())])
+        if top:
+            print(f"-- cProfile, one tick: {db}, {label}")
+            print(top)
+
+    point("fresh")
+    targets: list[tuple[str, int]] = []
     if history_hours > 0:
-        written = seed_history(deps, n, history_hours, deps.settings.tick_seconds)
-        cpu, wall, report = timed_ticks(deps, ticks)
-        rows.append([db, n, f"+{history_hours:g} h ledger ({written} rows)",
-                     f"{cpu * 1000:.0f}", f"{wall * 1000:.0f}", report.instances_seen,
-                     report.ledger_entries, len(report.claimed)])
+        targets.append(("h", int(history_hours * 3600 / deps.settings.tick_seconds) * 2 * n))
+    targets += [("rows", r) for r in ledger_rows]
+    for kind, target in targets:
+        if target <= total:
+            continue
+        written, rebuild_s = seed_history(deps, n, target - total, deps.settings.tick_seconds)
+        total += written
+        extra = f", summaries rebuilt in {rebuild_s:.1f} s" if rebuild_s else ""
+        label = (f"+{history_hours:g} h ledger ({total} rows{extra})" if kind == "h"
+                 else f"{total} ledger rows{extra}")
+        point(label)
     deps.sessions.kw["bind"].dispose()
-    return rows
+    return rows, phase_rows
 
 
 def main() -> int:
@@ -174,24 +289,36 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--ticks", type=int, default=2, help="timed ticks (median reported)")
     parser.add_argument("--history-hours", type=float, default=0.1)
+    parser.add_argument("--ledger-rows", type=int, action="append", default=[],
+                        help="also measure with this many history rows (repeatable), e.g. "
+                        "--ledger-rows 1000000")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--profile", action="store_true",
+                        help="print cProfile top entries of one extra tick per point")
     args = parser.parse_args()
     c.print_header(
         f"reconcile tick CPU at {args.jobs} live jobs (median of {args.ticks} ticks, "
         "no-op dispatch)"
     )
+    print(f"load average before: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} "
+          f"{os.getloadavg()[2]:.1f}")
     rows: list[list[object]] = []
+    phase_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="gpubot-bench-tick-") as tmp:
         if args.db in ("sqlite", "both"):
             home = Path(tmp) / "sqlite"
             home.mkdir()
-            rows += measure("sqlite", f"sqlite:///{home / 'gpubot.db'}", home, args.jobs,
-                            args.ticks, args.history_hours)
+            r, p = measure("sqlite", f"sqlite:///{home / 'gpubot.db'}", home, args.jobs,
+                           args.ticks, args.history_hours, args.ledger_rows, args.profile)
+            rows += r
+            phase_rows += p
         if args.db in ("postgres", "both"):
             if c.pg_available():
                 with c.pg_database("gpubot_bench_tick") as url:
-                    rows += measure("postgres", url, Path(tmp) / "pg", args.jobs, args.ticks,
-                                    args.history_hours)
+                    r, p = measure("postgres", url, Path(tmp) / "pg", args.jobs, args.ticks,
+                                   args.history_hours, args.ledger_rows, args.profile)
+                    rows += r
+                    phase_rows += p
             else:
                 print(f"PostgreSQL not reachable at {c.PG_ADMIN_URL}: skipped")
     print(c.table(
@@ -199,7 +326,12 @@ def main() -> int:
          "claimed"],
         rows,
     ))
-    print("claimed = jobs handed to dispatch this tick (claim_due_jobs takes at most 100).")
+    print(c.table(["db", "ledger", *(f"{p} ms" for p in PHASES), "commit+other ms"],
+                  phase_rows))
+    print("CPU ms per phase (median). commit+other: the metering transaction's commit (ledger")
+    print("and summary writes) and the tick's own sessions.")
+    print(f"load average after: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} "
+          f"{os.getloadavg()[2]:.1f}")
     return 0
 
 

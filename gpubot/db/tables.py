@@ -7,13 +7,14 @@ network call happens inside a session. Money columns are NUMERIC(18, 8) in USD.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -23,9 +24,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 MONEY = Numeric(18, 8, asdecimal=True)
 
@@ -205,6 +207,45 @@ class LedgerEntryRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     __table_args__ = (Index("ix_ledger_period_end", "period_end"),)
+
+
+class SpendSummaryRow(Base):
+    """Ledger totals per scope and UTC day: what budgets read instead of scanning the ledger.
+
+    Derived data, never edited by hand: every flush that adds :class:`LedgerEntryRow` objects
+    upserts these rows in the same transaction (:func:`gpubot.db.spend.add_to_summaries`, from
+    the ``before_flush`` hook below), and :func:`gpubot.db.spend.rebuild_spend_summaries`
+    recomputes them from the ledger, which stays the source of truth. An entry counts on the
+    UTC day of ``period_end - 1 µs`` (an entry ending exactly at midnight belongs to the day
+    before, as ``period_end > period start`` has always meant). Scopes: ``job`` (``""`` for
+    entries without a job), ``user``, ``channel``, ``team`` (id ``team``) and ``kind``.
+    """
+
+    __tablename__ = "spend_summaries"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    amount_usd_e8: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Sum of the day's entries in 10^-8 USD (the ledger quantum): integers add exactly on
+    every backend (SQLite would sum NUMERIC as floats)."""
+    entries: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_entry_at: Mapped[datetime]
+    """Newest ``created_at`` among the day's entries (which scopes billed recently)."""
+
+    __table_args__ = (Index("ix_spend_summaries_last_entry_at", "last_entry_at"),)
+
+
+@event.listens_for(Session, "before_flush")
+def _summarise_new_ledger_entries(session: Session, _context: object, _instances: object) -> None:
+    """Every ledger row added through any ORM session updates the spend summaries in the same
+    transaction. (Core bulk inserts into ``ledger_entries`` bypass this: call
+    :func:`gpubot.db.spend.add_to_summaries` or rebuild afterwards.)"""
+    new = [obj for obj in session.new if isinstance(obj, LedgerEntryRow)]
+    if new:
+        from gpubot.db.spend import add_to_summaries
+
+        add_to_summaries(session.connection(), new)
 
 
 class BudgetRow(Base):

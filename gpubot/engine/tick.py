@@ -212,6 +212,11 @@ def _meter(
     previous observation); storage for the whole life until the destroy request, or longer
     while the instance is still listed after it; bandwidth
     from the growth of the provider's billed-bytes counters.
+
+    The rows are only added to the session: at flush, in this same transaction, the
+    ``before_flush`` hook of :mod:`gpubot.db.tables` upserts their per-day spend summaries
+    (:func:`gpubot.db.spend.add_to_summaries`, one statement for the whole tick), which is what
+    budget enforcement reads instead of the ledger.
     """
     start = row.metered_until or row.created_at
     end = now

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from gpubot import costs
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import AuditEventRow, JobRow, LedgerEntryRow
+from gpubot.db.tables import AuditEventRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.governance.limits import (
     TEAM_ID,
@@ -28,6 +28,7 @@ from gpubot.governance.limits import (
     burn_by_job,
     burn_per_hour,
     limits_for,
+    recently_billed,
     spend,
     spend_by_job,
 )
@@ -178,17 +179,19 @@ def _scope_channels(
     deps: EngineDeps, session: Session, scope: str, scope_id: str, jobs: Sequence[JobRow]
 ) -> list[str]:
     """Where a scope's alerts go: the channel itself; a user's live-job channels (else the
-    channel of their newest ledger entry); the team's ops channel (else live-job channels)."""
+    channel of their newest job); the team's ops channel (else live-job channels)."""
     if scope == "channel":
         return [scope_id]
     if scope == "team" and deps.config.ops.channel:
         return [deps.config.ops.channel]
     channels = sorted({j.channel for j in jobs})
     if not channels and scope == "user":
+        # The channel of the user's newest job (the ledger's requester/channel are copied
+        # from the job, so this is where their newest entries came from), not a ledger scan.
         last = session.scalars(
-            select(LedgerEntryRow.channel)
-            .where(LedgerEntryRow.requester == scope_id, LedgerEntryRow.channel != "")
-            .order_by(LedgerEntryRow.id.desc())
+            select(JobRow.channel)
+            .where(JobRow.requester == scope_id, JobRow.channel != "")
+            .order_by(JobRow.created_at.desc())
             .limit(1)
         ).first()
         if last:
@@ -264,6 +267,9 @@ def enforce(
 ) -> list[str]:
     """Check every budget against the ledger; run every tick right after metering.
 
+    Spend comes from the spend summaries and burn from the instances' prices
+    (:mod:`.limits`), so the cost of a check does not grow with the ledger's history.
+
     For each live, approved job with a cap: alerts at 50/80 % in its thread (each once per
     cap, with a forecast at the current $/h), and at 100 % sets ``stop_requested_reason`` (the
     engine then checkpoints where supported and destroys) and says so in the thread. Then the
@@ -300,16 +306,9 @@ def enforce(
         live = [j for j in jobs if j.id not in stopped and j.stop_requested_reason is None]
         recent = now - RECENT_SPEND_WINDOW
         scopes: list[tuple[str, str, list[JobRow]]] = []
-        for scope, column, attr in (
-            ("user", LedgerEntryRow.requester, "requester"),
-            ("channel", LedgerEntryRow.channel, "channel"),
-        ):
+        for scope, attr in (("user", "requester"), ("channel", "channel")):
             ids = {getattr(j, attr) for j in jobs}
-            ids |= set(
-                session.scalars(
-                    select(column).where(LedgerEntryRow.created_at >= recent).distinct()
-                )
-            )
+            ids |= recently_billed(session, scope, recent)
             for scope_id in sorted(i for i in ids if i):
                 scopes.append((scope, scope_id, [j for j in live if getattr(j, attr) == scope_id]))
         scopes.append(("team", TEAM_ID, live))

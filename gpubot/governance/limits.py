@@ -9,9 +9,12 @@ Scopes and limits:
   other periods (``day``, ``week``) apply in addition. The team's scope id is :data:`TEAM_ID`.
 
 Spend is the sum of ledger entries whose ``period_end`` is after the period's start (so an
-entry belongs to the period in which it ended). Money is ``Decimal`` USD throughout. Every
-figure shown for a budget (``/gpu budget``, App Home, the launch gate, enforcement) comes from
-here. Reads only.
+entry belongs to the period in which it ended), read from the per-day spend summaries
+(:mod:`gpubot.db.spend`, kept in the ledger's own transactions): at most one row per day of
+the period, never a scan of the ledger, so a check costs the same with 1 million ledger rows
+as with none. Burn rates come from the billing instances' current prices, not from history.
+Money is ``Decimal`` USD throughout. Every figure shown for a budget (``/gpu budget``, App
+Home, the launch gate, enforcement) comes from here. Reads only.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpubot import costs
-from gpubot.db.tables import BudgetRow, InstanceRow, LedgerEntryRow
+from gpubot.db import spend as summaries
+from gpubot.db.tables import BudgetRow, InstanceRow, SpendSummaryRow
 from gpubot.deps import EngineDeps
 from gpubot.governance.periods import PERIODS, dec, normalize_period, period_start, quantize
 from gpubot.render.budgets import ScopeUsage
@@ -50,47 +54,57 @@ class Limit:
 # -- spend ------------------------------------------------------------------------------------
 
 
-def _scope_filter(scope: str, scope_id: str) -> ColumnElement[bool] | None:
-    match scope:
-        case "job":
-            return LedgerEntryRow.job_id == scope_id
-        case "user":
-            return LedgerEntryRow.requester == scope_id
-        case "channel":
-            return LedgerEntryRow.channel == scope_id
-        case "team":
-            return None
-    raise ValueError(f"unknown budget scope {scope!r}; use one of {', '.join(SCOPES)}")
+def _scope_id(scope: str, scope_id: str) -> str:
+    if scope not in SCOPES:
+        raise ValueError(f"unknown budget scope {scope!r}; use one of {', '.join(SCOPES)}")
+    return TEAM_ID if scope == "team" else scope_id
 
 
 def spend(session: Session, *, scope: str, scope_id: str, since: datetime) -> Decimal:
     """Ledger total of ``scope``/``scope_id`` for entries ending after ``since`` (USD).
 
-    ``scope`` is ``job`` | ``user`` | ``channel`` | ``team`` (``scope_id`` ignored for team).
-    Returns ``Decimal(0)`` when nothing was spent, rounded to the ledger quantum.
+    ``scope`` is ``job`` | ``user`` | ``channel`` | ``team`` (``scope_id`` ignored for team);
+    ``since`` a UTC midnight (a period start, or ``periods.EPOCH`` for all time). Read from
+    the spend summaries: one indexed range over the scope's day rows. Returns ``Decimal(0)``
+    when nothing was spent, with the ledger quantum's 8 places.
 
     Raises:
-        ValueError: an unknown scope.
+        ValueError: an unknown scope, or a ``since`` that is not a UTC midnight.
     """
-    stmt = select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)).where(
-        LedgerEntryRow.period_end > since
+    key = _scope_id(scope, scope_id)
+    total = session.scalar(
+        select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+            SpendSummaryRow.scope == scope,
+            SpendSummaryRow.scope_id == key,
+            SpendSummaryRow.day >= summaries.day_of(since),
+        )
     )
-    cond = _scope_filter(scope, scope_id)
-    if cond is not None:
-        stmt = stmt.where(cond)
-    return quantize(dec(session.scalar(stmt) or 0))
+    return quantize(summaries.from_e8(total))
 
 
 def spend_by_job(session: Session, job_ids: Sequence[str]) -> dict[str, Decimal]:
-    """Whole-life ledger totals of many jobs in one query; jobs without entries are absent."""
+    """Whole-life ledger totals of many jobs in one query (from the spend summaries); jobs
+    without ledger entries are absent."""
     if not job_ids:
         return {}
     rows = session.execute(
-        select(LedgerEntryRow.job_id, func.sum(LedgerEntryRow.amount_usd))
-        .where(LedgerEntryRow.job_id.in_(list(job_ids)))
-        .group_by(LedgerEntryRow.job_id)
+        select(SpendSummaryRow.scope_id, func.sum(SpendSummaryRow.amount_usd_e8))
+        .where(SpendSummaryRow.scope == "job", SpendSummaryRow.scope_id.in_(list(job_ids)))
+        .group_by(SpendSummaryRow.scope_id)
     ).all()
-    return {str(job_id): quantize(dec(total or 0)) for job_id, total in rows}
+    return {str(job_id): quantize(summaries.from_e8(total)) for job_id, total in rows}
+
+
+def recently_billed(session: Session, scope: str, since: datetime) -> set[str]:
+    """Ids of ``scope`` (user, channel, ...) with a ledger entry created at or after
+    ``since``, from the summaries' ``last_entry_at`` (indexed; no ledger scan)."""
+    return set(
+        session.scalars(
+            select(SpendSummaryRow.scope_id)
+            .where(SpendSummaryRow.last_entry_at >= since, SpendSummaryRow.scope == scope)
+            .distinct()
+        )
+    )
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -172,7 +186,10 @@ def _instance_burn(row: InstanceRow) -> Decimal:
 
 def burn_per_hour(session: Session, job_ids: Iterable[str]) -> Decimal:
     """$/h now billing for these jobs: compute of running instances plus their storage, for
-    rentals not yet asked to be destroyed. ``Decimal(0)`` for no jobs."""
+    rentals not yet asked to be destroyed. ``Decimal(0)`` for no jobs.
+
+    From the instances' current prices (``price_per_hour_usd``, storage rate and disk) only:
+    the ledger is not read, so the figure does not depend on how much history it holds."""
     ids = list(job_ids)
     if not ids:
         return Decimal(0)

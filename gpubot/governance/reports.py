@@ -1,7 +1,9 @@
 """``/gpu cost``, the data side: ledger totals per group and a bar chart.
 
-Totals come straight from the append-only ledger: an entry belongs to the period in which it
-ended (``period_end`` after the period's start, as in :mod:`gpubot.governance.limits`). The
+Totals are the append-only ledger's, read from its per-day spend summaries
+(:mod:`gpubot.db.spend`): an entry belongs to the period in which it ended (``period_end``
+after the period's start, as in :mod:`gpubot.governance.limits`). :func:`ledger_total` still
+sums the ledger itself (the source of truth, for checks). The
 report's total is the exact ledger sum for the period (the table shows it rounded to cents);
 group totals are rounded separately, so they may differ from the total by a cent of rounding.
 The reply text is :func:`gpubot.render.budgets.cost_report_text`.
@@ -19,18 +21,15 @@ from sqlalchemy.orm import Session
 
 from gpubot import costs
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import LedgerEntryRow
+from gpubot.db.spend import TEAM_ID, day_of, from_e8
+from gpubot.db.tables import LedgerEntryRow, SpendSummaryRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
 from gpubot.governance.periods import dec, normalize_period, period_start
 from gpubot.render.budgets import CostReport
 
-GROUPS = {
-    "user": LedgerEntryRow.requester,
-    "channel": LedgerEntryRow.channel,
-    "job": LedgerEntryRow.job_id,
-    "kind": LedgerEntryRow.kind,
-}
+GROUPS = ("user", "channel", "job", "kind")
+"""Groupings of ``/gpu cost``; each is a scope of the spend summaries."""
 MAX_CHART_BARS = 20
 """The chart shows the largest groups; the rest are summed into one ``other`` bar."""
 
@@ -46,21 +45,31 @@ def ledger_total(session: Session, since: datetime | None = None) -> Decimal:
 def ledger_groups(
     session: Session, *, since: datetime, group_by: str
 ) -> list[tuple[str, Decimal]]:
-    """``(group, total)`` for entries ending after ``since``, largest first, ties by name."""
-    column = GROUPS[group_by]
+    """``(group, total)`` for entries ending after ``since`` (a UTC midnight), largest first,
+    ties by name; from the spend summaries (no ledger scan). Entries without a user, channel
+    or job are grouped as ``-``."""
+    if group_by not in GROUPS:
+        raise ValueError(f"unknown grouping {group_by!r}")
     rows = session.execute(
-        select(column, func.sum(LedgerEntryRow.amount_usd))
-        .where(LedgerEntryRow.period_end > since)
-        .group_by(column)
+        select(SpendSummaryRow.scope_id, func.sum(SpendSummaryRow.amount_usd_e8))
+        .where(SpendSummaryRow.scope == group_by, SpendSummaryRow.day >= day_of(since))
+        .group_by(SpendSummaryRow.scope_id)
     ).all()
-    out = [
-        (
-            str(key) if key else "-",
-            dec(total or 0).quantize(costs.LEDGER_QUANTUM, rounding=ROUND_HALF_UP),
-        )
-        for key, total in rows
-    ]
+    out = [(str(key) if key else "-", from_e8(total)) for key, total in rows]
     return sorted(out, key=lambda kv: (-kv[1], kv[0]))
+
+
+def summary_total(session: Session, since: datetime) -> Decimal:
+    """:func:`ledger_total` for entries ending after ``since`` (a UTC midnight), read from the
+    team's spend summaries."""
+    total = session.scalar(
+        select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+            SpendSummaryRow.scope == "team",
+            SpendSummaryRow.scope_id == TEAM_ID,
+            SpendSummaryRow.day >= day_of(since),
+        )
+    )
+    return from_e8(total)
 
 
 def render_chart(
@@ -111,7 +120,7 @@ def cost_report(
     since = period_start(key, now)
     with session_scope(deps.sessions) as session:
         groups = ledger_groups(session, since=since, group_by=grouping)
-        total = ledger_total(session, since)
+        total = summary_total(session, since)
     chart: str | None = None
     if groups:
         name = f"cost-{key}-{grouping}-{now:%Y%m%dT%H%M%S}.png"

@@ -16,22 +16,25 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gpubot import costs
-from gpubot.db.tables import JobGroupRow, JobRow, LedgerEntryRow
+from gpubot.db.spend import from_e8
+from gpubot.db.tables import JobGroupRow, JobRow, SpendSummaryRow
 from gpubot.groups import children as kids
 from gpubot.notify import audit, outbox
 from gpubot.render import groups as render
 
 
 def group_spent_usd(session: Session, job_ids: list[str]) -> Decimal:
-    """What the ledger holds for these jobs together (0 for none)."""
+    """What the ledger holds for these jobs together (0 for none), read from their
+    whole-life spend summaries (a child's group never changes, so the group's total is the sum
+    of its children's; no ledger scan)."""
     if not job_ids:
         return Decimal(0)
     total = session.scalar(
-        select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)).where(
-            LedgerEntryRow.job_id.in_(job_ids)
+        select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+            SpendSummaryRow.scope == "job", SpendSummaryRow.scope_id.in_(job_ids)
         )
     )
-    return Decimal(str(total or 0))
+    return from_e8(total)
 
 
 def enforce_group_budget(
