@@ -461,7 +461,7 @@ class SimEngine:
         root = self.root_of(inst.id)
         pids = procs.instance_pids(inst.id, root)
         at = time.monotonic()
-        current = {pid: procs.cpu_seconds([pid]) for pid in pids}
+        current = {pid: procs.busy_seconds(pid) for pid in pids}
         if not pids:
             util = 0.0
         else:

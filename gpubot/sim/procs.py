@@ -64,6 +64,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def busy_seconds(pid: int) -> float:
+    """Seconds ``pid`` has wanted a CPU so far: time on a CPU plus time waiting for one.
+
+    This is what the GPU stand-in reports as utilisation, so a busy loop reads as busy however
+    loaded the simulator's own machine is (on a 2-core machine running a dozen test processes
+    a busy loop gets well under half a CPU, and CPU time alone then reads it as idle). Read
+    from ``/proc/PID/schedstat`` (run and run-queue wait times, ns); where the kernel has no
+    schedstat, the CPU time from ``/proc/PID/stat``. A gone process counts 0.
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            run_ns, wait_ns = (int(x) for x in fh.read().split()[:2])
+        return (run_ns + wait_ns) / 1e9
+    except (OSError, ValueError):
+        return cpu_seconds([pid])
+
+
 def kill_instance_processes(instance_id: int | str, root: Path, timeout_s: float = 5.0) -> int:
     """SIGKILL every process of the instance until none is left or ``timeout_s`` passes.
 
