@@ -41,7 +41,11 @@ _VERBS: dict[str, tuple[str, str, str]] = {
         "the cheapest matching offers on the market right now",
     ),
     "status": ("status [<job>]", "status j-3f9a1c2e", "a job's card, or your live jobs"),
-    "jobs": ("jobs [all]", "jobs", "live jobs in this channel (all: also finished ones)"),
+    "jobs": (
+        "jobs [all]",
+        "jobs all",
+        "your own live jobs, in every channel (all: also your 10 newest finished ones)",
+    ),
     "logs": ("logs <job> [lines=50]", "logs j-3f9a1c2e lines=100", "the end of a job's log"),
     "cancel": ("cancel <job>", "cancel j-3f9a1c2e", "checkpoint, stop and destroy the machine"),
     "keep": (
