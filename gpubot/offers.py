@@ -19,6 +19,11 @@ for compute, storage is billed on top either way. An offer is rented interruptib
 that bid is above ``min_bid`` and below ``dph_base`` (a real saving); vast ``min_bid`` is per
 machine, $/h. The price a plan quotes is what vast will charge per hour: bid + storage for an
 interruptible rental, ``dph_total`` for on-demand (:attr:`RentalChoice.price_per_hour_usd`).
+
+Why one module over 500 lines: the fast one-pass filter and the explanatory checks
+(:func:`offer_matches`, the nearest-miss message) must make the same decisions, and
+``tests/core/test_offer_choice_equivalence.py`` holds them to it; keeping both beside the bid
+rule and the ranking keys they share makes a drift between them visible in one diff.
 """
 
 from __future__ import annotations

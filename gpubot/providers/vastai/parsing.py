@@ -9,6 +9,10 @@ seconds. Money is converted with ``Decimal(str(value))`` so 0.3567 stays 0.3567.
 Status mapping (``actual_status``/``intended_status``/``cur_state``, and an outbid bid shown
 as stopped while intended to run) is :func:`status_from_vast`; values we do not know map
 to :attr:`ProviderStatus.UNKNOWN`, never to an exception.
+
+Why one module over 500 lines: offers and instances share the field readers (money, counters,
+bounded strings, ids) that make a malformed row unreadable instead of fatal; splitting the two
+row kinds would split those readers or import them back and forth.
 """
 
 from __future__ import annotations
