@@ -18,7 +18,7 @@ from typing import Any
 from gpubot import costs
 from gpubot.governance.periods import period_adjective
 from gpubot.render import mrkdwn as md
-from gpubot.render.blocks import ACTION_CANCEL, ACTION_EXTEND_BUDGET, button
+from gpubot.render.blocks import ACTION_CANCEL, ACTION_EXTEND_BUDGET, button, cancel_confirm
 
 # -- data handed in by governance -------------------------------------------------------------
 
@@ -177,10 +177,11 @@ def job_alert_blocks(job_id: str, text: str) -> list[dict[str, Any]]:
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {
             "type": "actions",
-            "block_id": f"budget:{job_id}",
+            "block_id": f"budget:{job_id}"[:255],
             "elements": [
                 button(ACTION_EXTEND_BUDGET, "Raise budget", job_id, "primary"),
-                button(ACTION_CANCEL, "Stop now", job_id, "danger"),
+                button(ACTION_CANCEL, "Stop now", job_id, "danger",
+                       confirm=cancel_confirm(job_id)),
             ],
         },
     ]

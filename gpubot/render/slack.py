@@ -15,7 +15,7 @@ from typing import Any
 
 from gpubot.models import Offer
 from gpubot.render import mrkdwn as md
-from gpubot.render.blocks import ACTION_APPROVE, ACTION_REJECT, button
+from gpubot.render.blocks import ACTION_APPROVE, ACTION_REJECT, button, reject_confirm
 from gpubot.render.text import card_lines, usd
 from gpubot.render.views import JobView
 
@@ -109,7 +109,7 @@ def approval_blocks(
             "block_id": f"approval:{job_id}"[: md.ACTION_ID_MAX],
             "elements": [
                 button(ACTION_APPROVE, "Approve", job_id, "primary"),
-                button(ACTION_REJECT, "Reject", job_id, "danger"),
+                button(ACTION_REJECT, "Reject", job_id, "danger", confirm=reject_confirm(job_id)),
             ],
         },
     ]
