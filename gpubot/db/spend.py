@@ -16,7 +16,7 @@ budgets (enforcement every tick, the launch gate, ``/gpu budget``, App Home, gro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -113,25 +113,41 @@ def _utc(value: datetime | None) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def add_to_summaries(conn: Connection | Session, entries: Iterable[LedgerEntryRow]) -> int:
-    """Add new (not yet inserted) ledger rows to the summaries on ``conn``'s transaction.
+def add_to_summaries(
+    conn: Connection | Session, entries: Iterable[LedgerEntryRow | Mapping[str, Any]]
+) -> int:
+    """Add new ledger rows (ORM objects, or column-value mappings as a bulk insert takes them)
+    to the summaries on ``conn``'s transaction.
 
     One upsert statement (executemany) for all keys, in sorted key order. Must run in the
-    transaction that inserts ``entries`` (the ``before_flush`` hook does) and exactly once per
-    entry. Returns the number of summary rows touched.
+    transaction that inserts ``entries`` (the ``before_flush`` hook and the tick's
+    ``append_ledger`` do) and exactly once per entry. Returns the number of summary rows
+    touched.
     """
     acc: Acc = {}
     for e in entries:
-        _accumulate(
-            acc,
-            e.job_id,
-            e.requester,
-            e.channel,
-            e.kind,
-            to_e8(e.amount_usd),
-            _utc(e.period_end),
-            _utc(e.created_at),
-        )
+        if isinstance(e, Mapping):
+            _accumulate(
+                acc,
+                e.get("job_id"),
+                e.get("requester"),
+                e.get("channel"),
+                str(e["kind"]),
+                to_e8(e["amount_usd"]),
+                _utc(e["period_end"]),
+                _utc(e.get("created_at")),
+            )
+        else:
+            _accumulate(
+                acc,
+                e.job_id,
+                e.requester,
+                e.channel,
+                e.kind,
+                to_e8(e.amount_usd),
+                _utc(e.period_end),
+                _utc(e.created_at),
+            )
     return _upsert(conn, acc)
 
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpubot import costs
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import claim_due_jobs
+from gpubot.db.spend import add_to_summaries
 from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import ProviderError
@@ -153,7 +154,7 @@ def observe_and_meter(
         if job_ids
         else {}
     )
-    entries = 0
+    ledger: list[dict[str, object]] = []
     verified = 0
     with session.no_autoflush:
         for row in rows:
@@ -161,26 +162,37 @@ def observe_and_meter(
             obs = by_id.get(row.provider_id)
             if obs is None and (not listed_ok or row.provider_id in unreadable):
                 continue
-            entries += _apply_observation(session, row, jobs.get(row.job_id), obs, now)
+            _apply_observation(ledger, row, jobs.get(row.job_id), obs, now)
             verified += int(obs is None and row.destroyed_at == now)
-    return entries, verified
+    append_ledger(session, ledger)
+    return len(ledger), verified
+
+
+def append_ledger(session: Session, entries: list[dict[str, object]]) -> None:
+    """THE tick's ledger write: ``entries`` (LedgerEntryRow column values) inserted with one
+    executemany, and their per-day spend summaries upserted with one more, in the caller's
+    transaction; both commit or neither does. No ORM objects (2,000 per tick at 1000 jobs)."""
+    if not entries:
+        return
+    session.execute(insert(LedgerEntryRow), entries)
+    add_to_summaries(session, entries)
 
 
 def _apply_observation(
-    session: Session,
+    ledger: list[dict[str, object]],
     row: InstanceRow,
     job: JobRow | None,
     obs: InstanceObservation | None,
     now: datetime,
-) -> int:
-    """Meter ``row`` and copy what the provider says onto it; returns ledger entries added."""
-    entries = _meter(session, row, job, obs, now)
+) -> None:
+    """Meter ``row`` into ``ledger`` and copy what the provider says onto it."""
+    _meter(ledger, row, job, obs, now)
     if obs is None:
         row.provider_status = GONE
         if row.destroy_requested_at is not None:
             row.destroyed_at = now
             row.status = "destroyed"
-        return entries
+        return
     row.provider_status = obs.status.value
     row.ssh_host = obs.ssh_host
     row.ssh_port = obs.ssh_port
@@ -196,27 +208,25 @@ def _apply_observation(
         row.price_per_hour_usd = obs.compute_per_hour_usd
     if obs.status.value == "running" and row.running_since is None:
         row.running_since = now
-    return entries
 
 
 def _meter(
-    session: Session,
+    ledger: list[dict[str, object]],
     row: InstanceRow,
     job: JobRow | None,
     obs: InstanceObservation | None,
     now: datetime,
-) -> int:
-    """Ledger entries for ``row`` from ``metered_until`` to now (or the destroy request).
+) -> None:
+    """Append to ``ledger`` the entries for ``row`` from ``metered_until`` to now (or the
+    destroy request).
 
     Compute is charged for the interval when the instance was running at its start (the
     previous observation); storage for the whole life until the destroy request, or longer
     while the instance is still listed after it; bandwidth
     from the growth of the provider's billed-bytes counters.
 
-    The rows are only added to the session: at flush, in this same transaction, the
-    ``before_flush`` hook of :mod:`gpubot.db.tables` upserts their per-day spend summaries
-    (:func:`gpubot.db.spend.add_to_summaries`, one statement for the whole tick), which is what
-    budget enforcement reads instead of the ledger.
+    The entries are written by :func:`append_ledger` with their spend summaries (what budget
+    enforcement reads instead of the ledger), in the metering transaction.
     """
     start = row.metered_until or row.created_at
     end = now
@@ -257,27 +267,24 @@ def _meter(
             )
             row.bytes_up_billed = max(row.bytes_up_billed, up)
             row.bytes_down_billed = max(row.bytes_down_billed, down)
-    added = 0
     for kind, amount in amounts:
         if amount <= 0:
             continue
-        session.add(
-            LedgerEntryRow(
-                instance_id=row.id,
-                job_id=row.job_id,
-                requester=job.requester if job else "",
-                channel=job.channel if job else "",
-                kind=kind,
-                amount_usd=amount,
-                period_start=start,
-                period_end=max(start, end),
-                created_at=now,
-            )
+        ledger.append(
+            {
+                "instance_id": row.id,
+                "job_id": row.job_id,
+                "requester": job.requester if job else "",
+                "channel": job.channel if job else "",
+                "kind": kind,
+                "amount_usd": amount,
+                "period_start": start,
+                "period_end": max(start, end),
+                "created_at": now,
+            }
         )
-        added += 1
     if end > start:
         row.metered_until = end
-    return added
 
 
 def add_to_counter(session: Session, name: str, amount: int) -> None:
