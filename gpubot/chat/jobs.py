@@ -18,11 +18,11 @@ from gpubot.chat import permissions
 from gpubot.chat.reply import Reply, job_or_none, no_job, refusal
 from gpubot.commands import LogsCommand
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import JobGroupRow, JobRow
+from gpubot.db.tables import JobGroupRow, JobRow, MessageRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import RemoteError
 from gpubot.models import JobState
-from gpubot.notify import audit, events
+from gpubot.notify import audit, events, outbox
 from gpubot.redact import redact
 from gpubot.render import chat as texts
 from gpubot.render import events as thread
@@ -34,26 +34,45 @@ MAX_KEEP_HOURS = 24.0
 
 
 def status(deps: EngineDeps, job_id: str) -> Reply:
-    """``/gpu status <job>``: the job's card, with its loss chart (a PNG) when it has points."""
+    """``/gpu status <job>``: the job's card. When the job has loss points, its loss chart (a
+    PNG under ``GPUBOT_HOME/charts``) is queued in the outbox as a file for the job's thread
+    (the deliverer uploads it there with ``files_upload_v2``), and the answer says so: the
+    chart never goes to the top of the channel and no answer names a server path. A chart
+    still waiting in the outbox for this job is not queued twice."""
     with session_scope(deps.sessions) as session:
         job = job_or_none(session, job_id)
         if job is None:
             return no_job(job_id)
         view = events.job_view(session, job)
         points = list((job.metrics_history or {}).get("points") or [])
-    file_path = None
+        channel = job.channel
+    chart = "none"
     if points:
         from gpubot.render.charts import loss_chart_png
 
-        path = deps.settings.home / "charts" / f"{job_id}-loss.png"
-        file_path = str(loss_chart_png([(int(p[0]), float(p[1])) for p in points], path))
-    text = texts.status_text(card_lines(view), file_path)
-    return Reply(
-        text=text,
-        blocks=slack_render.text_blocks(text),
-        job_id=job_id,
-        file_path=file_path,
-    )
+        path = deps.settings.home / "charts" / f"{job_id}-status-loss.png"
+        drawn = loss_chart_png([(int(p[0]), float(p[1])) for p in points], path)
+        with session_scope(deps.sessions) as session:
+            waiting = session.scalars(
+                select(MessageRow.id).where(
+                    MessageRow.job_id == job_id,
+                    MessageRow.kind == "file",
+                    MessageRow.file_path == str(drawn),
+                    MessageRow.dirty.is_(True),
+                )
+            ).first()
+            if waiting is None:
+                outbox.upload(
+                    session,
+                    channel=channel,
+                    thread_key=job_id,
+                    path=str(drawn),
+                    title=texts.status_chart_title(job_id, len(points)),
+                    job_id=job_id,
+                )
+        chart = "thread"
+    text = texts.status_text(card_lines(view), chart_in_thread=chart == "thread")
+    return Reply(text=text, blocks=slack_render.text_blocks(text), job_id=job_id)
 
 
 def list_jobs(deps: EngineDeps, user: str, *, include_finished: bool) -> Reply:

@@ -96,12 +96,18 @@ def offers_text(title: str, table: str) -> str:
     return f"{title}\n{md.code_block(table, md.TEXT_SOFT_MAX, keep='head')}"
 
 
-def status_text(card_lines: Sequence[str], chart_path: str | None) -> str:
-    """A job's card (mrkdwn lines) and, when drawn, where its loss chart was written."""
+def status_text(card_lines: Sequence[str], *, chart_in_thread: bool = False) -> str:
+    """A job's card (mrkdwn lines) and, when its loss chart was drawn, where to find it: the
+    job's thread (never a file path)."""
     text = "\n".join(card_lines)
-    if chart_path:
-        text += f"\nloss chart: {md.inline(chart_path, 500)}"
+    if chart_in_thread:
+        text += "\n:chart_with_downwards_trend: Loss chart: posted in the job's thread."
     return text
+
+
+def status_chart_title(job_id: str, points: int) -> str:
+    """Title (raw) of the loss chart ``/gpu status`` posts in the job's thread."""
+    return f"{job_id} loss curve ({points} points)"
 
 
 def jobs_title(*, include_finished: bool) -> str:

@@ -108,7 +108,13 @@ def test_status_of_a_job_draws_its_loss_chart(deps: EngineDeps) -> None:
             .values(metrics_history={"points": [[10, 2.0], [20, 1.4], [30, 1.1]]})
         )
     reply = _run(deps, f"status {job_id}")
-    assert reply.file_path and Path(reply.file_path).read_bytes()[:4] == b"\x89PNG"
+    assert reply.file_path is None and "thread" in reply.text  # never a server path
+    with session_scope(deps.sessions) as session:
+        [chart] = session.scalars(
+            select(MessageRow).where(MessageRow.job_id == job_id, MessageRow.kind == "file")
+        ).all()
+    assert chart.thread_key == job_id
+    assert chart.file_path and Path(chart.file_path).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_request_key_is_answered_once(deps: EngineDeps) -> None:

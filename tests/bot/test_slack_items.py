@@ -5,19 +5,36 @@ decisions replacing the approval buttons, the health server in Socket Mode, and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from slack_sdk import WebClient
+from sqlalchemy import select, update
+from werkzeug.test import Client
 
+from bot.delivery import SlackDeliverer
 from gpubot.commands.usage import help_text, usage
 from gpubot.config import BotConfig
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import JobRow, MessageRow
+from gpubot.deps import EngineDeps
 from gpubot.render import slack as slack_render
 from gpubot.render.blocks import button, confirm_dialog, idle_warning_blocks
 from gpubot.render.budgets import job_alert_blocks
-from tests.bot.conftest import ALICE
-from tests.fixtures.slack_fake import block_kit_errors
+from tests.bot.conftest import (
+    ADMIN,
+    ALICE,
+    BOT_TOKEN,
+    CHANNEL,
+    FORM,
+    command_body,
+    sign,
+    wait_until,
+)
+from tests.fixtures.slack_fake import SlackFake, block_kit_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +91,97 @@ def test_cancel_destroy_stop_and_reject_ask_for_confirmation(job_id: str) -> Non
                 assert confirm["style"] == "danger"
                 assert job_id[:20] in confirm["text"]["text"] or "j-" in confirm["text"]["text"]
                 assert confirm["confirm"]["text"] and confirm["deny"]["text"]
+
+
+# -- /gpu status: the chart goes into the job's thread; no server path in any message ----------
+
+
+def _post(http: Client, body: str) -> tuple[int, str]:
+    response = http.post("/slack/events", data=body, headers={**FORM, **sign(body)})
+    return response.status_code, response.get_data(as_text=True)
+
+
+def _hook(slack: SlackFake, name: str) -> str:
+    return slack.webhook_url.split("/webhook/")[0] + f"/webhook/{name}"
+
+
+def _answer(slack: SlackFake, url: str) -> dict[str, Any]:
+    path = "/webhook/" + url.split("/webhook/", 1)[1]
+
+    def answers() -> list[dict[str, Any]]:
+        return [p.params for p in list(slack.webhook_log)
+                if p.path == path and not p.params.get("delete_original")]
+
+    wait_until(lambda: bool(answers()), what=f"the answer at {url}")
+    return answers()[0]
+
+
+def _command(http: Client, slack: SlackFake, text: str, name: str, user: str = ALICE
+             ) -> dict[str, Any]:
+    url = _hook(slack, name)
+    body = command_body(text, user=user, response_url=url, trigger=f"t.{name}")
+    assert _post(http, body)[0] == 200
+    return _answer(slack, url)
+
+
+def _deliverer(deps: EngineDeps, slack: SlackFake) -> SlackDeliverer:
+    client = WebClient(token=BOT_TOKEN, base_url=slack.url, timeout=5)
+    return SlackDeliverer(client, deps, post_interval_seconds=0.0,
+                          method_intervals_seconds={"chat.update": 0.01,
+                                                    "views.publish": 0.01})
+
+
+def _drain(deliverer: SlackDeliverer, deps: EngineDeps) -> None:
+    def clean() -> bool:
+        deliverer.deliver_once()
+        with session_scope(deps.sessions) as session:
+            return not session.scalars(
+                select(MessageRow).where(MessageRow.dirty.is_(True),
+                                         MessageRow.channel != "console")
+            ).first()
+
+    wait_until(clean, what="the outbox to drain", timeout_s=20)
+
+
+def _launch(http: Client, slack: SlackFake, deps: EngineDeps, name: str) -> JobRow:
+    answer = _command(http, slack, "train lr=2e-5", name)
+    with session_scope(deps.sessions) as session:
+        job = next(j for j in session.scalars(select(JobRow)) if j.id in answer["text"])
+        session.expunge(job)
+    return job
+
+
+def _everything_sent(slack: SlackFake) -> str:
+    parts = [json.dumps(c.params, default=str) + c.body for c in list(slack.calls)]
+    parts += [json.dumps(v) for v in slack.views.values()]
+    parts += [json.dumps(f) for f in slack.files]
+    return "\n".join(parts)
+
+
+def test_status_posts_the_chart_in_the_jobs_thread_and_no_reply_shows_a_server_path(
+    http: Client, deps: EngineDeps, slack: SlackFake
+) -> None:
+    job = _launch(http, slack, deps, "chart-launch")
+    deliverer = _deliverer(deps, slack)
+    _drain(deliverer, deps)
+    with session_scope(deps.sessions) as session:
+        session.execute(update(JobRow).where(JobRow.id == job.id).values(
+            metrics_history={"points": [[10, 2.0], [20, 1.4], [30, 1.1]]}))
+        parent_ts = session.scalars(select(JobRow.thread_ts).where(JobRow.id == job.id)).one()
+    assert parent_ts
+
+    answer = _command(http, slack, f"status {job.id}", "chart-status")
+    assert "thread" in answer["text"]
+    assert slack.files == []  # nothing uploaded at the top of the channel
+    _drain(deliverer, deps)
+    [chart] = slack.files
+    assert chart["channel"] == CHANNEL and chart["thread_ts"] == parent_ts
+
+    for i, text in enumerate(["status", "jobs all", "cost", "cost week by=user", "budget",
+                              "help", f"logs {job.id}", "audit", f"status {job.id}"]):
+        _command(http, slack, text, f"scan-{i}", user=ADMIN if text == "audit" else ALICE)
+    _drain(deliverer, deps)
+    sent = _everything_sent(slack)
+    home = str(deps.settings.home)
+    assert home not in sent and home.replace("/", "\\/") not in sent
+    assert ".png" not in "".join(json.dumps(w.params) for w in slack.webhook_log)
