@@ -1,5 +1,6 @@
 """The admin verbs on a launch and its budget: the Approve / Reject buttons of an approval
-request, and Extend budget on a budget alert.
+request (a job's, or a group's: :func:`approve_group` / :func:`reject_group`), and Extend
+budget on a budget alert.
 
 Approving queues the job (a worker rents it on the next tick); rejecting finishes it
 (nothing was rented). Each change, its thread reply and its audit entry commit together.
@@ -17,10 +18,12 @@ from gpubot.chat.reply import Reply, job_or_none, no_job, refusal
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow
 from gpubot.deps import EngineDeps
+from gpubot.errors import CommandError
 from gpubot.models import JobState
 from gpubot.notify import audit, events
 from gpubot.render import chat as texts
 from gpubot.render import events as thread
+from gpubot.render import limits as render_limits
 
 MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
 """The most one "Extend budget" click may add."""
@@ -102,3 +105,37 @@ def extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) ->
             session, user, "budget.extend", job_id, "", {"from": str(old), "to": str(new)}
         )
     return Reply(text=texts.budget_extended(job_id, old, new), job_id=job_id)
+
+
+def approve_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
+    """Approve every child of a sweep or sharded run awaiting approval (an admin; never the
+    requester): the Approve button on the group's approval request. The quota then counts
+    them (:func:`gpubot.groups.actions.approve_group`); a group with nothing awaiting is
+    left as it is."""
+    from gpubot.groups import actions as group_actions
+
+    try:
+        approved = group_actions.approve_group(deps, group_id, user)
+    except CommandError:
+        return no_job(group_id)
+    if not approved:
+        return Reply(text=texts.nothing_to("approve", group_id, "not awaiting approval"),
+                     job_id=group_id)
+    return Reply(text=render_limits.group_approved(group_id, len(approved)), job_id=group_id)
+
+
+def reject_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
+    """Reject a group awaiting approval (an admin): its waiting children end as cancelled,
+    nothing was rented for them. A group with nothing awaiting is left as it is."""
+    from gpubot.groups import actions as group_actions
+
+    try:
+        rejected = group_actions.reject_group(
+            deps, group_id, user, texts.rejection_reason(user)
+        )
+    except CommandError:
+        return no_job(group_id)
+    if not rejected:
+        return Reply(text=texts.nothing_to("reject", group_id, "not awaiting approval"),
+                     job_id=group_id)
+    return Reply(text=render_limits.group_rejected(group_id, len(rejected)), job_id=group_id)

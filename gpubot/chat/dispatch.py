@@ -156,8 +156,10 @@ def handle_action(
     """Handle a button click. The clicker's permission is checked again on every click.
 
     ``value`` is the job id, or ``<job id>:<number>`` for ``job.keep`` (hours) and
-    ``job.extend_budget`` (USD to add; default doubles the cap). A ``request_key`` already
-    handled (a replayed click) returns the earlier answer and changes nothing.
+    ``job.extend_budget`` (USD to add; default doubles the cap). ``job.approve`` and
+    ``job.reject`` also take a group id (``g-…``): the whole group's approval request. A
+    ``request_key`` already handled (a replayed click) returns the earlier answer and changes
+    nothing.
     """
     if action_id not in JOB_ACTIONS:
         return refusal(texts.unknown_action(action_id))
@@ -250,6 +252,10 @@ def _route_action(
                 return jobs.cancel(deps, job_id, user, reason=reason)
             case action_ids.ACTION_KEEP:
                 return jobs.keep(deps, job_id, user, hours=_number(arg, 2.0))
+            case action_ids.ACTION_APPROVE if job_id.startswith("g-"):
+                return approvals.approve_group(deps, job_id, user)
+            case action_ids.ACTION_REJECT if job_id.startswith("g-"):
+                return approvals.reject_group(deps, job_id, user)
             case action_ids.ACTION_APPROVE:
                 return approvals.approve(deps, job_id, user)
             case action_ids.ACTION_REJECT:

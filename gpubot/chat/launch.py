@@ -168,8 +168,17 @@ def submit(
 
     Returns ``(job_id, created)``. A ``request_key`` already used returns the earlier job
     with ``created=False``: a redelivered Slack request never launches twice.
+
+    The limits the launch is approved with are stored with the job and hold after approval:
+    ``price_ceiling_per_hour_usd`` (:func:`gpubot.engine.planning.price_ceiling`: the plan's
+    $/h + 20 %, no higher than the approval threshold when the plan was under it), which every
+    renting and re-renting step respects, and ``approved_hours`` (the plan's hours), past
+    which (plus :func:`gpubot.engine.planning.duration_grace`) the running step stops it.
     """
     state = JobState.AWAITING_APPROVAL if plan.approval_reason else JobState.QUEUED
+    ceiling = planning.price_ceiling(
+        plan.price_per_hour_usd, deps.config.roles.approval_above_price_per_hour_usd
+    )
     with session_scope(deps.sessions) as session:
         if request_key:
             existing = session.scalars(
@@ -190,6 +199,7 @@ def submit(
             "expected_hours": plan.expected_hours,
             "mode": plan.mode.value,
             "approval_reason": plan.approval_reason,
+            "price_ceiling_per_hour_usd": str(ceiling),
         }
         job = JobRow(
             id=job_id,
@@ -204,6 +214,8 @@ def submit(
             group_id=group_id,
             state=state.value,
             budget_usd=plan.budget_usd,
+            price_ceiling_per_hour_usd=ceiling,
+            approved_hours=plan.expected_hours,
             created_at=deps.clock(),
             updated_at=deps.clock(),
             due_at=deps.clock(),

@@ -1,11 +1,13 @@
 """The launch verbs: ``/gpu <template> …`` and ``/gpu launch``, ``/gpu rent``, and the group
 launches (``/gpu sweep``, a shardable template with ``shards=N``).
 
-A single launch checks the caller's quota, plans (:func:`gpubot.chat.launch.plan_launch`: one
-market search), puts the estimate through the approval rules and the budget gate, and submits
-(:func:`gpubot.chat.launch.submit`: database writes only). When an admin must approve, the
+A single launch checks the caller's quota (:mod:`gpubot.chat.quotas`), plans
+(:func:`gpubot.chat.launch.plan_launch`: one market search), puts the estimate through the
+approval rules and the budget gate, and submits (:func:`gpubot.chat.launch.submit`: database
+writes only; the job stores its approved price ceiling and hours). When an admin must approve, the
 approval request with its buttons is posted in the job's thread. Group launches are handed to
-:mod:`gpubot.groups`.
+:mod:`gpubot.groups` (quotas count every child); a group that needs approval gets one
+Approve / Reject request on its parent thread.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from decimal import Decimal
 
-from gpubot.chat import launch, permissions
+from gpubot.chat import launch, permissions, quotas
 from gpubot.chat.reply import Reply
 from gpubot.commands import LaunchCommand, RentCommand, SweepCommand
 from gpubot.db.engine import session_scope
@@ -27,14 +29,23 @@ from gpubot.render import slack as slack_render
 
 
 def is_sharded(deps: EngineDeps, command: LaunchCommand) -> bool:
-    """A shardable template with ``shards=N > 1`` runs as a group of N child jobs."""
+    """A shardable template runs as a group (of N child jobs) with ``shards=N > 1``, and also
+    with ``shards=1`` (or no ``shards``) when ``src=`` names something other than the
+    template's default: ``src`` is then a declared input name, resolved, listed and staged by
+    :func:`gpubot.groups.submit_shards` exactly as for N shards (a path, a URL or an unknown
+    name is refused there with the usage message, before anything is listed or launched).
+    A single run keeping the default ``src`` reads that folder of its own workspace."""
     template = deps.config.templates.get(command.template)
     if template is None or not template.shardable:
         return False
     try:
-        return int(command.params.get("shards", 1)) > 1
+        if int(command.params.get("shards", 1)) > 1:
+            return True
     except (TypeError, ValueError):
         return False
+    return "src" in command.params and (
+        command.params["src"] != template.default_params().get("src")
+    )
 
 
 def launch_job(
@@ -58,7 +69,7 @@ def launch_job(
             dispatcher answers with the earlier reply).
     """
     with session_scope(deps.sessions) as session:
-        permissions.check_quota(session, deps.config, user, channel)
+        quotas.check_quota(session, deps.config, user, channel)
     plan = launch.plan_launch(deps, command)
     reason = permissions.approval_reason(
         deps.config, price_per_hour_usd=plan.price_per_hour_usd, estimate_usd=plan.estimate_usd
@@ -144,6 +155,21 @@ def launch_group(
             sub.approval_reason or "",
             {"children": list(sub.job_ids), "estimate_usd": str(sub.estimate_usd)},
         )
+        if sub.created and sub.approval_reason:
+            # The whole group waits for one decision: Approve / Reject on its parent thread
+            # (routed to approvals.approve_group / reject_group by the group id).
+            lines = sub.text.splitlines()
+            outbox.reply(
+                session,
+                channel=channel,
+                thread_key=sub.group_id,
+                group_id=sub.group_id,
+                text=thread.approval_requested(sub.group_id, sub.approval_reason),
+                blocks=slack_render.approval_blocks(
+                    sub.group_id, user, lines, sub.approval_reason, deps.config.roles.admins
+                ),
+            )
+            audit.record(session, user, "approval.request", sub.group_id, sub.approval_reason)
     return Reply(
         text=sub.text,
         ephemeral=False,

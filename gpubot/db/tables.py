@@ -106,6 +106,14 @@ class JobRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     """Rentals made for this job so far (1 + re-rents after interruptions)."""
     budget_usd: Mapped[Decimal | None]
+    price_ceiling_per_hour_usd: Mapped[Decimal | None]
+    """The most the renting steps may pay per hour (charged price: bid + storage, or on-demand
+    ``dph_total``), fixed at submit from the accepted plan (``planning.price_ceiling``). None
+    for jobs from before the limit existed (no cap)."""
+    approved_hours: Mapped[float | None]
+    """The run time the launch was planned and approved for (``hours=`` or the template's
+    ``expected_hours``); the running step stops the job past it plus
+    ``planning.duration_grace``. None for jobs from before the limit existed."""
     alerted_pcts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rental_type: Mapped[str | None] = mapped_column(String(16))
     remote_root: Mapped[str | None] = mapped_column(String(512))

@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from decimal import Decimal
+from datetime import timedelta
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from gpubot import costs, offers
 from gpubot.commands.types import ResourceOverrides
 from gpubot.config import BotConfig
 from gpubot.db.tables import JobRow
+from gpubot.errors import NoOfferError
 from gpubot.models import InterruptibleMode, Offer, OfferRanking, RentalChoice, Requirements
 
 DEFAULT_RENT_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel"
 DEFAULT_RENT_DISK_GB = 30
 DEFAULT_RENT_HOURS = 2.0
+
+PRICE_TOLERANCE = Decimal("0.20")
+"""How far above the planned $/h a renting step may go (+20 %): the market moves between the
+plan and the rental (min_bid drift, the planned offer taken), but never past what was approved
+(see :func:`price_ceiling`)."""
+DURATION_GRACE_FRACTION = 0.10
+"""A job may run its approved hours plus 10 % of them, or plus :data:`DURATION_GRACE_MIN`
+when that is longer (see :func:`duration_grace`)."""
+DURATION_GRACE_MIN = timedelta(minutes=10)
 
 
 def overrides_to_json(overrides: ResourceOverrides) -> dict[str, Any]:
@@ -168,3 +179,98 @@ def offer_snapshot(offer: Offer) -> dict[str, Any]:
 
 def estimate(choice: RentalChoice, disk_gb: int, hours: float) -> Any:
     return costs.estimate_job_cost(choice, disk_gb, hours)
+
+
+# -- limits that hold after approval ----------------------------------------------------------
+
+
+def price_ceiling(
+    planned_per_hour_usd: Decimal, approval_threshold_usd: Decimal | None
+) -> Decimal:
+    """The most a renting step may pay per hour for a job planned at ``planned_per_hour_usd``.
+    Pure.
+
+    The planned price plus :data:`PRICE_TOLERANCE` (+20 %), but no higher than the
+    ``[roles] approval_above_price_per_hour_usd`` threshold when the plan was under it (a
+    launch approved by nobody never rents above the price that needs approval). A plan above
+    the threshold was approved by an admin at its price: the ceiling is then plan + 20 %.
+    Never below the planned price. Rounded down to $0.00000001 (the column's scale).
+    """
+    ceiling = planned_per_hour_usd * (1 + PRICE_TOLERANCE)
+    if approval_threshold_usd is not None and planned_per_hour_usd <= approval_threshold_usd:
+        ceiling = min(ceiling, approval_threshold_usd)
+    ceiling = max(ceiling, planned_per_hour_usd)
+    return ceiling.quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
+
+
+def ceiling_of(job: JobRow) -> Decimal | None:
+    """The job's stored price ceiling ($/h), None when it has none (older jobs)."""
+    value = job.price_ceiling_per_hour_usd
+    return Decimal(value) if value is not None else None
+
+
+def duration_grace(approved_hours: float) -> timedelta:
+    """The grace past the approved run time before the job is stopped. Pure: 10 % of the
+    approved hours, at least :data:`DURATION_GRACE_MIN` (10 minutes)."""
+    return max(timedelta(hours=approved_hours * DURATION_GRACE_FRACTION), DURATION_GRACE_MIN)
+
+
+def duration_limit(approved_hours: float) -> timedelta:
+    """How long a job approved for ``approved_hours`` may run in all (hours + grace). Pure."""
+    return timedelta(hours=approved_hours) + duration_grace(approved_hours)
+
+
+def choose_within_ceiling(
+    market: Sequence[Offer],
+    requirements: Requirements,
+    *,
+    ceiling_usd: Decimal | None,
+    mode: InterruptibleMode,
+    expected_hours: float,
+    checkpoints: bool,
+    ranking: OfferRanking = OfferRanking.PRICE,
+) -> RentalChoice:
+    """:func:`choose_rental` restricted to charged prices at or below ``ceiling_usd`` (None:
+    no ceiling). Pure.
+
+    The ceiling is applied as the requirements' price cap (the lower of it and a user's
+    ``max_price=``), which the core compares with the charged price: bid + storage for an
+    interruptible rental, on-demand ``dph_total`` otherwise. The returned choice's
+    ``price_per_hour_usd`` is therefore never above the ceiling.
+
+    Raises:
+        NoOfferError: nothing qualifies. When offers qualify only above the ceiling, the
+            message says so and names the cheapest of them (a "wait for a cheaper offer").
+    """
+    capped = requirements
+    if ceiling_usd is not None:
+        cap = requirements.max_price_per_hour_usd
+        capped = dataclasses.replace(
+            requirements,
+            max_price_per_hour_usd=ceiling_usd if cap is None else min(cap, ceiling_usd),
+        )
+    kwargs: dict[str, Any] = {
+        "mode": mode, "expected_hours": expected_hours, "checkpoints": checkpoints,
+        "ranking": ranking,
+    }
+    try:
+        choice = choose_rental(market, capped, **kwargs)
+    except NoOfferError:
+        if capped is requirements:
+            raise
+        try:
+            above = choose_rental(market, requirements, **kwargs)
+        except NoOfferError:
+            raise NoOfferError(
+                f"no offer at or below the approved ceiling ${ceiling_usd}/h"
+            ) from None
+        raise NoOfferError(
+            f"no offer at or below the approved ceiling ${ceiling_usd}/h (the cheapest "
+            f"matching one costs ${above.price_per_hour_usd}/h)"
+        ) from None
+    if ceiling_usd is not None and choice.price_per_hour_usd > ceiling_usd:
+        # The core's cap check and RentalChoice's price must agree; never rent above it.
+        raise NoOfferError(
+            f"no offer at or below the approved ceiling ${ceiling_usd}/h"
+        )  # pragma: no cover
+    return choice

@@ -63,6 +63,36 @@ def verdict_of(instance: InstanceRow) -> InstanceVerdict:
     return instance_verdict(obs, listed_ok=True)
 
 
+REMOTE_ROOT_MAX = JobRow.__table__.c.remote_root.type.length  # type: ignore[attr-defined]
+"""``jobs.remote_root`` is a VARCHAR of this length (512)."""
+
+
+class BadRemoteRoot(RemoteError):
+    """The instance reported a remote root the bot will not use (not a retryable SSH hiccup:
+    the host itself answers this way)."""
+
+
+def check_remote_root(root: str) -> str:
+    """``root`` when it is an absolute path of printable characters, without ``..`` parts,
+    at most :data:`REMOTE_ROOT_MAX` characters. Pure.
+
+    Raises:
+        BadRemoteRoot: otherwise; the message says why and shows at most 60 characters.
+    """
+    shown = repr(root[:60]) + ("…" if len(root) > 60 else "")
+    if len(root) > REMOTE_ROOT_MAX:
+        why = f"is {len(root)} characters long (at most {REMOTE_ROOT_MAX})"
+    elif not root.startswith("/"):
+        why = "is not an absolute path"
+    elif not root.isprintable():
+        why = "contains control characters"
+    elif ".." in root.split("/"):
+        why = "contains a '..' part"
+    else:
+        return root
+    raise BadRemoteRoot(f"the instance reported an unusable remote root {shown}: it {why}")
+
+
 def loss_reason(instance: InstanceRow) -> str:
     status = instance.provider_status or "unknown"
     if status == "outbid":
@@ -198,8 +228,16 @@ class RemoteSession:
         return result.stdout
 
     def discover_root(self) -> str:
+        """The instance's working root (``/workspace`` when it reports none), checked with
+        :func:`check_remote_root`.
+
+        Raises:
+            BadRemoteRoot: the host reported a root that is not a short absolute printable
+                path (the connecting step gives up on that host at once).
+            RemoteCommandFailed, SSHConnectError: as :meth:`_run` (try again).
+        """
         root = self._run(control.DISCOVER_ROOT_COMMAND, "discovering the remote root").strip()
-        return root or "/workspace"
+        return check_remote_root(root or "/workspace")
 
     def layout(self, job: JobRow) -> control.RemoteLayout:
         if not job.remote_root:

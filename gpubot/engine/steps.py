@@ -58,6 +58,7 @@ from gpubot.lifecycle import (
 from gpubot.models import JobState, LaunchSpec
 from gpubot.notify import events
 from gpubot.redact import redact
+from gpubot.render import limits as render_limits
 
 logger = logging.getLogger(__name__)
 
@@ -405,9 +406,13 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     market = deps.provider.search_offers(requirements, interruptible=interruptible_search)
     market = [o for o in market if o.offer_id not in set(excluded.get("offers", []))]
     try:
-        choice = planning.choose_rental(
+        # Never above the ceiling stored at submit (plan + tolerance): a market that moved
+        # since the plan, or a re-rent after an interruption, waits for a cheaper offer
+        # instead of renting what nobody approved.
+        choice = planning.choose_within_ceiling(
             market,
             requirements,
+            ceiling_usd=planning.ceiling_of(job),
             mode=mode,
             expected_hours=planning.expected_hours_of(deps.config, job),
             checkpoints=bool(template.resources.checkpoints) if template else False,
@@ -533,6 +538,9 @@ def _step_connecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
             root = session.discover_root()
             session.prepare(job.id)
             host_key = session.host_key
+    except remote_job.BadRemoteRoot as exc:
+        # The host answers this way every time: give it up now (blocked, re-rented).
+        return _interrupted(job, instance, str(exc))
     except RemoteError as exc:
         if deps.clock() - job.step_started_at > CONNECT_DEADLINE:
             return _interrupted(job, instance, f"SSH never accepted us: {exc}")
@@ -624,7 +632,9 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         return _running_interactive(deps, job, instance)
     with remote_job.connect(deps, instance) as session:
         status = session.status(job)
-        new_checkpoint = _backup_checkpoints_with(session, deps, job)
+        over = _past_approved_hours(deps, job) if status.exit_code is None else None
+        # Past its approved hours the job stops like a budget stop: final checkpoint first.
+        new_checkpoint = _backup_checkpoints_with(session, deps, job, final=over is not None)
     changes: dict[str, Any] = {"phase_detail": ""}
     notes: list[Callable[[Session, JobRow], None]] = []
     progress = remote_job.merge_progress(job, status, deps.clock())
@@ -646,6 +656,10 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         return result
     if status.vanished:
         return _process_gone(deps, job, instance, changes, notes)
+    if over is not None:
+        result = _teardown(job, outcome=JobState.FAILED, reason=over, extra=changes)
+        result.notes = [*notes, lambda s, j: events.note(s, j, render_limits.duration_stop(over))]
+        return result
     if idle_decision.stop_reason:
         reason = idle_decision.stop_reason
         return _teardown(job, outcome=JobState.FAILED, reason=reason, extra=changes)
@@ -657,6 +671,11 @@ def _step_running(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
 def _running_interactive(
     deps: EngineDeps, job: JobRow, instance: InstanceRow
 ) -> StepResult:
+    over = _past_approved_hours(deps, job)
+    if over is not None:
+        result = _teardown(job, outcome=JobState.CANCELLED, reason=over)
+        result.notes = [lambda s, j: events.note(s, j, render_limits.duration_stop(over))]
+        return result
     idle_decision = idle.decide(deps, job, instance, None)
     changes = dict(idle_decision.changes)
     if idle_decision.stop_reason:
@@ -664,6 +683,44 @@ def _running_interactive(
         return _teardown(job, outcome=JobState.CANCELLED, reason=reason, extra=changes)
     notes = [_idle_warning_note(idle_decision.warning)] if idle_decision.warning else []
     return StepResult(changes=changes, notes=notes)
+
+
+def rented_time(deps: EngineDeps, job_id: str) -> timedelta:
+    """How long the job's rentals have been running in all: per instance, from
+    ``running_since`` to its destroy request (or now while it is current). Boot time before
+    ``running_since`` is not counted; every re-rent adds its own running time."""
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        rows = session.execute(
+            select(
+                InstanceRow.running_since,
+                InstanceRow.destroy_requested_at,
+                InstanceRow.destroyed_at,
+            ).where(InstanceRow.job_id == job_id, InstanceRow.running_since.is_not(None))
+        ).all()
+    total = timedelta(0)
+    for since, requested, destroyed in rows:
+        end = requested or destroyed or now
+        if end > since:
+            total += end - since
+    return total
+
+
+def _past_approved_hours(deps: EngineDeps, job: JobRow) -> str | None:
+    """The stop reason when the job has run past its approved hours plus the grace
+    (:func:`gpubot.engine.planning.duration_limit`), else None (also for jobs without
+    stored approved hours)."""
+    if job.approved_hours is None:
+        return None
+    hours = float(job.approved_hours)
+    ran = rented_time(deps, job.id)
+    if ran <= planning.duration_limit(hours):
+        return None
+    return render_limits.duration_stop_reason(
+        ran_hours=ran.total_seconds() / 3600,
+        approved_hours=hours,
+        grace_minutes=planning.duration_grace(hours).total_seconds() / 60,
+    )
 
 
 def _idle_warning_note(text: str) -> Callable[[Session, JobRow], None]:

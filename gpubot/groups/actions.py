@@ -1,5 +1,5 @@
-"""What users do to a group after launching it: cancel it, approve it, retry its failed
-files. Only the requester or an admin may cancel or retry; approving follows the approval
+"""What users do to a group after launching it: cancel it, approve or reject it, retry its
+failed files. Only the requester or an admin may cancel or retry; approving follows the approval
 rules of single jobs (:func:`gpubot.chat.permissions.check_approver`).
 
 Each action writes its reply in the group's thread and an audit event (through
@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from gpubot.chat import permissions
+from gpubot.chat import permissions, quotas
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow, JobRow
 from gpubot.deps import EngineDeps
@@ -20,7 +20,7 @@ from gpubot.errors import CommandError, PermissionDenied
 from gpubot.groups import children as kids
 from gpubot.groups import submit
 from gpubot.models import JobState
-from gpubot.notify import audit, outbox
+from gpubot.notify import audit, events, outbox
 from gpubot.render import groups as render
 
 
@@ -84,10 +84,14 @@ def approve_group(deps: EngineDeps, group_id: str, actor: str) -> list[str]:
     """An admin approves every child awaiting approval; the concurrency limit still holds
     (children beyond it are held).
 
-    Returns the approved child ids (empty when none was waiting).
+    Children awaiting approval do not count against the live-job quota; approving them does,
+    so an approval that would take the requester past ``per_user_max_live_jobs`` is refused
+    (nothing changes). Returns the approved child ids (empty when none was waiting; nothing
+    is posted then).
 
     Raises:
-        CommandError: no such group. PermissionDenied: not an admin, or the requester.
+        CommandError: no such group. PermissionDenied: not an admin, the requester, or the
+            quota (:func:`gpubot.chat.quotas.check_group_approval`).
     """
     now = deps.clock()
     with session_scope(deps.sessions) as session:
@@ -95,8 +99,14 @@ def approve_group(deps: EngineDeps, group_id: str, actor: str) -> list[str]:
         if group is None:
             raise CommandError(f"no group {group_id}")
         permissions.check_approver(deps.config, actor, group.requester)
+        children = kids.of_group(session, group)
+        waiting = [j for j in children if j.state == JobState.AWAITING_APPROVAL.value]
+        quotas.check_group_approval(
+            session, deps.config, group_id=group_id, requester=group.requester,
+            waiting=len(waiting),
+        )
         approved = []
-        for job in kids.of_group(session, group):
+        for job in waiting:
             done = session.execute(
                 update(JobRow)
                 .where(JobRow.id == job.id, JobRow.state == JobState.AWAITING_APPROVAL.value)
@@ -105,13 +115,45 @@ def approve_group(deps: EngineDeps, group_id: str, actor: str) -> list[str]:
             )
             if done.rowcount == 1:  # type: ignore[attr-defined]
                 approved.append(job.id)
+        if not approved:
+            return []
         session.flush()
+        for job in waiting:
+            session.refresh(job)
+            events.refresh_card(session, job)
         kids.hold_excess(session, group, now, deps.config.engine.max_concurrent_children)
         outbox.reply(session, channel=group.channel, thread_key=group.id, group_id=group.id,
                      text=render.approved_text(actor))
         audit.record(session, actor, "approve", group_id, at=now)
     deps.enqueuer.kick()
     return approved
+
+
+def reject_group(deps: EngineDeps, group_id: str, actor: str, reason: str) -> list[str]:
+    """An admin rejects a group awaiting approval: every child still awaiting approval is
+    finished as cancelled (nothing was rented for them); children already approved are left
+    alone. ``reason`` (mrkdwn) is stored on each. Returns the rejected child ids (empty when
+    none was waiting; nothing is posted then).
+
+    Raises:
+        CommandError: no such group. PermissionDenied: not an admin.
+    """
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        group = session.get(JobGroupRow, group_id)
+        if group is None:
+            raise CommandError(f"no group {group_id}")
+        permissions.check_admin(deps.config, actor, "reject a launch")
+        children = kids.of_group(session, group)
+        waiting = [j.id for j in children if j.state == JobState.AWAITING_APPROVAL.value]
+        kids.cancel_awaiting(session, children, reason, now)
+        rejected = [j.id for j in children if j.id in waiting and j.state != "awaiting_approval"]
+        if not rejected:
+            return []
+        outbox.reply(session, channel=group.channel, thread_key=group.id, group_id=group.id,
+                     text=render.cancelled_text(reason, len(rejected)))
+        audit.record(session, actor, "reject", group_id, reason, at=now)
+    return rejected
 
 
 def retry_failed(deps: EngineDeps, group_id: str, actor: str) -> str | None:

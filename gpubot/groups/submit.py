@@ -18,10 +18,12 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from gpubot.chat import launch, permissions
+from sqlalchemy import select
+
+from gpubot.chat import launch, permissions, quotas
 from gpubot.commands.types import LaunchCommand, ResourceOverrides, SweepCommand
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import JobGroupRow, ProcessedRequestRow
+from gpubot.db.tables import JobGroupRow, JobRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import planning, staging
 from gpubot.errors import CommandError
@@ -73,7 +75,9 @@ def submit_sweep(
 
     Raises:
         CommandError: unknown template. NoOfferError: nothing matches. BudgetError: the
-            group total exceeds a budget and ``on_exceed = "refuse"``. Nothing is written then.
+            group total exceeds a budget and ``on_exceed = "refuse"``. PermissionDenied: the
+            children would exceed a live-job quota (every child counts,
+            :func:`gpubot.chat.quotas.check_group_quota`). Nothing is written then.
     """
     template = _template(deps, command.template)
     runs = command.combinations()
@@ -218,8 +222,9 @@ def _submit_group(
     channel: str,
     request_key: str | None,
 ) -> GroupSubmission:
-    """The shared launch of a group: gate the total, write the group row, its parent message
-    and audit event, launch each child, record the children and hold the excess."""
+    """The shared launch of a group: gate the total, check the live-job quotas for every
+    child, write the group row, its parent message and audit event, launch each child,
+    record the children and hold the excess."""
     if request_key:
         with session_scope(deps.sessions) as session:
             done = session.get(ProcessedRequestRow, request_key)
@@ -237,6 +242,11 @@ def _submit_group(
         deps, requester=requester, channel=channel, estimate_usd=total
     ).approval_reason()
     reason = "; ".join(r for r in (reason, gate) if r) or None
+    with session_scope(deps.sessions) as session:
+        # Every child is a live job of the requester (held or awaiting approval included).
+        quotas.check_group_quota(
+            session, deps.config, requester, channel, kind=kind, children=len(plans)
+        )
     limit = deps.config.engine.max_concurrent_children
     group_id = new_group_id(request_key)
     text = "\n".join(
@@ -360,11 +370,15 @@ def submit_retry(
 
     Raises:
         CommandError: unknown template, or the input is no longer declared (or may no longer
-            be used). NoOfferError/BudgetError: as :func:`submit_sweep`.
+            be used). NoOfferError/BudgetError: as :func:`submit_sweep`. PermissionDenied: the
+            requester is at a live-job quota.
     """
     template = _template(deps, template_name)
     declared = sharding.group_input(deps, spec)
     attempt = len(spec.get("retries", [])) + 1
+    if not _launched(deps, f"{group_id}:retry:{attempt}"):
+        with session_scope(deps.sessions) as session:
+            quotas.check_quota(session, deps.config, requester, channel)
     base = {
         k: v for k, v in dict(spec.get("base_params") or {}).items()
         if not str(k).startswith(INTERNAL_PARAM_PREFIX)
@@ -398,3 +412,11 @@ def submit_retry(
         audit.record(session, actor, "retry", group_id, "",
                      {"job_id": job_id, "files": len(files)}, at=deps.clock())
     return job_id
+
+
+def _launched(deps: EngineDeps, request_key: str) -> bool:
+    """True when a job with ``request_key`` exists already (a repeated retry launches nothing
+    new, so it is not checked against the quota again)."""
+    with session_scope(deps.sessions) as session:
+        found = session.scalar(select(JobRow.id).where(JobRow.request_key == request_key))
+    return found is not None

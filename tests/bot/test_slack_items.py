@@ -185,29 +185,3 @@ def test_status_posts_the_chart_in_the_jobs_thread_and_no_reply_shows_a_server_p
     home = str(deps.settings.home)
     assert home not in sent and home.replace("/", "\\/") not in sent
     assert ".png" not in "".join(json.dumps(w.params) for w in slack.webhook_log)
-
-
-# -- Socket Mode: /healthz and /metrics on $PORT -----------------------------------------------
-
-
-def test_socket_mode_serves_healthz_and_metrics_on_its_own_port(deps: EngineDeps) -> None:
-    """The health server app/serve.py starts next to the Socket Mode client (the client itself
-    cannot connect here: apps.connections.open needs Slack)."""
-    import urllib.error
-    import urllib.request
-
-    from app.serve import start_health_server
-
-    server = start_health_server(deps, host="127.0.0.1", port=0)
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:  # noqa: S310
-            assert r.status == 200 and r.read() == b"ok\n"
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310
-            assert b"gpubot_outbox_backlog" in r.read()
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(base + "/slack/events", timeout=5)  # noqa: S310
-        assert refused.value.code == 404  # Socket Mode takes no events over HTTP
-    finally:
-        server.shutdown()
-        server.server_close()
