@@ -88,8 +88,12 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        """The Celery broker: GPUBOT_BROKER_URL, else kombu's filesystem transport in home."""
-        return self.broker_url or "filesystem://"
+        """The Celery broker: GPUBOT_BROKER_URL, else the embedded broker in home.
+
+        The embedded broker, ``gpubotfs://``, is kombu's filesystem transport with atomic
+        writes (``workers/embedded_broker.py``, registered when ``workers.celery_app`` is
+        imported) in :attr:`broker_folder`: worker, beat and chat processes on one machine."""
+        return self.broker_url or "gpubotfs://"
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -128,7 +132,7 @@ class Settings(BaseSettings):
         self.home.mkdir(parents=True, exist_ok=True)
         os.chmod(self.home, 0o700)
         if self.uses_embedded_broker:
-            for sub in ("in", "processed", "control"):
+            for sub in ("in", "control"):
                 (self.broker_folder / sub).mkdir(parents=True, exist_ok=True)
         return self.home
 
@@ -172,7 +176,7 @@ def _derived_default(settings: Settings, name: str) -> str:
         case "database_url":
             return f"{settings.effective_database_url} (SQLite in GPUBOT_HOME)"
         case "broker_url":
-            return f"filesystem:// in {settings.broker_folder} (embedded, no server)"
+            return f"gpubotfs:// in {settings.broker_folder} (embedded, one machine, no server)"
         case "config_path":
             path = settings.effective_config_path
             return str(path) if path else "(built-in templates)"

@@ -1,10 +1,12 @@
 """The Celery app: JSON only, late acks on idempotent tasks, the reconcile beat schedule.
 
-Broker: ``GPUBOT_BROKER_URL`` (``redis://…`` in production), else kombu's ``filesystem://``
-transport in ``GPUBOT_HOME/broker`` — no server to install, single host only, and a message
-can be lost if a worker dies mid-task. That is acceptable because nothing depends on one
-message: the reconcile tick re-derives all work from the database every
-``GPUBOT_TICK_SECONDS`` (docs/architecture.md).
+Broker: ``GPUBOT_BROKER_URL`` (``redis://…`` in production), else the embedded broker
+``gpubotfs://`` in ``GPUBOT_HOME/broker``: kombu's filesystem transport with atomic writes and
+rename claims (``workers/embedded_broker.py``; kombu's own ``filesystem://`` let a consumer read
+a half-written message file). No server to install, one machine only, and a message can be
+lost if a worker dies mid-task. That is acceptable because nothing depends on one message: the
+reconcile tick re-derives all work from the database every ``GPUBOT_TICK_SECONDS``
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from celery import Celery
 
 from gpubot.settings import Settings
+from workers import embedded_broker  # noqa: F401 - registers the gpubotfs:// transport
 
 
 def _preload_vendor_sdks() -> None:
@@ -76,13 +79,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
     }
     if settings.uses_embedded_broker:
+        # gpubotfs:// (workers/embedded_broker.py) publishes and consumes in the same folder;
+        # its tmp/, claimed/ and bad/ folders are created next to it. A worker polls an idle
+        # queue every 0.1 s (one directory listing), so an early-tick kick waits < 0.1 s.
         folder = settings.broker_folder
         config["broker_transport_options"] = {
             "data_folder_in": str(folder / "in"),
             "data_folder_out": str(folder / "in"),
             "control_folder": str(folder / "control"),
-            "processed_folder": str(folder / "processed"),
-            "store_processed": False,
             "polling_interval": 0.1,
         }
     else:
