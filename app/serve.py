@@ -1,5 +1,9 @@
 """``gpubot serve``: the Slack app. Socket Mode when SLACK_APP_TOKEN is set, else HTTP on $PORT.
 
+In Socket Mode ``GET /healthz`` and ``GET /metrics`` are still served on $PORT, by a small
+HTTP server thread started next to the socket client (:func:`start_health_server`), so the
+compose health check and Prometheus work in both modes.
+
 The bot gets its enqueuer (a ``CeleryKicker``, which asks the workers for an early tick)
 through the EngineDeps built here; ``bot/`` itself never imports ``workers/``. Outbox
 delivery (posting threads and cards) runs in the Celery worker
@@ -9,8 +13,30 @@ delivery (posting threads and cards) runs in the Celery worker
 from __future__ import annotations
 
 import logging
+import threading
+from typing import TYPE_CHECKING
 
 from gpubot.settings import Settings
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
+
+    from gpubot.deps import EngineDeps
+
+
+def start_health_server(deps: EngineDeps, *, host: str, port: int) -> BaseWSGIServer:
+    """Serve ``/healthz`` and ``/metrics`` (``bot.http``'s handlers) on ``host:port`` from a
+    daemon thread and return the server (``server_port`` is the bound port; port 0 lets the
+    OS choose). The caller stops it with ``shutdown()`` then ``server_close()``.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    from bot.http import make_health_server
+
+    server = make_health_server(deps, host=host, port=port)
+    threading.Thread(target=server.serve_forever, name="gpubot-health", daemon=True).start()
+    return server
 
 
 def main() -> int:
@@ -33,8 +59,15 @@ def main() -> int:
     if settings.slack_app_token is not None:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        logging.getLogger(__name__).info("serving in Socket Mode")
-        SocketModeHandler(app, settings.slack_app_token.get_secret_value()).start()
+        health = start_health_server(deps, host="0.0.0.0", port=settings.port)  # noqa: S104
+        logging.getLogger(__name__).info(
+            "serving in Socket Mode; /healthz and /metrics on port %s", health.server_port
+        )
+        try:
+            SocketModeHandler(app, settings.slack_app_token.get_secret_value()).start()
+        finally:
+            health.shutdown()
+            health.server_close()
         return 0
     from bot.http import make_http_server
 

@@ -199,19 +199,38 @@ def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
                     response = _bolt_response(app, request, signing_secret)
                 finally:
                     GATE.leave()
-        elif path == "/healthz" and method == "GET":
-            try:
-                with session_scope(deps.sessions) as session:
-                    session.execute(text("SELECT 1"))
-                response = Response("ok\n", mimetype="text/plain")
-            except Exception:  # noqa: BLE001 - health must answer, not raise
-                response = Response("database unavailable\n", status=503, mimetype="text/plain")
-        elif path == "/metrics" and method == "GET":
-            response = Response(
-                metrics_text(deps), content_type="text/plain; version=0.0.4; charset=utf-8"
-            )
         else:
-            response = Response("not found\n", status=404, mimetype="text/plain")
+            response = health_response(deps, path, method)
+        return response(environ, start_response)
+
+    return wsgi
+
+
+def health_response(deps: EngineDeps, path: str, method: str) -> Response:
+    """``GET /healthz`` (200 ``ok`` when the database answers, else 503) and ``GET /metrics``
+    (Prometheus text); anything else is 404. Shared by the HTTP front and the Socket Mode
+    health server."""
+    if path == "/healthz" and method == "GET":
+        try:
+            with session_scope(deps.sessions) as session:
+                session.execute(text("SELECT 1"))
+            return Response("ok\n", mimetype="text/plain")
+        except Exception:  # noqa: BLE001 - health must answer, not raise
+            return Response("database unavailable\n", status=503, mimetype="text/plain")
+    if path == "/metrics" and method == "GET":
+        return Response(
+            metrics_text(deps), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+    return Response("not found\n", status=404, mimetype="text/plain")
+
+
+def make_health_wsgi_app(deps: EngineDeps) -> Any:
+    """A WSGI callable serving only ``GET /healthz`` and ``GET /metrics`` (Socket Mode: Slack's
+    requests arrive over the socket, so ``/slack/events`` is 404 here)."""
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        response = health_response(deps, request.path, request.method)
         return response(environ, start_response)
 
     return wsgi
@@ -220,3 +239,8 @@ def make_wsgi_app(app: App, deps: EngineDeps) -> Any:
 def make_http_server(app: App, deps: EngineDeps, *, host: str, port: int) -> BaseWSGIServer:
     """A threaded werkzeug server for the WSGI app (port 0 lets the OS choose)."""
     return make_server(host, port, make_wsgi_app(app, deps), threaded=True)
+
+
+def make_health_server(deps: EngineDeps, *, host: str, port: int) -> BaseWSGIServer:
+    """A threaded werkzeug server for :func:`make_health_wsgi_app` (port 0: the OS chooses)."""
+    return make_server(host, port, make_health_wsgi_app(deps), threaded=True)

@@ -49,6 +49,8 @@ from gpubot.redact import redact
 logger = logging.getLogger(__name__)
 
 ACTION_RE = re.compile(r"^job\.(cancel|keep|destroy|approve|reject|extend_budget)$")
+DECISIONS = frozenset({"job.approve", "job.reject"})
+"""Clicks whose answer (blocks) replaces the clicked approval request."""
 MENTION_RE = re.compile(r"^\s*<@[A-Z0-9]+>\s*")
 WORKING = "Working on it…"
 """The ack of every ``/gpu``: replaced or deleted once the answer is sent."""
@@ -182,6 +184,10 @@ def register(
                 "action", user, action.get("action_ts"), action["action_id"], value
             ),
         )
+        if action["action_id"] in DECISIONS and reply.ok and reply.blocks:
+            # The approval request becomes the decision (who, when, no buttons) for everyone.
+            respond(text=reply.text, blocks=reply.blocks, replace_original=True)
+            return
         respond(text=reply.text, response_type="ephemeral", replace_original=False)
 
     app.action(ACTION_RE)(ack=ack_action, lazy=[answer_action])

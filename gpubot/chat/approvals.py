@@ -3,12 +3,16 @@ request (a job's, or a group's: :func:`approve_group` / :func:`reject_group`), a
 budget on a budget alert.
 
 Approving queues the job (a worker rents it on the next tick); rejecting finishes it
-(nothing was rented). Each change, its thread reply and its audit entry commit together.
+(nothing was rented). Each change, its thread reply and its audit entry commit together. A
+job's approve/reject answer carries ``blocks``: what the approval request becomes (who decided,
+when, no buttons), which the Slack front puts in place of the clicked message.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from sqlalchemy import update
 
@@ -23,6 +27,7 @@ from gpubot.models import JobState
 from gpubot.notify import audit, events
 from gpubot.render import chat as texts
 from gpubot.render import events as thread
+from gpubot.render import slack as slack_render
 from gpubot.render import limits as render_limits
 
 MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
@@ -45,13 +50,14 @@ def approve(deps: EngineDeps, job_id: str, user: str) -> Reply:
             .execution_options(synchronize_session=False)
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
-            return Reply(text=texts.nothing_to("approve", job_id, job.state), job_id=job_id)
+            return _undecided("approve", job_id, job.state, now)
         session.refresh(job)
         events.note(session, job, thread.approved(user))
         events.refresh_card(session, job)
         audit.record(session, user, "approve", job_id, "", {"requester": job.requester})
     deps.enqueuer.kick()
-    return Reply(text=texts.approved(job_id), job_id=job_id)
+    return Reply(text=texts.approved(job_id), job_id=job_id,
+                 blocks=_decided(job_id, "approved", user, now))
 
 
 def reject(deps: EngineDeps, job_id: str, user: str) -> Reply:
@@ -65,12 +71,29 @@ def reject(deps: EngineDeps, job_id: str, user: str) -> Reply:
         permissions.check_admin(deps.config, user, "reject a launch")
         reason = texts.rejection_reason(user)
         if not cancel_unstarted(session, job_id, reason, now):
-            return Reply(text=texts.nothing_to("reject", job_id, job.state), job_id=job_id)
+            return _undecided("reject", job_id, job.state, now)
         session.refresh(job)
         events.note(session, job, thread.rejected(job_id, reason))
         events.refresh_card(session, job)
         audit.record(session, user, "reject", job_id, reason, {"requester": job.requester})
-    return Reply(text=texts.rejected(job_id), job_id=job_id)
+    return Reply(text=texts.rejected(job_id), job_id=job_id,
+                 blocks=_decided(job_id, "rejected", user, now))
+
+
+def _decided(job_id: str, decision: str, user: str | None, now: datetime,
+             state: str = "") -> list[dict[str, Any]]:
+    """The blocks that replace the approval request once answered (who, when, no buttons)."""
+    return slack_render.decision_blocks(
+        job_id, decision=decision, user=user, at_utc=f"{now.astimezone(UTC):%Y-%m-%d %H:%M}",
+        state=state,
+    )
+
+
+def _undecided(verb: str, job_id: str, state: str, now: datetime) -> Reply:
+    """Approve/reject on a job that no longer awaits approval: nothing changes; the request's
+    buttons are replaced all the same (``blocks``), since nothing is left to decide."""
+    return Reply(text=texts.nothing_to(verb, job_id, state), job_id=job_id,
+                 blocks=_decided(job_id, verb, None, now, state))
 
 
 def extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) -> Reply:

@@ -115,6 +115,22 @@ def approval_blocks(
     ]
 
 
+def decision_blocks(
+    job_id: str, *, decision: str, user: str | None, at_utc: str, state: str = ""
+) -> list[dict[str, Any]]:
+    """What an approval request becomes once it was answered (no buttons left): ``decision``
+    is ``approved`` or ``rejected`` by ``user`` at ``at_utc`` (raw, e.g. ``2025-01-02 10:00``);
+    with ``user`` None the request had already been answered and the job is in ``state``."""
+    jid = md.inline(job_id, 60)
+    if user is None:
+        text = f":information_source: {jid} no longer waits for approval ({md.inline(state, 40)})."
+    elif decision == "approved":
+        text = f":white_check_mark: {jid} approved by {md.mention(user)}; it is queued."
+    else:
+        text = f":no_entry: {jid} rejected by {md.mention(user)}; nothing was rented."
+    return [section(text), context(f"Decided {md.inline(at_utc, 40)} UTC.")]
+
+
 def offers_table(offers: Sequence[Offer]) -> str:
     """A fixed-width table of offers (cheapest first) for a code block. Raw text: pass it to
     :func:`gpubot.render.mrkdwn.code_block` (which escapes) before it becomes mrkdwn."""

@@ -26,10 +26,12 @@ from gpubot.render.blocks import button, confirm_dialog, idle_warning_blocks
 from gpubot.render.budgets import job_alert_blocks
 from tests.bot.conftest import (
     ADMIN,
+    ADMIN2,
     ALICE,
     BOT_TOKEN,
     CHANNEL,
     FORM,
+    action_body,
     command_body,
     sign,
     wait_until,
@@ -185,3 +187,51 @@ def test_status_posts_the_chart_in_the_jobs_thread_and_no_reply_shows_a_server_p
     home = str(deps.settings.home)
     assert home not in sent and home.replace("/", "\\/") not in sent
     assert ".png" not in "".join(json.dumps(w.params) for w in slack.webhook_log)
+
+
+# -- Socket Mode: /healthz and /metrics on $PORT -----------------------------------------------
+
+
+def test_socket_mode_serves_healthz_and_metrics_on_its_own_port(deps: EngineDeps) -> None:
+    """The health server app/serve.py starts next to the Socket Mode client (the client itself
+    cannot connect here: apps.connections.open needs Slack)."""
+    import urllib.error
+    import urllib.request
+
+    from app.serve import start_health_server
+
+    server = start_health_server(deps, host="127.0.0.1", port=0)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:  # noqa: S310
+            assert r.status == 200 and r.read() == b"ok\n"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:  # noqa: S310
+            assert b"gpubot_outbox_backlog" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/slack/events", timeout=5)  # noqa: S310
+        assert refused.value.code == 404  # Socket Mode takes no events over HTTP
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- a decision replaces the Approve / Reject buttons ------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["approve", "reject"])
+def test_a_decision_replaces_the_approval_buttons_with_who_and_when(
+    http: Client, deps: EngineDeps, slack: SlackFake, verb: str
+) -> None:
+    answer = _command(http, slack, "train gpu=h100", f"needs-approval-{verb}", user=ADMIN)
+    assert "approval" in answer["text"]
+    with session_scope(deps.sessions) as session:
+        job_id = session.scalars(select(JobRow.id)).one()
+    clicks = _hook(slack, f"decision-{verb}")
+    payload = action_body(f"job.{verb}", job_id, user=ADMIN2, response_url=clicks)
+    assert _post(http, payload) == (200, "")
+    decision = _answer(slack, clicks)
+    assert decision["replace_original"] is True
+    assert block_kit_errors(decision["blocks"]) == []
+    assert not _buttons(decision["blocks"])  # the buttons are gone
+    shown = json.dumps(decision["blocks"])
+    assert f"<@{ADMIN2}>" in shown and verb.rstrip("e") + "ed" in shown and "UTC" in shown
