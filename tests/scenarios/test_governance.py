@@ -163,7 +163,7 @@ class TestBudgetCap:
     def test_job_budget_stops_it_after_a_checkpoint_with_50_80_100_alerts(
         self, gov: EngineDeps, fast_sim: SimServer, s3_store: S3Store
     ) -> None:
-        job_id = launch(gov, "pricey budget=$0.50", "k-budget")
+        job_id = launch(gov, "pricey budget=$0.50 hours=1", "k-budget")
         beat = paced(gov)
         job = drive(gov, job_id, until=finished, tick=beat, timeout_s=150)
         assert job.state == "failed"

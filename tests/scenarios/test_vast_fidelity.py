@@ -138,7 +138,7 @@ def test_bid_within_the_policy_margin_is_never_outbid_by_drift(
 ) -> None:
     vast = VastAI(api_key=drift_sim.api_key, server_url=drift_sim.url)
     # given a bid job rented through the engine at the policy's bid
-    job_id, plan = _launch(deps, "trainx steps=100000 step_seconds=0.05")
+    job_id, plan = _launch(deps, "trainx steps=100000 step_seconds=0.05 hours=30")
     assert plan.choice.rental_type is RentalType.INTERRUPTIBLE
     drive(deps, job_id, until=lambda j: j.state == "running", tick=lambda: _tick(deps),
           timeout_s=90)
