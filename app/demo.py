@@ -137,7 +137,8 @@ def run_demo(
         os.environ.pop(var, None)
     os.environ["GPUBOT_HOME"] = str(home)
     # Everything runs in this process, so kombu's in-memory transport is the embedded broker
-    # here (the filesystem transport is for worker, beat and chat in separate processes).
+    # here (gpubotfs://, the embedded folder transport, is for separate worker, beat and chat
+    # processes).
     os.environ["GPUBOT_BROKER_URL"] = "memory://"
     os.environ["GPUBOT_TICK_SECONDS"] = str(DEMO_TICK_SECONDS)
 

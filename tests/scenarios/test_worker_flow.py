@@ -24,7 +24,7 @@ class TestCeleryConfig:
 
     def test_embedded_broker_needs_no_server(self, tmp_path) -> None:  # type: ignore[no-untyped-def]
         config = celery_config(Settings(GPUBOT_HOME=str(tmp_path)))
-        assert config["broker_url"] == "filesystem://"
+        assert config["broker_url"] == "gpubotfs://"
         assert config["broker_transport_options"]["data_folder_in"].startswith(str(tmp_path))
 
 
