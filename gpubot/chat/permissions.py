@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from gpubot.config import BotConfig
 from gpubot.db.tables import JobRow
 from gpubot.errors import PermissionDenied
-from gpubot.models import JobState
 from gpubot.render.text import usd
 
 
@@ -58,41 +54,6 @@ def check_owner_or_admin(config: BotConfig, user: str, job: JobRow, what: str) -
             f"{user} may not {what} {job.id}",
             user_message=f"Only <@{job.requester}> (who launched {job.id}) or an admin can "
             f"{what} it.",
-        )
-
-
-def _live_states() -> list[str]:
-    return [s.value for s in JobState.live_states()]
-
-
-def live_jobs_count(
-    session: Session, *, user: str | None = None, channel: str | None = None
-) -> int:
-    """Live (not finished) jobs, optionally of one requester and/or one channel."""
-    query = select(func.count()).select_from(JobRow).where(JobRow.state.in_(_live_states()))
-    if user is not None:
-        query = query.where(JobRow.requester == user)
-    if channel is not None:
-        query = query.where(JobRow.channel == channel)
-    return int(session.scalar(query) or 0)
-
-
-def check_quota(session: Session, config: BotConfig, user: str, channel: str) -> None:
-    """Raise PermissionDenied when a new launch would exceed a live-job quota."""
-    roles = config.roles
-    mine = live_jobs_count(session, user=user)
-    if mine >= roles.per_user_max_live_jobs:
-        raise PermissionDenied(
-            f"{user} has {mine} live jobs",
-            user_message=f"You already have {mine} live jobs (the limit is "
-            f"{roles.per_user_max_live_jobs}). Cancel one or wait for it to finish.",
-        )
-    here = live_jobs_count(session, channel=channel)
-    if here >= roles.per_channel_max_live_jobs:
-        raise PermissionDenied(
-            f"channel {channel} has {here} live jobs",
-            user_message=f"This channel already has {here} live jobs (the limit is "
-            f"{roles.per_channel_max_live_jobs}).",
         )
 
 
