@@ -1,4 +1,4 @@
-"""Who may do what: allow-lists, admins, live-job quotas and launch approval (``[roles]``).
+"""Who may do what: allow-lists, admins and launch approval (``[roles]``); quotas: chat/quotas.py.
 
 Slack has no per-command ACL, so every command *and every button click* is checked here.
 Refusals raise :class:`gpubot.errors.PermissionDenied` whose ``user_message`` says why; nothing
