@@ -169,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help='run a command from the terminal: gpubot chat "/gpu jobs"')
     chat.add_argument("text", nargs="+", help='the command, e.g. "/gpu train lr=2e-5"')
     chat.add_argument("--no-follow", action="store_true", help="do not follow the job's thread")
-    chat.add_argument("--user", default="console")
+    chat.add_argument(
+        "--user",
+        default="console",
+        help="act as this Slack user id (any id, admins' too: an operator's tool; see "
+        "docs/security.md)",
+    )
     chat.add_argument("--channel", default="console")
     chat.set_defaults(func=_cmd_chat)
 
