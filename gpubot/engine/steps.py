@@ -248,13 +248,15 @@ def _retry_later(deps: EngineDeps, job: JobRow, exc: BaseException) -> StepResul
 
 
 def _rate_limited(deps: EngineDeps, job: JobRow, exc: RateLimitedError) -> StepResult:
-    """vast said "not now" (429, search quota, our own pace): try again after the wait it
-    named (at least one tick, at most an hour). Not a failure: the consecutive-error count
-    that fails a job is left as it was (a 429 storm must not fail a healthy job)."""
+    """vast said "not now" (429, search quota, our own pace refusing a turn that is too far
+    away): the job is due again when the turn comes, i.e. after the wait the error names (at
+    most an hour; one tick when it names none), so no worker sits waiting for it. Not a
+    failure: the consecutive-error count that fails a job is left as it was (a 429 storm or a
+    long queue of creates must not fail a healthy job)."""
     wait = exc.retry_after_seconds
     tick = float(deps.settings.tick_seconds)
-    delay = max(tick, min(float(wait), 3600.0)) if wait is not None else tick
-    logger.info("job %s: %s rate limited, retrying in %.0f s", job.id, job.state, delay)
+    delay = min(max(0.0, float(wait)), 3600.0) if wait is not None else tick
+    logger.info("job %s: %s rate limited, retrying in %.1f s", job.id, job.state, delay)
     return StepResult(
         changes={
             "phase_detail": f"vast.ai rate limit, retrying in {delay:.0f} s"[:300],
@@ -454,6 +456,18 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     _claim_still_held()  # a taken-over step must not rent: one create per attempt
     try:
         provider_id = deps.provider.create_instance(choice.offer, spec)
+    except RateLimitedError as exc:
+        # Not sent (no create turn yet) or refused with a 429: nothing was rented, so the
+        # placeholder is closed with this step's result instead of costing the next step a
+        # listing to look for its label (lists are rate limited too).
+        result = _rate_limited(deps, job, exc)
+        result.changes["progress"] = dict(job.progress or {})  # not an error, not a success
+        result.instance_changes[placeholder_id] = {
+            "destroy_requested_at": deps.clock(),
+            "destroyed_at": deps.clock(),
+            "status": "abandoned",
+        }
+        return result
     except NoCapacityError as exc:
         why = str(exc)
         excluded_offers = list(excluded.get("offers", [])) + [choice.offer.offer_id]

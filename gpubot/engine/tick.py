@@ -2,7 +2,8 @@
 
 Every ``GPUBOT_TICK_SECONDS`` the tick:
 1. lists the account's instances once (all pages) — a failed listing is an error, never
-   evidence that nothing exists;
+   evidence that nothing exists; the listing is skipped (the same as failed) when the
+   provider's list turn is not free right now, so a tick never waits on the rate limit;
 2. writes what it saw onto our instance rows and meters the ledger (compute while running,
    storage until the destroy was requested, bandwidth from the provider's counters). A listed
    row that failed validation (``readable=False``, see providers/vastai/parsing.py) is counted
@@ -35,8 +36,9 @@ from gpubot.db.queries import claim_due_jobs
 from gpubot.db.spend import add_to_summaries
 from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow
 from gpubot.deps import EngineDeps
-from gpubot.errors import ProviderError
+from gpubot.errors import ProviderError, RateLimitedError
 from gpubot.models import InstanceObservation
+from gpubot.pace import waiting_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,15 @@ def reconcile_tick(
     """One tick. ``dispatch(job_id, lock_token)`` runs or enqueues the job's step."""
     now = deps.clock()
     try:
-        listing = deps.provider.list_instances()
+        # Only if the list turn is free now: a tick queued behind other callers' turns would
+        # hold its worker while ticks pile up behind it and starve the job steps.
+        with waiting_at_most(0.0):
+            listing = deps.provider.list_instances()
         listed_ok = True
+    except RateLimitedError as exc:
+        logger.info("tick: instance listing skipped (unavailable), nothing presumed gone: %s", exc)
+        listing = []
+        listed_ok = False
     except ProviderError as exc:
         logger.warning("tick: instance listing failed, nothing is presumed gone: %s", exc)
         listing = []

@@ -6,12 +6,21 @@ Why: vast limits each endpoint by a *minimum time between calls* per API key (va
 (``vastai/api/client.py``, about 1.2 s in all) and never retries ``search_quota_exceeded``.
 Several workers sharing one key must therefore take turns *before* calling.
 
-The pace hands out turns ("slots"): each :meth:`Pace.turn` reserves the next free slot of the
-endpoint (no earlier than now, at least ``interval`` after the previous slot) and waits until it.
-A slot further away than ``max_wait_seconds`` is not reserved: :class:`RateLimitedError` is
-raised instead, so a tick is never held for long (the engine retries on a later tick without
-counting it as a failure). :meth:`Pace.defer` pushes the endpoint's next slot out after vast
-answered 429 anyway.
+The pace hands out turns, one call each: ``with pace.turn("create"): send()``. A turn is
+taken when the endpoint is free: no call of it in flight (a turn is *held* during its call) and
+``interval`` seconds passed since the previous call *returned*. Spacing is measured from the end
+of the previous call, not from when it was allowed to start, so however late a request leaves
+(network, GIL, a busy worker) and however long it takes, vast never sees two calls of an
+endpoint closer than the interval. A holder that dies mid-call frees the endpoint when
+``hold_seconds`` pass.
+
+Nobody waits long for a turn: a turn more than ``max_wait_seconds`` away (and, inside
+:func:`gpubot.pace.waiting_at_most`, more than that bound; the reconcile tick lists only if
+the list turn is free now) is not taken: :class:`RateLimitedError` is raised with
+``retry_after_seconds`` = when the turn should come, and the engine makes the job due again
+then without counting an error. While another call holds the endpoint the caller polls the
+hold briefly (within its bound). :meth:`Pace.defer` pushes the endpoint's next turn out after
+vast answered 429 anyway (by the endpoint's interval when vast named no wait).
 
 - :class:`LocalPace`: one process (the embedded default broker runs one worker process).
 - :class:`RedisPace`: every process sharing a Redis server (the broker's), atomic in one Lua
@@ -25,12 +34,13 @@ Endpoints are the names in :data:`DEFAULT_INTERVALS_SECONDS`; unknown names pace
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from gpubot.errors import ConfigError, RateLimitedError
-from gpubot.pace import LocalSlots, RedisSlots, Slots, is_redis_url
+from gpubot.pace import LocalSlots, RedisSlots, Slot, Slots, is_redis_url, wait_limit
 
 ENDPOINTS = ("create", "destroy", "list", "search", "other")
 DEFAULT_INTERVALS_SECONDS: Mapping[str, float] = MappingProxyType(
@@ -38,23 +48,38 @@ DEFAULT_INTERVALS_SECONDS: Mapping[str, float] = MappingProxyType(
 )
 """Below vast's published examples for some endpoints (create 4.5 s, destroy 3 s): those are
 per-key thresholds of single calls, not contracts; a 429 still defers the endpoint."""
-DEFAULT_MAX_WAIT_SECONDS = 10.0
+DEFAULT_MAX_WAIT_SECONDS = 2.0
+"""The longest a caller (a job step on a worker) waits for a turn; a turn further away is
+refused (RateLimitedError) so the worker goes on with other jobs."""
+DEFAULT_HOLD_SECONDS = 45.0
+"""The longest one call holds its endpoint: above the provider's 30 s request timeout, so only
+a holder that died mid-call (or a call retried through several timeouts) is outlived."""
+HOLD_POLL_SECONDS = 0.05
+"""How often a caller looks again while another call holds the endpoint (within its bound)."""
 
 
 class Pace(Protocol):
     """Takes turns on vast endpoints."""
 
-    def turn(self, endpoint: str) -> None:
-        """Wait for this caller's slot on ``endpoint``; return when the call may be sent.
+    def turn(self, endpoint: str) -> AbstractContextManager[None]:
+        """The turn for one call on ``endpoint``: ``with pace.turn(endpoint): send()``.
 
-        Raises:
-            RateLimitedError: the next free slot is more than ``max_wait_seconds`` away
-                (nothing was reserved); ``retry_after_seconds`` says when to try again.
+        Entering waits (at most ``max_wait_seconds``, less inside
+        :func:`gpubot.pace.waiting_at_most`) until no call of the endpoint is in flight and
+        its interval has passed since the previous call returned; the block holds the
+        endpoint; leaving frees it one interval later (an exception in the block too).
+
+        Raises (on entering; nothing was taken or sent):
+            RateLimitedError: the turn is further away than the bound;
+                ``retry_after_seconds`` says when to try again (when another call still holds
+                the endpoint: its interval, the earliest the turn can come).
         """
         ...
 
-    def defer(self, endpoint: str, seconds: float) -> None:
-        """No slot on ``endpoint`` before ``seconds`` from now (vast answered 429)."""
+    def defer(self, endpoint: str, seconds: float | None = None) -> float:
+        """No turn on ``endpoint`` before ``seconds`` from now (vast answered 429; None: the
+        endpoint's interval, vast named no wait). A later turn is kept. Returns the seconds
+        used."""
         ...
 
 
@@ -78,30 +103,58 @@ class _BasePace:
         intervals: Mapping[str, float] | None,
         max_wait_seconds: float,
         sleep: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
         self.slots = slots
         self.intervals = _intervals(intervals)
         self.max_wait_seconds = float(max_wait_seconds)
+        self.hold_seconds = float(hold_seconds)
         self._sleep = sleep
+        self._clock = clock
 
     def _endpoint(self, endpoint: str) -> str:
         return endpoint if endpoint in self.intervals else "other"
 
-    def turn(self, endpoint: str) -> None:
+    @contextmanager
+    def turn(self, endpoint: str) -> Iterator[None]:
         name = self._endpoint(endpoint)
-        slot = self.slots.reserve(
-            name, self.intervals[name], max_wait_seconds=self.max_wait_seconds
-        )
-        if not slot.reserved:
-            raise RateLimitedError(
-                f"vast.ai {name} calls are paced: next turn in {slot.wait_seconds:.1f} s",
-                retry_after_seconds=slot.wait_seconds,
-            )
-        if slot.wait_seconds > 0:
-            self._sleep(slot.wait_seconds)  # pacing an outgoing call, not waiting for state
+        interval = self.intervals[name]
+        slot = self._take(name, interval)
+        try:
+            if slot.wait_seconds > 0:
+                self._sleep(slot.wait_seconds)  # pacing an outgoing call, not waiting for state
+            yield
+        finally:
+            self.slots.settle(name, slot, interval)
 
-    def defer(self, endpoint: str, seconds: float) -> None:
-        self.slots.defer(self._endpoint(endpoint), seconds)
+    def _take(self, name: str, interval: float) -> Slot:
+        """Reserve and hold the endpoint's next turn within the wait bound, or raise."""
+        bound = wait_limit(self.max_wait_seconds)
+        deadline = self._clock() + bound
+        while True:
+            left = max(0.0, min(bound, deadline - self._clock()))
+            slot = self.slots.reserve(
+                name, max(self.hold_seconds, interval), max_wait_seconds=left, held=True
+            )
+            if slot.reserved:
+                return slot
+            if slot.held and left > 0:
+                # Another call is in flight; it frees the endpoint one interval after it
+                # returns, which may still be within our bound.
+                self._sleep(min(HOLD_POLL_SECONDS, left))
+                continue
+            retry = interval if slot.held else slot.wait_seconds
+            why = "a call is in flight" if slot.held else f"next turn in {retry:.1f} s"
+            raise RateLimitedError(
+                f"vast.ai {name} calls are paced: {why}", retry_after_seconds=retry
+            )
+
+    def defer(self, endpoint: str, seconds: float | None = None) -> float:
+        name = self._endpoint(endpoint)
+        rest = self.intervals[name] if seconds is None else max(0.0, float(seconds))
+        self.slots.defer(name, rest)
+        return rest
 
 
 class LocalPace(_BasePace):
@@ -114,13 +167,17 @@ class LocalPace(_BasePace):
         max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
-        super().__init__(LocalSlots(clock=clock), intervals, max_wait_seconds, sleep)
+        super().__init__(
+            LocalSlots(clock=clock), intervals, max_wait_seconds, sleep, clock, hold_seconds
+        )
 
 
 class RedisPace(_BasePace):
     """Pace shared through Redis: one ``<prefix>:<endpoint>`` key per endpoint holding the
-    next free slot (epoch ms on the Redis server's clock); expires a minute after it passes."""
+    next free slot (epoch ms on the Redis server's clock; expires a minute after it passes),
+    and ``<prefix>:<endpoint>:held`` while a call holds the endpoint."""
 
     def __init__(
         self,
@@ -130,11 +187,16 @@ class RedisPace(_BasePace):
         key_prefix: str = "gpubot:vast-pace",
         max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        hold_seconds: float = DEFAULT_HOLD_SECONDS,
     ) -> None:
         """``client`` is a ``redis.Redis``; ``key_prefix`` should name the API key's account
         (never the key itself) when several accounts share a server."""
         super().__init__(
-            RedisSlots(client, key_prefix=key_prefix), intervals, max_wait_seconds, sleep
+            RedisSlots(client, key_prefix=key_prefix),
+            intervals,
+            max_wait_seconds,
+            sleep,
+            hold_seconds=hold_seconds,
         )
         self.key_prefix = key_prefix
 

@@ -16,10 +16,12 @@ Vendor behaviour handled here (vastai 1.9.1 SDK and the vast.ai REST API):
 - Destroying an instance that is already gone (404 / ``no_such_instance``) is success.
 - Rate limits: vast limits each endpoint by a minimum interval between calls and sends no
   ``Retry-After``; the SDK's own retries give up after about 1.2 s and never retry
-  ``search_quota_exceeded``. Every call first takes a turn from a shared :class:`Pace`
-  (``gpubot.providers.vastai.pace``); a 429 or quota reply that is left raises
+  ``search_quota_exceeded``. Every call holds a turn of a shared :class:`Pace`
+  (``gpubot.providers.vastai.pace``) while it runs; the next call of that endpoint leaves one
+  interval after it returned. A 429 or quota reply that is left raises
   :class:`RateLimitedError` (``retry_after_seconds`` from ``Retry-After``, the
-  ``threshold=`` in vast's message or ``X-RateLimit-Reset``) and rests the endpoint.
+  ``threshold=`` in vast's message or ``X-RateLimit-Reset``, else the endpoint's interval)
+  and rests the endpoint that long.
 
 Output: on the dict-query paths used here the SDK prints nothing (``quiet=True`` is passed
 anyway; ``explain``/``curl`` are never enabled — ``curl=True`` would ``sys.exit``).
@@ -71,8 +73,6 @@ AUTH_ERRORS = frozenset({"auth_error", "invalid_api_key", "unauthorized"})
 RATE_LIMIT_ERRORS = frozenset({"rate_limit_exceeded", "search_quota_exceeded"})
 MAX_CHARGE_PAGES = 50
 MAX_MESSAGE_CHARS = 300
-RATE_LIMIT_DEFER_SECONDS = 5.0
-"""How long an endpoint rests after a 429 that names no threshold (vast sends no Retry-After)."""
 _THRESHOLD_RE = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -214,10 +214,12 @@ class VastAIProvider:
                 lost). When vast created a stopped instance anyway (``new_contract`` set), it
                 was destroyed first; ``created_instance_id`` names it. If that destroy failed,
                 the message says so and the caller must destroy it.
-            TransientProviderError: vast refused for now (429/5xx) or did not answer. After a
-                timeout or a 5xx (which the SDK also retries) vast may still have created the
-                instance: look for ``spec.label`` with :meth:`find_by_label` before renting
-                again.
+            RateLimitedError: no create turn (nothing was sent) or vast answered 429 to the
+                one attempt a create makes: nothing was rented; try after
+                ``retry_after_seconds``.
+            TransientProviderError: vast refused for now (5xx) or did not answer. After a
+                timeout or a 5xx vast may still have created the instance: look for
+                ``spec.label`` with :meth:`find_by_label` before renting again.
             ProviderAuthError / ProviderError: see the class docstring.
         """
         offer_id = _numeric_id(offer.offer_id, "offer")
@@ -496,13 +498,16 @@ class VastAIProvider:
         vendor failure into the gpubot error tree. A rate-limit answer rests the endpoint."""
         if self.pace is None:
             return self._call_now(what, fn, check_success=check_success)
-        self.pace.turn(endpoint)  # RateLimitedError when the next turn is too far away
-        try:
-            return self._call_now(what, fn, check_success=check_success)
-        except RateLimitedError as e:
-            rest = e.retry_after_seconds
-            self.pace.defer(endpoint, rest if rest is not None else RATE_LIMIT_DEFER_SECONDS)
-            raise
+        # The turn is held for the whole call and the next one comes one interval after this
+        # call returns; entering raises RateLimitedError (nothing sent) when it is too far.
+        with self.pace.turn(endpoint):
+            try:
+                return self._call_now(what, fn, check_success=check_success)
+            except RateLimitedError as e:
+                # vast answered 429 anyway: rest the endpoint for the wait it named, else its
+                # interval; the caller retries then.
+                e.retry_after_seconds = self.pace.defer(endpoint, e.retry_after_seconds)
+                raise
 
     def _call_now(self, what: str, fn: Callable[[], T], *, check_success: bool) -> T:
         try:
