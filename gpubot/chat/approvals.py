@@ -14,21 +14,22 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 
 from gpubot.chat import permissions
 from gpubot.chat.jobs import cancel_unstarted
 from gpubot.chat.reply import Reply, job_or_none, no_job, refusal
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import JobRow
+from gpubot.db.tables import JobRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import CommandError
 from gpubot.models import JobState
 from gpubot.notify import audit, events
+from gpubot.redact import redact
 from gpubot.render import chat as texts
 from gpubot.render import events as thread
-from gpubot.render import slack as slack_render
 from gpubot.render import limits as render_limits
+from gpubot.render import slack as slack_render
 
 MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
 """The most one "Extend budget" click may add."""
@@ -96,10 +97,20 @@ def _undecided(verb: str, job_id: str, state: str, now: datetime) -> Reply:
                  blocks=_decided(job_id, verb, None, now, state))
 
 
-def extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) -> Reply:
+def extend_budget(
+    deps: EngineDeps, job_id: str, user: str, amount_text: str, *, request_key: str | None = None
+) -> Reply:
     """Raise the job's budget cap by ``amount_text`` USD (owner or admin); an empty amount
     doubles the cap. Refused: not a finite amount, more than
-    :data:`MAX_BUDGET_EXTENSION_USD`, or no cap to double."""
+    :data:`MAX_BUDGET_EXTENSION_USD`, or no cap to double.
+
+    Once per ``request_key`` (one click, however often Slack delivers it): the key is claimed
+    with an INSERT into ``processed_requests`` in the transaction that raises the cap, before
+    the raise, and stores this answer there. A concurrent delivery of the same click blocks on
+    that INSERT until this one commits, then gets ``IntegrityError`` (its transaction changes
+    nothing): the caller answers it from the stored row. A refusal claims nothing. The raise
+    itself is ``budget + extra`` in SQL, so two different clicks never lose one another's.
+    """
     with session_scope(deps.sessions) as session:
         job = job_or_none(session, job_id)
         if job is None:
@@ -114,20 +125,29 @@ def extend_budget(deps: EngineDeps, job_id: str, user: str, amount_text: str) ->
             return refusal(texts.not_an_amount(job_id))
         if extra <= 0:
             return refusal(texts.no_budget_cap(job_id))
-        new = (old or Decimal(0)) + extra
+        claim = None
+        if request_key:
+            claim = ProcessedRequestRow(key=request_key, at=deps.clock(), result={})
+            session.add(claim)
+            session.flush()  # the INSERT now: raises IntegrityError if the click was handled
         session.execute(
             update(JobRow)
             .where(JobRow.id == job_id)
-            .values(budget_usd=new)
+            .values(budget_usd=func.coalesce(JobRow.budget_usd, 0) + extra)
             .execution_options(synchronize_session=False)
         )
         session.refresh(job)
+        new = job.budget_usd if job.budget_usd is not None else extra
+        old = new - extra if old is not None else None
         events.note(session, job, thread.budget_raised(user=user, new_usd=new))
         events.refresh_card(session, job)
         audit.record(
             session, user, "budget.extend", job_id, "", {"from": str(old), "to": str(new)}
         )
-    return Reply(text=texts.budget_extended(job_id, old, new), job_id=job_id)
+        reply = Reply(text=texts.budget_extended(job_id, old, new), job_id=job_id)
+        if claim is not None:
+            claim.result = {"text": redact(reply.text)[:4000], "job_id": job_id}
+    return reply
 
 
 def approve_group(deps: EngineDeps, group_id: str, user: str) -> Reply:

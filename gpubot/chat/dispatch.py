@@ -10,7 +10,9 @@ does the same for a button click. Both:
 * route to the verb's module and record what they did in the audit trail
   (:mod:`gpubot.notify.audit`);
 * are idempotent per ``request_key``: a redelivered Slack request gets the first answer back and
-  never launches twice (``JobRow.request_key`` + ``ProcessedRequestRow``).
+  never launches twice (``JobRow.request_key`` + ``ProcessedRequestRow``). Where acting twice
+  would matter (launches, Extend budget) the key is inserted in the transaction of the effect,
+  so of two concurrent deliveries one acts and the other fails on the key and gets the answer.
 
 Where each verb lives: launches and group launches in :mod:`gpubot.chat.launching`; status,
 jobs, logs, cancel and keep in :mod:`gpubot.chat.jobs`; approve, reject and extend budget in
@@ -84,6 +86,12 @@ JOB_ACTIONS = frozenset(
     }
 )
 """The button action ids :func:`handle_action` accepts; any other is refused."""
+CLAIMED_IN_EFFECT = frozenset({action_ids.ACTION_EXTEND_BUDGET})
+"""Actions that are not idempotent: their handler claims the request key (an INSERT into
+``processed_requests`` that fails on conflict) in the transaction of the effect, before the
+effect, so concurrent deliveries of one click apply it once. The others are guarded by their
+own conditional updates (approve/reject/cancel act on a state) or repeat harmlessly (keep sets
+a time) and are remembered after the fact."""
 
 
 def is_slow(text: str) -> bool:
@@ -167,8 +175,18 @@ def handle_action(
         earlier = _earlier_reply(deps, request_key)
         if earlier is not None:
             return earlier
-    reply = _route_action(deps, action_id, value, user=user, channel=channel)
-    if request_key and reply.ok:
+    try:
+        reply = _route_action(
+            deps, action_id, value, user=user, channel=channel, request_key=request_key
+        )
+    except IntegrityError:
+        # A concurrent delivery of the same click claimed the key first (in the effect's own
+        # transaction, which then committed): this one changed nothing; answer like it.
+        earlier = _earlier_reply(deps, request_key) if request_key else None
+        if earlier is not None:
+            return earlier
+        raise
+    if request_key and reply.ok and action_id not in CLAIMED_IN_EFFECT:
         _remember(deps, request_key, reply)
     return reply
 
@@ -239,7 +257,8 @@ def _launch_once(
 
 
 def _route_action(
-    deps: EngineDeps, action_id: str, value: str, *, user: str, channel: str
+    deps: EngineDeps, action_id: str, value: str, *, user: str, channel: str,
+    request_key: str | None,
 ) -> Reply:
     job_id, _, arg = (value or "").partition(":")
     try:
@@ -261,7 +280,9 @@ def _route_action(
             case action_ids.ACTION_REJECT:
                 return approvals.reject(deps, job_id, user)
             case _:
-                return approvals.extend_budget(deps, job_id, user, arg)
+                return approvals.extend_budget(
+                    deps, job_id, user, arg, request_key=request_key
+                )
     except PermissionDenied as e:
         _audit(deps, user, "denied", job_id, e.user_message, {"action": action_id})
         return refusal(e.user_message)

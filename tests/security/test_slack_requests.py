@@ -12,22 +12,30 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from werkzeug.test import Client
 
 from bot.http import MAX_BODY_BYTES, make_http_server
+from bot.listeners import WORKING
+from gpubot.config import BotConfig
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import AuditEventRow, JobRow
 from gpubot.deps import EngineDeps
 from tests.bot.conftest import (
     ALICE,
+    FORM,
     FixedOffersProvider,
+    Kicks,
+    MemoryStore,
     action_body,
     command_body,
+    make_settings,
     sign,
 )
 from tests.fixtures.slack_fake import SlackFake
@@ -40,6 +48,7 @@ from tests.security.conftest import (
     post,
     wait_until,
 )
+from tests.services_available import require_postgres
 
 
 def _launch_audits(deps: EngineDeps) -> int:
@@ -73,18 +82,33 @@ def _job_ids(deps: EngineDeps) -> list[str]:
     ],
 )
 def test_identical_signed_launch_sent_twice_launches_once(
-    http: Client, deps: EngineDeps, second_extra: dict[str, str]
+    http: Client, deps: EngineDeps, slack: SlackFake, second_extra: dict[str, str]
 ) -> None:
-    body = command_body("train lr=2e-5", trigger="4242.replay.1")
+    # The same bytes twice, so the same response_url: both answers land on this path.
+    path = "/webhook/replayed-launch"
+    body = command_body(
+        "train lr=2e-5", trigger="4242.replay.1",
+        response_url=slack.webhook_url.split("/webhook/")[0] + path,
+    )
     headers = sign(body, timestamp=int(time.time()) - 30)  # same ts, same signature both times
 
-    first_status, first = post(http, body, headers)
-    second_status, second = post(http, body, {**headers, **second_extra})
+    def answers() -> list[str]:
+        return [str(p.params.get("text", "")) for p in list(slack.webhook_log)
+                if p.path == path and not p.params.get("delete_original")]
+
+    first_status, first_ack = post(http, body, headers)
+    [first] = wait_until(answers, what="the first answer")
+    second_status, second_ack = post(http, body, {**headers, **second_extra})
+    [_, second] = wait_until(lambda: len(answers()) >= 2 and answers(), what="the second")
 
     assert (first_status, second_status) == (200, 200)
+    assert json.loads(first_ack) == json.loads(second_ack) == {
+        "text": WORKING, "response_type": "ephemeral"
+    }
     [job_id] = _job_ids(deps)
     assert job_id in first and job_id in second
-    assert "Already handled" in json.loads(second)["text"]
+    assert "Already handled" not in first
+    assert "Already handled" in second
     assert _launch_audits(deps) == 1
 
 
@@ -268,3 +292,92 @@ def test_replayed_budget_click_raises_the_budget_once(
     assert post(http, body, headers)[0] == 200
     wait_until(lambda: len(slack.webhooks) >= 2, what="second answer")
     assert job_snapshot(deps, job_id)["budget_usd"] == start + Decimal(10)
+
+
+# -- the same click delivered concurrently ---------------------------------------------------
+
+CONCURRENT_DELIVERIES = 8
+
+
+@pytest.fixture
+def pg_deps(
+    tmp_path: Path, slack: SlackFake, config: BotConfig, provider: FixedOffersProvider
+) -> Iterator[EngineDeps]:
+    """The bot's deps on a fresh PostgreSQL database (dropped afterwards): the production
+    database, where concurrent transactions really overlap."""
+    import psycopg2
+
+    from gpubot.wiring import build_engine_deps
+
+    base = require_postgres()
+    name = f"gpubot_click_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        settings = make_settings(tmp_path / "home", slack.url).model_copy(
+            update={"database_url": base.rsplit("/", 1)[0] + "/" + name}
+        )
+        built = build_engine_deps(
+            settings, config=config, provider=provider, store=MemoryStore(), enqueuer=Kicks()
+        )
+        yield built
+        built.sessions.kw["bind"].dispose()
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_one_budget_click_delivered_concurrently_raises_the_budget_once(
+    request: pytest.FixtureRequest, slack: SlackFake, database: str
+) -> None:
+    from bot.app import build_app
+
+    app_deps: EngineDeps = request.getfixturevalue("deps" if database == "sqlite" else "pg_deps")
+    job_id = launch(app_deps, "train lr=2e-5", user=ALICE, key=f"concurrent-click-{database}")
+    start = job_snapshot(app_deps, job_id)["budget_usd"]
+    assert start is not None
+    path = "/webhook/concurrent-click"
+    body = action_body(
+        "job.extend_budget", f"{job_id}:10", user=ALICE,
+        response_url=slack.webhook_url.split("/webhook/")[0] + path,
+    )
+    headers = {**FORM, **sign(body)}  # one signed click, byte for byte, sent N times at once
+    server = make_http_server(build_app(app_deps, settings=app_deps.settings), app_deps,
+                              host="127.0.0.1", port=0)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    url = f"http://127.0.0.1:{server.server_port}/slack/events"
+    start_line = threading.Barrier(CONCURRENT_DELIVERIES)
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        start_line.wait(timeout=10)
+        statuses.append(_raw_post(url, body.encode(), headers))
+
+    senders = [threading.Thread(target=deliver) for _ in range(CONCURRENT_DELIVERIES)]
+    try:
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(timeout=20)
+        assert statuses == [200] * CONCURRENT_DELIVERIES
+        wait_until(
+            lambda: len([p for p in slack.webhook_log if p.path == path])
+            >= CONCURRENT_DELIVERIES,
+            timeout_s=20, what="an answer to every delivery",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    new = start + Decimal(10)
+    assert job_snapshot(app_deps, job_id)["budget_usd"] == new
+    extends = [a for a in audit_actions(app_deps) if a[1] == "budget.extend"]
+    assert extends == [(ALICE, "budget.extend", job_id)]
+    answers = {str(p.params.get("text")) for p in slack.webhook_log if p.path == path}
+    assert len(answers) == 1, answers  # the replays get the first answer, word for word
+    [answer] = answers
+    assert job_id in answer and "budget raised" in answer
