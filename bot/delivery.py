@@ -5,11 +5,14 @@ safe to run from several processes at once (each row is leased with a conditiona
 before it is sent; :func:`gpubot.notify.outbox.pending` keeps thread order and is fair per
 channel). Rules:
 
-* ``parent`` rows are posted top level; their ``ts`` is stored (and copied to the job's or
-  group's ``thread_ts``), and the thread's messages are selected only once it is posted.
-* ``card`` rows are posted once as a thread reply, then edited in place with ``chat.update``:
-  at most one update per card every ``card_update_interval_seconds`` (3 s), always the newest
-  version (a row is marked clean only if its ``version`` did not change while it was sent).
+* A thread's root (a job's or group's live card, or a static ``parent``; rows without a
+  ``thread_key``) is posted top level; its ``ts`` is stored (and copied to the job's or
+  group's ``thread_ts``), and the thread's messages are selected only once it is posted. A
+  run of a group posts into its group's thread (:func:`gpubot.notify.outbox.thread_root_ts`).
+* ``card`` rows (a root card, or a run's card in its group's thread) are posted once, then
+  edited in place with ``chat.update``: at most one update per card every
+  ``card_update_interval_seconds`` (3 s), always the newest version (a row is marked clean
+  only if its ``version`` did not change while it was sent).
 * ``reply`` rows go into the job's thread (or top level without a thread key), ``file`` rows
   are uploaded with ``files_upload_v2`` into the thread, ``ephemeral`` rows go to one user,
   ``dm`` rows are direct messages (``conversations.open``, then ``chat.postMessage``).
@@ -56,7 +59,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import update
 
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow, JobRow, MessageRow
@@ -462,17 +465,7 @@ class SlackDeliverer:
 
     def _parent_ts(self, thread_key: str) -> str | None:
         with session_scope(self.deps.sessions) as session:
-            return session.scalars(
-                select(MessageRow.ts)
-                .where(MessageRow.kind == "parent", MessageRow.ts.is_not(None))
-                .where(
-                    or_(
-                        MessageRow.job_id == thread_key,
-                        and_(MessageRow.job_id.is_(None), MessageRow.group_id == thread_key),
-                    )
-                )
-                .order_by(MessageRow.id)
-            ).first()
+            return outbox.thread_root_ts(session, thread_key)
 
     def _lease(self, msg: _Msg) -> bool:
         """Claim the row for LEASE_SECONDS; False when another deliverer holds it."""
@@ -511,8 +504,8 @@ class SlackDeliverer:
                 .values(dirty=False)
                 .execution_options(synchronize_session=False)
             )
-            if msg.kind == "parent" and ts and msg.ts is None:
-                if msg.job_id:
+            if outbox.is_root(msg.kind, msg.thread_key) and ts and msg.ts is None:
+                if msg.job_id and msg.job_id != msg.group_id:
                     session.execute(
                         update(JobRow)
                         .where(JobRow.id == msg.job_id, JobRow.thread_ts.is_(None))
@@ -554,7 +547,7 @@ class SlackDeliverer:
             others = outbox.fail_channel(
                 session, channel=msg.channel, error=error, now=_utcnow()
             )
-            if msg.kind == "parent":
+            if outbox.is_root(msg.kind, msg.thread_key):
                 user = outbox.requester_of(session, job_id=msg.job_id, group_id=msg.group_id)
                 if user:
                     outbox.direct_message(

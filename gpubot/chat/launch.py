@@ -1,5 +1,6 @@
 """Launching: a command becomes a plan (offer, $/h, estimate, rental type and why), and an
-accepted plan becomes a queued job with its thread (parent message + status card).
+accepted plan becomes a queued job with its live card (the top-level message of its thread,
+showing the plan first; a run of a group gets its card in the group's thread).
 
 ``plan_launch`` makes one provider search and no writes; ``submit`` makes only database
 writes (no provider call), so a slash command can be answered within Slack's 3 s.
@@ -30,8 +31,7 @@ from gpubot.models import (
     RentalType,
     Requirements,
 )
-from gpubot.notify import audit, events, outbox
-from gpubot.render import events as render_events
+from gpubot.notify import audit, events
 from gpubot.render.text import usd
 from gpubot.templates import ParamValue
 
@@ -164,7 +164,8 @@ def submit(
     request_key: str | None,
     group_id: str | None = None,
 ) -> tuple[str, bool]:
-    """Create the job row, its thread parent and card, and an audit entry.
+    """Create the job row, its live card (the thread's root; in the group's thread for a run
+    of ``group_id``) and an audit entry.
 
     Returns ``(job_id, created)``. A ``request_key`` already used returns the earlier job
     with ``created=False``: a redelivered Slack request never launches twice.
@@ -241,15 +242,9 @@ def submit(
             at=deps.clock(),
         )
         session.flush()
-        outbox.post_parent(
-            session,
-            channel=channel,
-            text=render_events.plan_parent(
-                requester=requester, job_id=job_id, plan_lines=plan.summary_lines()
-            ),
-            job_id=job_id,
-            group_id=group_id,
-        )
+        if group_id is None:
+            # The job's live card is its top-level message: the plan until it rents.
+            job.plan = dict(job.plan, summary_lines=plan.summary_lines())
         events.refresh_card(session, job)
     deps.enqueuer.kick()
     return job_id, True

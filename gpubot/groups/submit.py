@@ -2,8 +2,9 @@
 :func:`gpubot.groups.actions.retry_failed` (:func:`submit_retry`).
 
 One market search, one plan per child, the approval rules and the budget gate applied to the
-*group total*, the parent message and the children, each launched through
-:func:`gpubot.chat.launch.submit`. Idempotent per ``request_key``: the group id is derived
+*group total*, the group's one top-level message (its live summary card, showing the plan
+first) and the children, each launched through :func:`gpubot.chat.launch.submit` (their
+cards go to the group's thread). Idempotent per ``request_key``: the group id is derived
 from it and each child gets ``<request_key>#<n>``, so a redelivered command or a crash midway
 never launches twice. Children beyond ``[engine] max_concurrent_children`` are held
 (:func:`gpubot.groups.children.hold_excess`).
@@ -264,18 +265,18 @@ def _submit_group(
                     requester=requester,
                     channel=channel,
                     budget_usd=budget_usd,
-                    spec=dict(spec, estimate_usd=str(total), approval_reason=reason),
+                    spec=dict(
+                        spec, estimate_usd=str(total), approval_reason=reason, plan_text=text
+                    ),
                     state=kids.RUNNING,
                     created_at=deps.clock(),
                 )
             )
             session.flush()
-            outbox.post_parent(
-                session,
-                channel=channel,
-                text=render.parent_text(requester, group_id, text),
-                group_id=group_id,
-            )
+            # The group's top-level message is its live summary, showing the plan first.
+            new_group = session.get(JobGroupRow, group_id)
+            assert new_group is not None
+            summary.refresh_card(session, new_group, template)
             audit.record(
                 session,
                 requester,

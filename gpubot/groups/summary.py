@@ -1,5 +1,7 @@
-"""The group's live summary card: a card row on the parent message whose ``job_id`` is the
-group id, edited in place (unchanged text is not re-sent).
+"""The group's live summary card: the group's top-level message (a root card row whose
+``job_id`` is the group id), edited in place (unchanged text is not re-sent). Its runs' cards
+are messages in its thread. A group from before (a static parent and the summary card in
+the thread) keeps its card where it is.
 
 Per child: label, state, $ so far and the latest target metric; once a sweep has finished,
 the runs best first with the best one marked; once a sharded run has merged, where its
@@ -18,6 +20,7 @@ from gpubot.groups import children as kids
 from gpubot.groups import results
 from gpubot.notify import events, outbox
 from gpubot.render import groups as render
+from gpubot.render.slack import group_root_text
 from gpubot.templates import Template
 
 
@@ -73,13 +76,26 @@ def card(session: Session, group: JobGroupRow, template: Template | None) -> ren
     )
 
 
+PLAN_STATES = frozenset({"awaiting_approval", "queued"})
+"""While every run is in one of these, the top-level message still shows the plan."""
+
+
 def refresh_card(session: Session, group: JobGroupRow, template: Template | None) -> None:
-    """Create or update the group's summary card in ``session`` (the caller commits)."""
+    """Create or update the group's summary card, its top-level message, in ``session`` (the
+    caller commits): the summary, who launched it, and the plan (``spec["plan_text"]``)
+    until a run leaves the queue."""
+    data = card(session, group, template)
+    plan = (group.spec or {}).get("plan_text")
+    waiting = group.state == kids.RUNNING and all(r.state in PLAN_STATES for r in data.rows)
     outbox.upsert_card(
         session,
         job_id=group.id,
         channel=group.channel,
-        thread_key=group.id,
-        text=render.card_text(card(session, group, template)),
+        thread_key=None,
+        text=group_root_text(
+            render.card_text(data),
+            requester=group.requester,
+            plan=str(plan) if plan and waiting else None,
+        ),
         group_id=group.id,
     )

@@ -1,13 +1,24 @@
-"""Job events as outbox messages: the status card and the replies that matter.
+"""Job events as outbox messages: one quiet live card per job, and replies only for what
+needs attention or record.
+
+The card is the job's top-level message (the root of its thread; a run of a sweep or sharded
+group has its card in the group's thread instead, without a mention), edited in place from
+the plan to the outcome and final cost. What used to be replies are card fields: the rental
+(instance, GPU, rental type, attempt), the run starting (the state), each checkpoint ("last
+checkpoint: ..., 2 min ago"). Replies are left for approvals, idle/stuck warnings,
+interruptions and resumes, failures, destroy escalations and the final result (mentioning
+the requester, with the chart and links; a group's successful run has none: its card and the
+group's end say it).
 
 Called inside the engine's applying transaction, so a message exists exactly when the state
 change it reports was committed. This module reads the rows and writes the outbox; the texts
-are built from plain data by :mod:`gpubot.render.events` (every job, user or provider value
-escaped there).
+are built from plain data by :mod:`gpubot.render.events` and :mod:`gpubot.render.text`
+(every job, user or provider value escaped there).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -57,13 +68,12 @@ def job_view(session: Session, job: JobRow) -> JobView:
     latest = progress.get("latest")
     eta = None
     if first and latest:
-        from datetime import datetime
-
         eta = estimate_eta_seconds(
             ProgressPoint(int(first[0]), datetime.fromisoformat(first[1])),
             ProgressPoint(int(latest[0]), datetime.fromisoformat(latest[1])),
             progress.get("total_steps"),
         )
+    checkpoint_at = progress.get("checkpoint_at")
     ssh_command = None
     if job.kind == "interactive" and instance is not None and instance.ssh_host:
         if instance.destroy_requested_at is None:
@@ -91,17 +101,26 @@ def job_view(session: Session, job: JobRow) -> JobView:
         ssh_command=ssh_command,
         results=list((job.results or {}).get("files", [])),
         updated_at=job.updated_at,
+        plan_lines=[str(line) for line in (job.plan or {}).get("summary_lines") or []],
+        last_checkpoint_key=job.checkpoint_key,
+        last_checkpoint_at=datetime.fromisoformat(checkpoint_at) if checkpoint_at else None,
+        in_group=job.group_id is not None,
     )
 
 
 def refresh_card(session: Session, job: JobRow) -> None:
-    """Bring the job's status card up to date (no-op when nothing visible changed)."""
+    """Create or bring up to date the job's live card (no-op when nothing visible changed).
+
+    A job of its own: the card is its top-level message, the root of its thread (a job from
+    before, with a static parent and a card in the thread, keeps that card). A run of a
+    group: the card is a message in the group's thread (``thread_key`` = the job id, which
+    the outbox resolves to the group's root)."""
     view = job_view(session, job)
     outbox.upsert_card(
         session,
         job_id=job.id,
         channel=job.channel,
-        thread_key=job.id,
+        thread_key=job.id if job.group_id else None,
         text="\n".join(card_lines(view)),
         blocks=card_blocks(view),
         group_id=job.group_id,
@@ -115,24 +134,12 @@ def note(session: Session, job: JobRow, text: str) -> None:
 
 
 def rented(session: Session, job: JobRow, choice: RentalChoice, provider_id: str) -> None:
-    """Reply that ``provider_id`` was rented for the job (GPU, rental type, price, attempt)."""
-    note(
-        session,
-        job,
-        render.rented(
-            provider_id=provider_id,
-            num_gpus=choice.offer.num_gpus,
-            gpu_name=choice.offer.gpu_name,
-            interruptible=choice.bid_per_hour_usd is not None,
-            price_per_hour_usd=choice.price_per_hour_usd,
-            attempt=job.attempts,
-        ),
-    )
+    """``provider_id`` was rented for the job: no reply. The card shows the instance, GPU,
+    rental type, $/h and attempt from the instance row (the caller refreshes the card)."""
 
 
 def started(session: Session, job: JobRow) -> None:
-    """Reply that the job's run command started."""
-    note(session, job, render.started(job.id))
+    """The job's run command started: no reply; the card's state says "running"."""
 
 
 def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> None:
@@ -150,8 +157,12 @@ def interactive_ready(session: Session, job: JobRow, instance: InstanceRow) -> N
 
 
 def checkpoint_saved(session: Session, job: JobRow, key: str) -> None:
-    """Reply that the checkpoint at ``key`` was backed up."""
-    note(session, job, render.checkpoint_saved(key))
+    """The checkpoint at ``key`` was backed up: no reply. Records when (``job.updated_at``,
+    the step's time) in ``job.progress["checkpoint_at"]`` for the card's "last checkpoint"
+    field; ``job.checkpoint_key`` names it. Must run in the transaction that applies the
+    step (it changes ``job``)."""
+    at = job.updated_at.isoformat() if job.updated_at else None
+    job.progress = dict(job.progress or {}, checkpoint_at=at, checkpoint_saved_key=key)
 
 
 def interrupted(session: Session, job: JobRow) -> None:
@@ -185,13 +196,21 @@ def destroy_escalation(session: Session, job: JobRow, instance: InstanceRow) -> 
 
 
 def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -> None:
-    """The closing replies: outcome, results links and final cost; the loss chart if any.
+    """The closing replies: the loss chart if any, then the outcome (mentioning the
+    requester), results links and final cost. The card (the top-level message) shows the
+    outcome and cost too, so the channel sees it without opening the thread.
+
+    A run of a group writes no reply when it succeeded or was cancelled (its card shows it;
+    the group's end reports the runs), and a failure's reply mentions nobody.
 
     A failure's log lines are quoted as a code block of at most one section (newest lines
     kept); when lines had to be dropped and ``charts_dir`` is given, the whole quoted log
     also goes to the thread as a text file (redacted)."""
+    in_group = job.group_id is not None
+    if in_group and job.state != "failed":
+        return
     points = [(int(p[0]), float(p[1])) for p in (job.metrics_history or {}).get("points", [])]
-    if charts_dir is not None and len(points) >= 2:
+    if charts_dir is not None and len(points) >= 2 and not in_group:
         from gpubot.render.charts import loss_chart_png
 
         path = loss_chart_png(points, charts_dir / f"{job.id}-loss.png")
@@ -211,6 +230,7 @@ def finished(session: Session, job: JobRow, *, charts_dir: Path | None = None) -
             reason=job.reason or "",
             files=list((job.results or {}).get("files", [])),
             metrics=dict((job.progress or {}).get("metrics") or {}),
+            requester=None if in_group else job.requester,
         )
     )
     note(session, job, reply.text)

@@ -6,6 +6,13 @@ console: ``bot.console``) sends them, paced and retried. A chat outage therefore
 messages but loses none, and the card of a job is one row edited in place, so bursts of
 progress collapse into one ``chat.update``.
 
+Threads: a thread's root is the top-level message of its owner (a job, or a group of runs),
+named by ``thread_key`` = the owner's id on every message of the thread. For a job or a
+group the root is its live card (``kind = "card"``, no ``thread_key``: posted top level,
+then edited in place); :func:`post_parent` writes a static root (rows from before, tests).
+A run of a group has no root of its own: its card and replies (``thread_key`` = the run's
+job id) go to its group's thread (:func:`_parent_of`).
+
 Row states (the ``messages`` table): ``dirty`` = to be sent. Delivered rows have ``sent_at``
 set (a posted parent also has its ``ts``). A row that failed for good (:func:`fail`) is not
 dirty and has no ``sent_at``; when that row is a thread's parent, every queued and future
@@ -69,6 +76,15 @@ def _add(
     return row
 
 
+ROOT_KINDS = ("parent", "card")
+"""Kinds a thread's root may have (with no ``thread_key``): a static parent, or a live card."""
+
+
+def is_root(kind: str, thread_key: str | None) -> bool:
+    """Whether a row of ``kind`` and ``thread_key`` is a thread's top-level root."""
+    return kind in ROOT_KINDS and thread_key is None
+
+
 def post_parent(
     session: Session,
     *,
@@ -78,8 +94,10 @@ def post_parent(
     job_id: str | None = None,
     group_id: str | None = None,
 ) -> None:
-    """The thread's root message (the plan). One per job or group; the thread's replies and
-    card name their owner (``thread_key`` = the job or group id), not this row."""
+    """A static thread root (never edited), or a top-level message of its own when neither
+    id is given. Jobs and groups use their live card as the root instead
+    (:func:`upsert_card` with no ``thread_key``); the thread's replies name their owner
+    (``thread_key`` = the job or group id), not this row."""
     _add(session, channel=channel, kind="parent", text=text, blocks=blocks,
          job_id=job_id, group_id=group_id)
     session.flush()
@@ -90,12 +108,18 @@ def upsert_card(
     *,
     job_id: str,
     channel: str,
-    thread_key: str,
+    thread_key: str | None,
     text: str,
     blocks: list[dict[str, Any]] | None = None,
     group_id: str | None = None,
 ) -> None:
-    """Create or replace the job's status card. Unchanged content is not marked dirty."""
+    """Create or replace the live card of ``job_id`` (a job id, or a group id for a group's
+    summary). Unchanged content is not marked dirty.
+
+    ``thread_key`` None: the card is the top-level root of the owner's thread (posted once,
+    then edited in place); else it is a message in that thread. Only a new card takes
+    ``thread_key``: an existing card stays where it was posted. A card that failed for good
+    (:func:`fail`) takes the new content but stays failed: its channel refused it."""
     card = session.scalars(
         select(MessageRow).where(MessageRow.job_id == job_id, MessageRow.kind == "card")
     ).first()
@@ -107,9 +131,10 @@ def upsert_card(
     new_blocks = {"blocks": blocks} if blocks else {}
     if card.text == text and card.blocks == new_blocks:
         return
+    failed = not card.dirty and card.sent_at is None
     card.text = text
     card.blocks = new_blocks
-    card.dirty = True
+    card.dirty = not failed
     card.version += 1
     card.updated_at = utcnow()
 
@@ -151,14 +176,34 @@ def to_channel(
 
 
 def _parent_of(parent: Any, thread_key: Any) -> ColumnElement[bool]:
-    """``parent`` (an alias of MessageRow) is the root of the thread named ``thread_key``."""
+    """``parent`` (an alias of MessageRow) is the root of the thread named ``thread_key``.
+
+    The thread's owner is the job's group when ``thread_key`` names a run of a group (its
+    messages go to the group's thread), else ``thread_key`` itself (a job or a group). The
+    root is the owner's top-level card or static parent (:data:`ROOT_KINDS`, no
+    ``thread_key``): ``job_id`` = the owner, or a group parent's ``group_id``."""
+    owner = func.coalesce(
+        select(JobRow.group_id).where(JobRow.id == thread_key).scalar_subquery(), thread_key
+    )
     return and_(
-        parent.kind == "parent",
+        parent.kind.in_(ROOT_KINDS),
+        parent.thread_key.is_(None),
         or_(
-            parent.job_id == thread_key,
-            and_(parent.job_id.is_(None), parent.group_id == thread_key),
+            parent.job_id == owner,
+            and_(parent.job_id.is_(None), parent.group_id == owner),
         ),
     )
+
+
+def thread_root_ts(session: Session, thread_key: str) -> str | None:
+    """The Slack ``ts`` of the posted root of the thread named ``thread_key`` (see
+    :func:`_parent_of`); None while it is not posted."""
+    parent = aliased(MessageRow)
+    return session.scalars(
+        select(parent.ts)
+        .where(_parent_of(parent, thread_key), parent.ts.is_not(None))
+        .order_by(parent.id)
+    ).first()
 
 
 def pending(
@@ -261,7 +306,8 @@ def fail_channel(session: Session, *, channel: str, error: str, now: datetime) -
         session.execute(
             select(MessageRow.job_id, MessageRow.group_id).where(
                 MessageRow.channel == channel,
-                MessageRow.kind == "parent",
+                MessageRow.kind.in_(ROOT_KINDS),
+                MessageRow.thread_key.is_(None),
                 MessageRow.dirty.is_(True),
                 MessageRow.ts.is_(None),
                 MessageRow.not_before <= now,

@@ -28,29 +28,6 @@ def _file_name(key: str) -> str:
 # -- engine events -----------------------------------------------------------------------------
 
 
-def rented(
-    *,
-    provider_id: str,
-    num_gpus: int,
-    gpu_name: str,
-    interruptible: bool,
-    price_per_hour_usd: Decimal,
-    attempt: int,
-) -> str:
-    """An instance was rented for the job (its ``attempt``-th rental)."""
-    kind = "interruptible" if interruptible else "on-demand"
-    return (
-        f"Rented instance {md.inline(provider_id, 40)}: {num_gpus}x "
-        f"{md.inline(gpu_name, 60)}, "
-        f"{kind} at {usd(price_per_hour_usd)}/h (attempt {attempt})."
-    )
-
-
-def started(job_id: str) -> str:
-    """The job's run command started."""
-    return f":rocket: {md.inline(job_id, 60)} is running."
-
-
 def interactive_ready(
     *, ssh_port: int | None, ssh_host: str | None, gpu_name: str, price_per_hour_usd: Decimal
 ) -> str:
@@ -61,11 +38,6 @@ def interactive_ready(
         f"({md.inline(gpu_name, 60)}, {usd(price_per_hour_usd)}/h). "
         "It is destroyed when idle; `/gpu keep &lt;job&gt; &lt;hours&gt;` keeps it."
     )
-
-
-def checkpoint_saved(key: str) -> str:
-    """A checkpoint (object key or prefix) was backed up."""
-    return f":floppy_disk: Checkpoint saved: {md.inline(_file_name(key), 200)}"
 
 
 def interrupted(reason: str, *, has_checkpoint: bool) -> str:
@@ -115,6 +87,9 @@ class Outcome:
     files: Sequence[Mapping[str, object]] = ()
     """Result files: ``name``, ``url``, ``size_bytes``, ``sha256``."""
     metrics: Mapping[str, object] = field(default_factory=dict)
+    requester: str | None = None
+    """Mentioned at the start of the reply (the one notification of the outcome); None for a
+    group's run (the group's end mentions the requester once)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +109,11 @@ def finished(outcome: Outcome) -> FinishedText:
     kept); the text always fits a section.
     """
     jid = md.inline(outcome.job_id, 60)
+    who = f"{md.mention(outcome.requester)} " if outcome.requester else ""
     if outcome.state == "succeeded":
-        lines = [f":white_check_mark: {jid} succeeded. Final cost {usd(outcome.spent_usd)}."]
+        lines = [
+            f":white_check_mark: {who}{jid} succeeded. Final cost {usd(outcome.spent_usd)}."
+        ]
         for item in outcome.files[:MAX_RESULT_LINKS]:
             url = item.get("url")
             lines.append(
@@ -156,7 +134,7 @@ def finished(outcome: Outcome) -> FinishedText:
     verb = "was cancelled" if outcome.state == "cancelled" else "failed"
     reason = md.strip_control(outcome.reason or "no reason recorded").strip()
     first, _, log = reason.partition("\n")
-    text = f":x: {jid} {verb}: {md.inline(first.rstrip(':. '), 500)}. "
+    text = f":x: {who}{jid} {verb}: {md.inline(first.rstrip(':. '), 500)}. "
     text += f"Instance destroyed. Final cost {usd(outcome.spent_usd)}."
     dropped = None
     if log.strip():
@@ -217,8 +195,3 @@ def approval_requested(job_id: str, reason: str) -> str:
     """Fallback text of the approval request posted in the thread (``reason`` raw)."""
     return f"{job_id} needs an admin's approval: {md.inline(reason, 1000)}"
 
-
-def plan_parent(*, requester: str, job_id: str, plan_lines: Sequence[str]) -> str:
-    """The thread's root message: who launched what, and the plan. ``plan_lines`` are
-    mrkdwn (joined as given)."""
-    return f"<@{requester}> {job_id}\n" + "\n".join(plan_lines)

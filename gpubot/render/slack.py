@@ -205,3 +205,17 @@ def home_view(
     blocks += [{"type": "divider"}, section("*Recent activity*")]
     blocks.append(context("\n".join(audit_lines) or "Nothing yet."))
     return {"type": "home", "blocks": blocks[:100]}
+
+
+def group_root_text(summary: str, *, requester: str, plan: str | None) -> str:
+    """The top-level message of a sweep or sharded run: its live summary (mrkdwn, head line
+    first, from :func:`gpubot.render.groups.card_text`), who launched it (the group's one
+    mention at launch; its runs mention nobody), then the plan (mrkdwn) while no run has
+    started. Clamped to :data:`~gpubot.render.mrkdwn.TEXT_SOFT_MAX`, keeping the head."""
+    head, _, rows = summary.partition("\n")
+    lines = [head, f"launched by {md.mention(requester)}"]
+    if plan:
+        lines.append(plan)
+    if rows:
+        lines.append(rows)
+    return md.clamp("\n".join(lines), md.TEXT_SOFT_MAX)

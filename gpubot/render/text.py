@@ -36,6 +36,11 @@ PHASE_LABELS = {
 }
 
 STATE_EMOJI = {"succeeded": ":white_check_mark:", "failed": ":x:", "cancelled": ":no_entry:"}
+PLAN_STATES = frozenset({"awaiting_approval", "queued", "renting"})
+"""States in which a card without a rented instance still shows the launch plan."""
+FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
+CARD_RESULT_LINKS = 3
+"""A finished card links at most this many result files (the result reply lists more)."""
 
 
 def usd(amount: Decimal | None) -> str:
@@ -73,11 +78,30 @@ def _reason_parts(reason: str) -> tuple[str, list[str]]:
     return first, [line for line in rest.split("\n")] if rest.strip() else []
 
 
+def age_text(seconds: float) -> str:
+    """``just now``, ``2 min ago``, ``3 h ago`` (for "last checkpoint")."""
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    return f"{int(seconds // 3600)} h ago"
+
+
+def _file_name(key: str) -> str:
+    """The last path segment of an object key (``a/b/ckpt-3/`` -> ``ckpt-3``)."""
+    return key.rstrip("/").rsplit("/", 1)[-1]
+
+
 def card_lines(view: JobView) -> list[str]:
     """The status card as lines of mrkdwn (console front; also the Slack fallback text).
 
-    Job values are escaped; a failure reason's log lines come as one closed code block that
-    keeps the newest lines (at most :data:`REASON_LOG_CHARS` characters).
+    The card is the job's live top-level message (or its card in its group's thread): the
+    headline (state), then the launch plan until an instance is rented, progress with ETA,
+    metrics, money (spent at $/h of the budget), the instance (GPU, rental type, attempt),
+    the last checkpoint and its age, the first result links once finished, and who launched
+    it (a mention, only outside a group). Job values are escaped; a failure reason's log
+    lines come as one closed code block that keeps the newest lines (at most
+    :data:`REASON_LOG_CHARS` characters).
     """
     phase = PHASE_LABELS.get(view.state, md.inline(view.state, 40))
     head = (
@@ -87,6 +111,9 @@ def card_lines(view: JobView) -> list[str]:
     if view.phase_detail:
         head += f" ({md.inline(view.phase_detail, 200)})"
     lines = [head]
+    if view.plan_lines and not view.provider_id and view.state in PLAN_STATES:
+        lines.append(md.inline(view.plan_lines[0], 500))
+        lines += [md.inline(line, 500) for line in view.plan_lines[1:]]
     if view.step is not None:
         bar = progress_bar(view.step, view.total_steps)
         of = f"/{view.total_steps}" if view.total_steps else ""
@@ -105,10 +132,27 @@ def card_lines(view: JobView) -> list[str]:
     lines.append(money)
     if view.provider_id:
         kind = (view.rental_type or "").replace("_", "-")
+        attempt = f" (attempt {view.attempts})" if view.attempts > 1 else ""
         lines.append(
             f"instance {md.inline(view.provider_id, 40)} {md.inline(view.gpu_name, 60)} "
             f"{md.inline(kind, 30)}".rstrip()
+            + attempt
         )
+    if view.last_checkpoint_key:
+        when = ""
+        if view.last_checkpoint_at is not None and view.updated_at is not None:
+            age = (view.updated_at - view.last_checkpoint_at).total_seconds()
+            when = f", {age_text(max(0.0, age))}"
+        lines.append(
+            f"last checkpoint: {md.inline(_file_name(view.last_checkpoint_key), 200)}{when}"
+        )
+    if view.state == "succeeded" and view.results:
+        links = [
+            md.link(str(f["url"]) if f.get("url") else None, f.get("name"))
+            for f in view.results[:CARD_RESULT_LINKS]
+        ]
+        more = len(view.results) - CARD_RESULT_LINKS
+        lines.append("results: " + ", ".join(links) + (f" (+{more} more)" if more > 0 else ""))
     if view.ssh_command:
         lines.append(f"ssh: `{md.inline(view.ssh_command, 200)}`")
     if view.reason and view.state in {"failed", "cancelled", "interrupted"}:
@@ -116,6 +160,8 @@ def card_lines(view: JobView) -> list[str]:
         lines.append(f"reason: {md.inline(first, 500)}")
         if log_lines:
             lines.append(md.code_block(log_lines, REASON_LOG_CHARS))
+    if not view.in_group and view.requester:
+        lines.append(f"launched by {md.mention(view.requester)}")
     return lines
 
 
@@ -132,7 +178,7 @@ def card_blocks(view: JobView, *, buttons: bool = True) -> list[dict[str, Any]]:
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": md.clamp("\n".join(lines[1:]))}}
         )
-    if buttons and view.state not in {"succeeded", "failed", "cancelled"}:
+    if buttons and view.state not in FINISHED_STATES:
         blocks.append(
             {
                 "type": "actions",

@@ -9,7 +9,8 @@ from decimal import Decimal
 
 @dataclass(frozen=True, slots=True)
 class JobView:
-    """Everything a job's status card shows."""
+    """Everything a job's status card shows (the job's top-level message, or its card in
+    its group's thread)."""
 
     job_id: str
     template: str
@@ -33,3 +34,11 @@ class JobView:
     ssh_command: str | None = None
     results: list[dict[str, object]] = field(default_factory=list)
     updated_at: datetime | None = None
+    """When the job last changed: the card's "as of" time (checkpoint ages count to it)."""
+    plan_lines: list[str] = field(default_factory=list)
+    """The launch plan (raw lines, first one the title): the card shows it until an instance
+    is rented."""
+    last_checkpoint_key: str | None = None
+    last_checkpoint_at: datetime | None = None
+    in_group: bool = False
+    """A sweep or shard run: the card lives in the group's thread and mentions nobody."""

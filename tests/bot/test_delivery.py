@@ -112,15 +112,14 @@ def test_twenty_cards_in_one_channel_end_in_their_final_state(
     finally:
         slack.stop()
 
+    # each job's live card is its top-level message, edited to its final state
     parents = {m.text.split()[1]: m for m in slack.top_level(CHANNEL)}
     assert sorted(parents) == sorted(job_ids)
     for job_id, parent in parents.items():
         thread = slack.thread(CHANNEL, parent.ts)
-        cards = [m for m in thread if job_id in m.history[0] and ":" in m.history[0]]
-        card = next(m for m in thread if m.history[0].split("\n")[0].split()[1] == job_id)
-        assert "succeeded" in card.text.splitlines()[0], card.text
+        assert parent.history[0].split("\n")[0].split()[1] == job_id
+        assert "succeeded" in parent.text.splitlines()[0], parent.text
         assert any("succeeded. Final cost" in m.text for m in thread)
-        assert cards
         with session_scope(deps.sessions) as session:
             job = session.get(JobRow, job_id)
             assert job is not None and job.thread_ts == parent.ts
@@ -143,10 +142,10 @@ def test_429_sets_not_before_and_other_channels_go_on(deps: EngineDeps, slack: S
     deliverer.deliver_once()
     with session_scope(deps.sessions) as session:
         rows = {(m.job_id, m.kind): m for m in session.scalars(select(MessageRow))}
-    limited = rows[(job_a, "parent")]
+    limited = rows[(job_a, "card")]  # the job's live card is its top-level message
     assert limited.dirty and limited.ts is None
     assert limited.not_before >= before + timedelta(seconds=29)
-    assert rows[(job_b, "parent")].ts is not None  # the other channel was not blocked
+    assert rows[(job_b, "card")].ts is not None  # the other channel was not blocked
     assert [c.params["channel"] for c in slack.calls_to("chat.postMessage")].count("CAAAA001") == 1
 
 
@@ -155,7 +154,7 @@ def test_outage_leaves_rows_dirty_until_slack_is_back(deps: EngineDeps, slack: S
     deliverer = _deliverer(deps, slack, post_interval_seconds=0.06)
     slack.down = True
     assert deliverer.deliver_once() == 0
-    assert _dirty(deps) == 4
+    assert _dirty(deps) == 2  # each job's live card
     slack.down = False
     with session_scope(deps.sessions) as session:  # time passes: the back-off is over
         session.execute(update(MessageRow).values(not_before=datetime.now(UTC)))

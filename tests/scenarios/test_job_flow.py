@@ -109,7 +109,8 @@ class TestTrainJob:
         assert abs(ledger_total(engine, job_id) - billed) <= Decimal("0.01")
         # the thread tells the story
         texts = "\n".join(thread_texts(engine, job_id))
-        assert "Checkpoint saved" in texts and "succeeded" in texts and "Final cost" in texts
+        assert "last checkpoint: checkpoint-" in texts  # a card field, not a reply
+        assert "succeeded" in texts and "Final cost" in texts
         # the loss curve is attached to the thread
         with session_scope(engine.sessions) as session:
             files = list(
@@ -156,6 +157,14 @@ class TestTrainJob:
         assert rows[0].provider_id != rows[1].provider_id
         texts = "\n".join(thread_texts(engine, job_id))
         assert "Resumed from checkpoint" in texts
+        # the outbid adds two replies (lost, resumed); the rentals are card fields
+        with session_scope(engine.sessions) as session:
+            replies = list(session.scalars(select(MessageRow.text).where(
+                MessageRow.job_id == job_id, MessageRow.kind == "reply"
+            )))
+        assert any("Instance lost" in r for r in replies), replies
+        assert not any("Rented instance" in r for r in replies), replies
+        assert len(replies) <= 4 + 2, replies
 
     def test_job_exiting_non_zero_fails_with_log_lines_and_is_destroyed(
         self, engine: EngineDeps
