@@ -32,7 +32,7 @@ from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
-from tests.bot.conftest import command_body, sign
+from tests.bot.conftest import command_body, sign, wait_until
 from tests.fixtures.slack_fake import SlackFake
 from tests.scenarios.conftest import drive, job_row
 from tests.scenarios.test_job_flow import inline_tick
@@ -162,8 +162,16 @@ def test_no_secret_is_recorded_shown_or_sent_to_the_instance(
                  **sign(body, secret=SLACK_SIGNING_SECRET)},
     )
     assert response.status_code == 200, response.get_data(as_text=True)
-    with session_scope(deps.sessions) as session:
-        [job_id] = list(session.scalars(select(JobRow.id)))
+    # The listener acks at once and launches after the ack: wait for the job row.
+    job_ids: list[str] = []
+
+    def launched() -> bool:
+        with session_scope(deps.sessions) as session:
+            job_ids[:] = list(session.scalars(select(JobRow.id)))
+        return bool(job_ids)
+
+    wait_until(launched, what="the launch after the ack", timeout_s=30.0)
+    [job_id] = job_ids
 
     # while it runs: the instance's environment and files
     running = drive(deps, job_id, tick=tick,
