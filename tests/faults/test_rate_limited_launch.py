@@ -14,8 +14,13 @@ the simulator must count zero calls that broke an endpoint's minimum interval (n
 
 from __future__ import annotations
 
-import pytest
+from decimal import Decimal
 
+import pytest
+from sqlalchemy import update
+
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import JobRow
 from gpubot.sim.server import SimServer
 from tests.faults.conftest import (
     FAULT_TEMPLATES,
@@ -58,6 +63,16 @@ def _launch_many_under_rate_limits(
     # when n jobs are launched at once
     jobs = [launch(cluster.deps, f"trainx steps=30 step_seconds=0.05 lr=0.{i + 1:03d}")
             for i in range(n_jobs)]
+    # (all were planned on the same cheapest offer, so their stored price ceilings, plan
+    # + 20 %, admit only the few offers of the seeded market near it and the jobs would rent
+    # a few at a time as offers come back: as if an admin had approved them at up to $1/h,
+    # they may all rent at once, which is the load this test is about)
+    with session_scope(cluster.sessions) as session:
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id.in_(jobs))
+            .values(price_ceiling_per_hour_usd=Decimal("1.00"))
+        )
     for job_id in jobs:
         wait_for(cluster.sessions, job_id, until=lambda j: j.state in TERMINAL,
                  tick=cluster.tick, timeout_s=timeout_s, pace_s=0.2)
