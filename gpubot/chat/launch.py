@@ -28,11 +28,10 @@ from gpubot.models import (
     JobState,
     Offer,
     RentalChoice,
-    RentalType,
     Requirements,
 )
 from gpubot.notify import audit, events
-from gpubot.render.text import usd
+from gpubot.render.plans import plan_summary_lines
 from gpubot.templates import ParamValue
 
 PLAN_MARKET_TTL_SECONDS = 20.0
@@ -85,27 +84,19 @@ class Plan:
         return self.choice.price_per_hour_usd
 
     def summary_lines(self) -> list[str]:
-        offer = self.choice.offer
-        kind = (
-            "interruptible" if self.choice.rental_type is RentalType.INTERRUPTIBLE else "on-demand"
+        """The plan as raw text lines (:func:`gpubot.render.plans.plan_summary_lines`)."""
+        return plan_summary_lines(
+            what="interactive box" if self.kind == "interactive" else self.template,
+            params=self.params,
+            offer=self.choice.offer,
+            rental_type=self.choice.rental_type,
+            price_per_hour_usd=self.price_per_hour_usd,
+            expected_hours=self.expected_hours,
+            estimate_usd=self.estimate_usd,
+            reason=self.choice.reason,
+            budget_usd=self.budget_usd,
+            approval_reason=self.approval_reason,
         )
-        what = "interactive box" if self.kind == "interactive" else self.template
-        params = " ".join(
-            f"{k}={v}" for k, v in sorted(self.params.items()) if not k.startswith("_")
-        )
-        lines = [
-            f"Plan for {what}{(' ' + params) if params else ''}:",
-            f"• {offer.num_gpus}x {offer.gpu_name} ({offer.gpu_ram_gb:.0f} GB), "
-            f"reliability {offer.reliability:.1%}, offer {offer.offer_id}",
-            f"• {kind} at {usd(self.price_per_hour_usd)}/h; about {self.expected_hours:g} h "
-            f"≈ {usd(self.estimate_usd)}",
-            f"• {self.choice.reason}",
-        ]
-        if self.budget_usd is not None:
-            lines.append(f"• budget cap for this job: {usd(self.budget_usd)}")
-        if self.approval_reason:
-            lines.append(f"• needs an admin's approval: {self.approval_reason}")
-        return lines
 
 
 def plan_launch(deps: EngineDeps, command: LaunchCommand | RentCommand) -> Plan:

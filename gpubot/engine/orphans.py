@@ -38,6 +38,7 @@ from gpubot.engine.labels import parse_rental_label
 from gpubot.errors import ProviderError
 from gpubot.models import InstanceObservation, JobState
 from gpubot.notify import audit, ops
+from gpubot.render import events as render
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +183,12 @@ def sweep_orphans(
             if obs.provider_id not in destroyed or not announce:
                 continue
             age = costs.format_duration(now - first_seen) if first_seen else "?"
-            text = (
-                f"Orphan destroyed: instance {obs.provider_id} labelled {obs.label} "
-                f"({costs.format_usd(obs.price_per_hour_usd)}/h, {obs.status.value}) had no "
-                f"live record for {age}."
+            text = render.orphan_destroyed(
+                provider_id=obs.provider_id,
+                label=obs.label,
+                price_per_hour_usd=obs.price_per_hour_usd,
+                status=obs.status.value,
+                age=age,
             )
             audit.record(
                 session,

@@ -66,6 +66,18 @@ def destroy_escalation(*, job_id: str, provider_id: str | None) -> str:
     )
 
 
+def orphan_destroyed(
+    *, provider_id: str, label: str, price_per_hour_usd: Decimal, status: str, age: str
+) -> str:
+    """The ops channel's note of an orphan the sweep destroyed. The label and the status come
+    from the provider's listing: escaped, never markup."""
+    return (
+        f"Orphan destroyed: instance {md.inline(provider_id, 40)} labelled "
+        f"{md.inline(label, 200)} ({usd(price_per_hour_usd)}/h, {md.inline(status, 40)}) had "
+        f"no live record for {md.inline(age, 40)}."
+    )
+
+
 def idle_warning(*, job_id: str, interactive: bool, grace_minutes: int) -> str:
     """The idle (interactive box) or stuck (job) warning, before the reaper acts."""
     what = "is idle" if interactive else "looks stuck (GPU idle, no progress)"
