@@ -8,6 +8,11 @@ Object-store layout below ``GPUBOT_S3_PREFIX``::
 
     jobs/<job_id>/checkpoints/<checkpoint-N>/...     files + MANIFEST.jsonl (written last)
     jobs/<job_id>/results/...                        files + MANIFEST.jsonl
+
+Why one module over 500 lines: every operation here shares one session (a pooled SSH
+connection, the job's remote layout and the store's key scheme) and one rule set (bounded
+reads, presigned URLs only, manifests written last); splitting checkpoints, results and the
+status read apart would pass that session state through three modules.
 """
 
 from __future__ import annotations

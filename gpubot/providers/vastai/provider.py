@@ -30,6 +30,10 @@ Secrets: the SDK sends the API key only in the ``Authorization`` header. Our exc
 are built from the operation name, the HTTP status and vast's ``error``/``msg`` fields only, and
 are passed through :meth:`VastAIProvider._redact` as a second line of defence; the original
 vendor exception is kept as ``__cause__`` (its text holds the URL, which never carries the key).
+
+Why one module over 500 lines: it is the whole translation between vast's SDK and the
+Provider port (every call paced, every vendor error mapped to the one error tree, create's
+refusal paths handled in one place); its parsing lives beside it in ``parsing.py``.
 """
 
 from __future__ import annotations
