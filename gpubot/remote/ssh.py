@@ -24,6 +24,10 @@ Bounded reads:
     at most ``max_output_bytes`` per stream (the newest bytes, with the dropped count in the
     result) while still draining the channel; :meth:`get_bytes` refuses files larger than
     ``max_bytes``. Neither ever holds more than its bound plus one read chunk.
+
+Why one module over 500 lines: the host-key pinning, the bounded and deadline-checked exec
+loop and SFTP share one paramiko transport and one error translation; split, each part would
+re-open or re-wrap the same transport.
 """
 
 from __future__ import annotations
