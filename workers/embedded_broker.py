@@ -179,8 +179,21 @@ class Channel(kombu_fs.Channel):
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
     def get_table(self, exchange: str) -> list[kombu_fs.exchange_queue_t]:
-        """The (routing key, pattern, queue) bindings of ``exchange``; [] when none."""
-        return self._read_table(self._exchange_file(exchange))
+        """The (routing key, pattern, queue) bindings of ``exchange``; [] when none.
+
+        The file's table, plus the bindings this process has declared itself: kombu keeps
+        declared bindings in state shared by every connection of the process and skips the
+        file write for a binding it already holds, so a second connection declaring the same
+        queue while the first is still writing the file would otherwise route by a table
+        without it and drop the message (seen: a writer thread losing its first messages).
+        """
+        table = self._read_table(self._exchange_file(exchange))
+        known = self.state.exchanges.get(exchange, {}).get("table", [])
+        for meta in known:
+            binding = kombu_fs.exchange_queue_t(*meta)
+            if binding not in table:
+                table.append(binding)
+        return table
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         self._update_table(
