@@ -5,7 +5,6 @@ Real parts: the vastai SDK over HTTP against the simulator, a SQLite job databas
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,25 +20,7 @@ from gpubot.models import JobState
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.sim.server import SimServer
 from gpubot.testing.fakes import FakeClock, seed_job, sqlite_deps
-
-KEY = "sk-gpubot-engine-rate-limits"
-
-
-@pytest.fixture
-def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path / "sim", port=0, seed=3, speed=1.0, api_key=KEY)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.engine.conftest import SIM_API_KEY as KEY
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,25 +24,7 @@ from gpubot.providers.vastai import VastAIProvider
 from gpubot.providers.vastai.pace import LocalPace
 from gpubot.sim.server import SimServer
 from gpubot.testing.fakes import FakeClock, seed_instance, seed_job, sqlite_deps
-
-KEY = "sk-gpubot-paced-engine"
-
-
-@pytest.fixture
-def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path / "sim", port=0, seed=3, speed=1.0, api_key=KEY)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.engine.conftest import SIM_API_KEY as KEY
 
 
 @pytest.fixture
