@@ -11,6 +11,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from gpubot.render import mrkdwn as md
+from gpubot.render.blocks import ACTION_CANCEL, button, cancel_confirm
 from gpubot.render.views import JobView
 
 REASON_LOG_CHARS = 2000
@@ -166,7 +167,8 @@ def card_lines(view: JobView) -> list[str]:
 
 
 def card_blocks(view: JobView, *, buttons: bool = True) -> list[dict[str, Any]]:
-    """The status card as Block Kit: the headline, the details, a Cancel button while live.
+    """The status card as Block Kit: the headline, the details, a Cancel button while live
+    (with a confirmation dialog: :func:`gpubot.render.blocks.cancel_confirm`).
 
     Every section stays within Slack's 3000 characters (log lines keep the newest).
     """
@@ -183,14 +185,12 @@ def card_blocks(view: JobView, *, buttons: bool = True) -> list[dict[str, Any]]:
             {
                 "type": "actions",
                 "block_id": f"job:{view.job_id}"[:255],
+                # Slack shows the confirm dialog before it sends the click (Block Kit
+                # composition objects:
+                # https://api.slack.com/reference/block-kit/composition-objects#confirm).
                 "elements": [
-                    {
-                        "type": "button",
-                        "action_id": "job.cancel",
-                        "text": {"type": "plain_text", "text": "Cancel"},
-                        "style": "danger",
-                        "value": view.job_id[:2000],
-                    }
+                    button(ACTION_CANCEL, "Cancel", view.job_id[: md.BUTTON_VALUE_MAX],
+                           "danger", confirm=cancel_confirm(view.job_id)),
                 ],
             }
         )
