@@ -4,8 +4,8 @@ budget on a budget alert.
 
 Approving queues the job (a worker rents it on the next tick); rejecting finishes it
 (nothing was rented). Each change, its thread reply and its audit entry commit together. A
-job's approve/reject answer carries ``blocks``: what the approval request becomes (who decided,
-when, no buttons), which the Slack front puts in place of the clicked message.
+job's or group's approve/reject answer carries ``blocks``: what the approval request becomes
+(who decided, when, no buttons), which the Slack front puts in place of the clicked message.
 """
 
 from __future__ import annotations
@@ -154,22 +154,28 @@ def approve_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
     """Approve every child of a sweep or sharded run awaiting approval (an admin; never the
     requester): the Approve button on the group's approval request. The quota then counts
     them (:func:`gpubot.groups.actions.approve_group`); a group with nothing awaiting is
-    left as it is."""
+    left as it is. Like a job's, the answer carries ``blocks``: what the group's approval
+    request becomes (who decided, when, no buttons; or "no longer waits" when nothing was
+    awaiting)."""
     from gpubot.groups import actions as group_actions
 
     try:
         approved = group_actions.approve_group(deps, group_id, user)
     except CommandError:
         return no_job(group_id)
+    now = deps.clock()
     if not approved:
         return Reply(text=texts.nothing_to("approve", group_id, "not awaiting approval"),
-                     job_id=group_id)
-    return Reply(text=render_limits.group_approved(group_id, len(approved)), job_id=group_id)
+                     job_id=group_id,
+                     blocks=_decided(group_id, "approve", None, now, "not awaiting approval"))
+    return Reply(text=render_limits.group_approved(group_id, len(approved)), job_id=group_id,
+                 blocks=_decided(group_id, "approved", user, now))
 
 
 def reject_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
     """Reject a group awaiting approval (an admin): its waiting children end as cancelled,
-    nothing was rented for them. A group with nothing awaiting is left as it is."""
+    nothing was rented for them. A group with nothing awaiting is left as it is. The answer
+    carries the decision ``blocks`` like :func:`approve_group`."""
     from gpubot.groups import actions as group_actions
 
     try:
@@ -178,7 +184,10 @@ def reject_group(deps: EngineDeps, group_id: str, user: str) -> Reply:
         )
     except CommandError:
         return no_job(group_id)
+    now = deps.clock()
     if not rejected:
         return Reply(text=texts.nothing_to("reject", group_id, "not awaiting approval"),
-                     job_id=group_id)
-    return Reply(text=render_limits.group_rejected(group_id, len(rejected)), job_id=group_id)
+                     job_id=group_id,
+                     blocks=_decided(group_id, "reject", None, now, "not awaiting approval"))
+    return Reply(text=render_limits.group_rejected(group_id, len(rejected)), job_id=group_id,
+                 blocks=_decided(group_id, "rejected", user, now))
