@@ -25,8 +25,9 @@ from gpubot.notify import outbox
 from gpubot.pace import LocalSlots, RedisSlots, Slots, make_slots
 from gpubot.settings import Settings
 from tests.bot.conftest import BOT_TOKEN, SIGNING_SECRET, FixedOffersProvider, Kicks, MemoryStore
+from tests.fixtures.postgres import fresh_database
 from tests.fixtures.slack_fake import SlackFake
-from tests.services_available import require_postgres, require_redis
+from tests.services_available import require_redis
 
 CHANNEL = "CPACE0001"
 INTERVAL_S = 0.1
@@ -37,20 +38,8 @@ REPLIES = 2
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """``postgresql+psycopg2://…/<fresh db>``; dropped afterwards."""
-    import psycopg2
-
-    base = require_postgres()
-    name = f"gpubot_pacing_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("gpubot_pacing") as url:
+        yield url
 
 
 @pytest.fixture

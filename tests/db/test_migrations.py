@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect
 
 from gpubot.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_to_head
 from gpubot.db.queries import apply_job_update, claim_due_jobs
 from gpubot.db.tables import Base, JobRow, LedgerEntryRow
 from gpubot.errors import StaleLockError
-from tests.services_available import require_postgres
+from tests.fixtures.postgres import fresh_database
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    base = require_postgres()
-    name = f"gpubot_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-    try:
+    with fresh_database() as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

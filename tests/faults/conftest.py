@@ -35,8 +35,9 @@ from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from gpubot.wiring import build_engine_deps
+from tests.fixtures.postgres import fresh_database
 from tests.scenarios.conftest import TEST_TEMPLATES
-from tests.services_available import require_postgres, require_redis
+from tests.services_available import require_redis
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -52,21 +53,8 @@ CENT = Decimal("0.01")
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """``postgresql+psycopg2://…/<fresh db>``; dropped afterwards."""
-    import psycopg2
-
-    base = require_postgres()
-    name = f"gpubot_fault_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = base.rsplit("/", 1)[0] + "/" + name
-    try:
+    with fresh_database("gpubot_fault") as url:
         yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 # -- the simulator ---------------------------------------------------------------------------

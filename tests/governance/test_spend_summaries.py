@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +17,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, insert, select, text
+from sqlalchemy import event, insert, select
 
 from gpubot.config import load_config
 from gpubot.db import spend as summaries
@@ -46,7 +45,7 @@ from gpubot.testing.fakes import (
     seed_job,
     seed_ledger,
 )
-from tests.services_available import require_postgres
+from tests.fixtures.postgres import fresh_database
 
 USERS = ("U1", "U2", "U3")
 CHANNELS = ("C1", "C2")
@@ -54,18 +53,8 @@ CHANNELS = ("C1", "C2")
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    base = require_postgres()
-    name = f"gpubot_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-    try:
+    with fresh_database() as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.bot.conftest import (
     make_settings,
     sign,
 )
+from tests.fixtures.postgres import fresh_database
 from tests.fixtures.slack_fake import SlackFake
 from tests.security.conftest import (
     all_jobs,
@@ -48,7 +48,6 @@ from tests.security.conftest import (
     post,
     wait_until,
 )
-from tests.services_available import require_postgres
 
 
 def _launch_audits(deps: EngineDeps) -> int:
@@ -305,29 +304,17 @@ def pg_deps(
 ) -> Iterator[EngineDeps]:
     """The bot's deps on a fresh PostgreSQL database (dropped afterwards): the production
     database, where concurrent transactions really overlap."""
-    import psycopg2
-
     from gpubot.wiring import build_engine_deps
 
-    base = require_postgres()
-    name = f"gpubot_click_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_database("gpubot_click") as url:
         settings = make_settings(tmp_path / "home", slack.url).model_copy(
-            update={"database_url": base.rsplit("/", 1)[0] + "/" + name}
+            update={"database_url": url}
         )
         built = build_engine_deps(
             settings, config=config, provider=provider, store=MemoryStore(), enqueuer=Kicks()
         )
         yield built
         built.sessions.kw["bind"].dispose()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])

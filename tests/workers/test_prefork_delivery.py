@@ -41,8 +41,9 @@ from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.storage.s3 import S3Store
 from gpubot.wiring import build_engine_deps
+from tests.fixtures.postgres import fresh_database
 from tests.fixtures.slack_fake import SlackFake
-from tests.services_available import require_postgres, require_redis
+from tests.services_available import require_redis
 from tests.workers.conftest import BOT_TOKEN
 from workers.celery_app import celery_config
 
@@ -57,28 +58,14 @@ DELIVER = "workers.tasks.deliver_messages_task"
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """``postgresql+psycopg2://…/<fresh db>``; dropped afterwards."""
-    import psycopg2
-
-    base = require_postgres()
-    name = f"gpubot_workers_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database("gpubot_workers") as url:
+        yield url
 
 
 @pytest.fixture
 def redis_url() -> str:
-    """A Redis database of its own for this folder (GPUBOT_WORKERS_REDIS_DB, default 7: the
-    per-xdist-worker databases are 8-15). Not flushed: each test uses its own queue."""
-    base = require_redis()
-    return base.rsplit("/", 1)[0] + "/" + os.environ.get("GPUBOT_WORKERS_REDIS_DB", "7")
+    """This test process's own Redis database (not flushed: each test uses its own queue)."""
+    return require_redis()
 
 
 @dataclass
