@@ -50,12 +50,48 @@ def migrations_dir() -> Path:
     return Path(str(resources.files("gpubot.db").joinpath("migrations")))
 
 
+MIGRATION_LOCK_KEY = 0x67707562_6F74  # "gpubot": one advisory lock id for every migrator
+"""PostgreSQL advisory-lock key held for the length of an upgrade's transaction."""
+
+
 def upgrade_to_head(url: str) -> None:
-    """Run Alembic migrations up to head on ``url`` (idempotent)."""
+    """Run Alembic migrations up to head on ``url``; idempotent and safe to run concurrently.
+
+    Every process that builds the engine's deps migrates (a prefork worker's children, the bot,
+    beat, ``gpubot chat``), often at the same instant on a fresh database. Upgrades are
+    serialised: on PostgreSQL by a transaction-scoped advisory lock taken in the migration's
+    own transaction before Alembic reads the current revision (``migrations/env.py``), on
+    SQLite by an exclusive ``flock`` on ``<database>.migrate.lock`` next to the file. The
+    second migrator then finds the schema at head and does nothing (without the lock it failed
+    with "duplicate key ... pg_type_typname_nsp_index" or "table ... already exists").
+    """
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    with _sqlite_file_lock(url):
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    """An exclusive flock beside a file-backed SQLite database; a no-op for anything else."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in {"", ":memory:"}:
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -37,6 +38,30 @@ def test_upgrade_creates_every_table_and_is_idempotent(database_url: str) -> Non
     assert set(Base.metadata.tables) <= tables
     assert "alembic_version" in tables
     engine.dispose()
+
+
+def test_processes_migrating_a_fresh_database_at_once_all_succeed(database_url: str) -> None:
+    """A prefork worker's children, beat and the bot all migrate on start, often at the same
+    instant: every one must succeed and the schema end at head exactly once."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from gpubot.db.engine import migrations_dir
+
+    spawn = multiprocessing.get_context("spawn")
+    migrators = [spawn.Process(target=upgrade_to_head, args=(database_url,)) for _ in range(6)]
+    for process in migrators:
+        process.start()
+    for process in migrators:
+        process.join(timeout=120)
+    assert [p.exitcode for p in migrators] == [0] * len(migrators)
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version_num FROM alembic_version"))
+        versions = [row[0] for row in rows]
+    engine.dispose()
+    assert versions == [head]
 
 
 def test_money_and_time_round_trip_and_claims_are_exclusive(database_url: str) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 
-from gpubot.db.engine import make_engine
+from gpubot.db.engine import MIGRATION_LOCK_KEY, make_engine
 from gpubot.db.tables import Base
 
 config = context.config
@@ -23,6 +23,12 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends: a concurrent migrator waits here, then
+                # reads the revision this one committed (see upgrade_to_head).
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             context.run_migrations()
     engine.dispose()
     _ = pool
