@@ -13,9 +13,11 @@ channel). Rules:
   edited in place with ``chat.update``: at most one update per card every
   ``card_update_interval_seconds`` (3 s), always the newest version (a row is marked clean
   only if its ``version`` did not change while it was sent).
-* ``reply`` rows go into the job's thread (or top level without a thread key), ``file`` rows
-  are uploaded with ``files_upload_v2`` into the thread, ``ephemeral`` rows go to one user,
-  ``dm`` rows are direct messages (``conversations.open``, then ``chat.postMessage``).
+* ``reply`` rows go into the job's thread (or top level without a thread key); ``broadcast``
+  rows too, with ``reply_broadcast`` so the channel sees them (in the thread only when Slack
+  answers ``cant_broadcast``); ``file`` rows are uploaded with ``files_upload_v2`` into the
+  thread, ``ephemeral`` rows go to one user, ``dm`` rows are direct messages
+  (``conversations.open``, then ``chat.postMessage``).
 
 Pacing, shared by every deliverer (:mod:`gpubot.pace`: Redis when the broker is ``redis://``,
 this process otherwise). Slack's "Rate limits" page (https://api.slack.com/apis/rate-limits):
@@ -389,6 +391,12 @@ class SlackDeliverer:
             return self._call(msg, method, thread_ts, msg.blocks, msg.text or " ")
         except SlackApiError as e:
             code = _code(e)
+            if code == "cant_broadcast" and msg.kind == outbox.BROADCAST_KIND:
+                # The reply still belongs in the thread: post it there without the broadcast.
+                logger.warning("slack refused to broadcast row %s; posting it in the thread "
+                               "only", msg.id)
+                return self._call(msg, method, thread_ts, msg.blocks, msg.text or " ",
+                                  broadcast=False)
             if code not in FALLBACK_ERRORS or method == "files.upload":
                 raise
             logger.warning(
@@ -407,7 +415,11 @@ class SlackDeliverer:
         thread_ts: str | None,
         blocks: list[dict[str, Any]] | None,
         text: str,
+        *,
+        broadcast: bool = True,
     ) -> str | None:
+        """One Slack call for ``msg``; ``broadcast`` False posts a broadcast row as a plain
+        thread reply (after ``cant_broadcast``)."""
         match method:
             case "chat.update":
                 self.client.chat_update(
@@ -439,12 +451,19 @@ class SlackDeliverer:
         channel = msg.channel
         if msg.kind == outbox.DM_KIND:
             channel = self._open_dm(msg.user or msg.channel)
+        extra: dict[str, Any] = {}
+        if msg.kind == outbox.BROADCAST_KIND and thread_ts and broadcast:
+            # "reply_broadcast: Used in conjunction with thread_ts and indicates whether reply
+            # should be made visible to everyone in the channel or conversation"
+            # (https://api.slack.com/methods/chat.postMessage#arg_reply_broadcast).
+            extra["reply_broadcast"] = True
         response = self.client.chat_postMessage(
             channel=channel,
             text=text,
             blocks=blocks,
             thread_ts=thread_ts,
             unfurl_links=False,
+            **extra,
         )
         ts = response.get("ts")
         return str(ts) if ts else None

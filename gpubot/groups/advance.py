@@ -4,7 +4,8 @@ the job tick (``gpubot.engine.tick``).
 Per running group: the group budget (:mod:`gpubot.groups.budget`), hold/release of children
 up to ``[engine] max_concurrent_children`` (:mod:`gpubot.groups.children`), the summary card
 (:mod:`gpubot.groups.summary`), and once every child has finished, the results
-(:mod:`gpubot.groups.results`) and the group's final state, posted once. Every write is
+(:mod:`gpubot.groups.results`) and the group's final state, posted once (mentioning the
+requester, broadcast to the channel). Every write is
 conditional, so two passes at once are safe.
 """
 
@@ -108,12 +109,16 @@ def _advance_one(
             return
         session.refresh(group)
         summary.refresh_card(session, group, template)
+        # The group's end mentions the requester and is shown in the channel too (a
+        # broadcast reply), so the person who launched it hears of it without opening the
+        # thread.
         outbox.reply(
             session,
             channel=group.channel,
             thread_key=group.id,
             group_id=group.id,
             text=results.final_text(group, children, outcome, template),
+            broadcast=True,
         )
         report.finished.append(group_id)
 

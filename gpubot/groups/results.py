@@ -205,5 +205,6 @@ def final_text(
             target_mode=template.target_mode.value if template else TargetMode.MIN.value,
             best_job_id=results.get("best") if sweep else None,
             results=None if sweep else shard_results_view(results),
+            requester=group.requester or None,
         )
     )

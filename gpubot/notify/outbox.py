@@ -44,6 +44,9 @@ DM_REPEAT_AFTER = timedelta(hours=1)
 """At most one "invite me" DM per user and channel in this time."""
 PER_CHANNEL_MAX = 20
 """Rows one channel may take of a :func:`pending` batch."""
+BROADCAST_KIND = "broadcast"
+"""A reply in a thread that is also shown in the channel (Slack: ``chat.postMessage`` with
+``thread_ts`` and ``reply_broadcast``); otherwise delivered and ordered like a ``reply``."""
 
 
 def _add(
@@ -148,10 +151,14 @@ def reply(
     blocks: list[dict[str, Any]] | None = None,
     job_id: str | None = None,
     group_id: str | None = None,
+    broadcast: bool = False,
 ) -> None:
-    """A reply in the thread of ``thread_key`` (a job or group id), for events that matter."""
-    _add(session, channel=channel, kind="reply", text=text, blocks=blocks,
-         job_id=job_id, group_id=group_id, thread_key=thread_key)
+    """A reply in the thread of ``thread_key`` (a job or group id), for events that matter.
+
+    ``broadcast``: the reply is also shown in the channel (a :data:`BROADCAST_KIND` row,
+    posted with ``reply_broadcast``), for the few that close a thread (a group's end)."""
+    _add(session, channel=channel, kind=BROADCAST_KIND if broadcast else "reply", text=text,
+         blocks=blocks, job_id=job_id, group_id=group_id, thread_key=thread_key)
 
 
 def upload(

@@ -123,11 +123,6 @@ def plan_lines(view: GroupPlanView) -> list[str]:
     return lines
 
 
-def parent_text(requester: str, group_id: str, plan_text: str) -> str:
-    """The root of the group's thread: who launched it, its id, then the plan."""
-    return f"{md.mention(requester)} {group_id}\n{plan_text}"
-
-
 # -- the summary card and the final reply -----------------------------------------------------
 
 
@@ -226,14 +221,19 @@ class GroupFinal:
     target_mode: str = "min"
     best_job_id: str | None = None
     results: ShardResults | None = None
+    requester: str | None = None
+    """Who launched the group: the final reply mentions them (None: nobody)."""
 
 
 def final_text(final: GroupFinal) -> str:
-    """The reply posted once when a group ends. Clamped to
+    """The reply posted once when a group ends: the outcome, mentioning the requester (like a
+    single job's final result: :func:`gpubot.render.events.finished`), then the sweep's
+    ranking or the merged results. The head line is kept when the text is clamped to
     :data:`~gpubot.render.mrkdwn.TEXT_SOFT_MAX`."""
     head = STATE_EMOJI.get(final.state, "")
+    who = f"{md.mention(final.requester)} " if final.requester else ""
     lines = [
-        f"{head} {final.group_id} {final.state}: "
+        f"{head} {who}{final.group_id} {final.state}: "
         + ", ".join(f"{job_id} {state}" for job_id, state in final.children)
     ]
     if final.kind == "sweep":
