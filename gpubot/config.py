@@ -249,7 +249,14 @@ _RESOURCE_KEYS = (
     "ranking",
     "boot_timeout_minutes",
 )
-_IDLE_KEYS = ("gpu_util_threshold_pct", "window_minutes", "grace_minutes", "stuck_window_minutes")
+_IDLE_KEYS = (
+    "gpu_util_threshold_pct",
+    "window_minutes",
+    "grace_minutes",
+    "stuck_window_minutes",
+    "stuck_cadence_factor",
+    "stuck_grace_fraction",
+)
 _BUDGET_KEYS = (
     "team_monthly_usd",
     "user_monthly_usd",
@@ -679,6 +686,18 @@ def _idle(ctx: Checker, path: KeyPath, t: dict[str, Any], base: IdlePolicy) -> I
             path + ("stuck_window_minutes",),
             t.get("stuck_window_minutes", base.stuck_window_minutes),
             lo=1,
+        ),
+        stuck_cadence_factor=ctx.number(
+            path + ("stuck_cadence_factor",),
+            t.get("stuck_cadence_factor", base.stuck_cadence_factor),
+            lo=1,
+            hi=1000,
+        ),
+        stuck_grace_fraction=ctx.number(
+            path + ("stuck_grace_fraction",),
+            t.get("stuck_grace_fraction", base.stuck_grace_fraction),
+            lo=0,
+            hi=10,
         ),
     )
 

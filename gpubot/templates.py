@@ -184,8 +184,16 @@ class IdlePolicy:
     """Idle for this long -> warning with a "Keep alive" button."""
     grace_minutes: int = 10
     """After the warning, destroyed unless kept."""
-    stuck_window_minutes: int = 30
-    """A running job with no progress and an idle GPU for this long is reported as stuck."""
+    stuck_window_minutes: int = 5
+    """A running job whose process is alive, whose GPU samples are all idle and whose progress
+    has not advanced for this long (at least; see ``stuck_cadence_factor``) is stuck."""
+    stuck_cadence_factor: float = 5.0
+    """The stuck window grows to this many times the job's own observed seconds per progress
+    step when that is longer than ``stuck_window_minutes`` (a job that reports every 10 min
+    is stuck after 50 min of silence with an idle GPU, not after 5)."""
+    stuck_grace_fraction: float = 0.2
+    """Keep-alive chance after a stuck warning, as a fraction of the job's stuck window (at
+    least one minute): 1 min for the 5 min window."""
 
 
 S3_SCHEME = "s3://"

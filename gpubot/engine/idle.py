@@ -1,20 +1,29 @@
 """Idle and stuck detection (in the spirit of dstack's utilization policy).
 
 An instance is *idle* while its GPU utilisation is at or below the policy's threshold (a
-missing sample is never idle, see :func:`gpu_sample_idle`), the
-job's progress does not advance and (for jobs) no job process runs — or, for an interactive
-rental, nobody works on it. Idle for ``window_minutes`` → a warning with Keep alive / Destroy
-buttons; still idle ``grace_minutes`` later → destroyed. A running job whose GPU idles and
-whose progress has not advanced for ``stuck_window_minutes`` is *stuck*: warned, then stopped
-after the grace period. ``/gpu keep`` (or the button) sets ``keep_until`` and postpones both.
+missing sample is never idle, see :func:`gpu_sample_idle`), the job's progress does not
+advance and (for jobs) no job process runs — or, for an interactive rental, nobody works on
+it. Idle for ``window_minutes`` → a warning with Keep alive / Destroy buttons; still idle
+``grace_minutes`` later → destroyed.
+
+A running job is *stuck* when three signals agree, each poll since ``idle_since``: its process
+is alive, every GPU sample is idle (consecutive: one busy or missing sample resets the count)
+and its progress step has not advanced. It is warned once that has lasted the job's stuck
+window (:func:`stuck_window`: ``stuck_window_minutes``, 5 by default, or ``stuck_cadence_factor``
+times the job's own observed seconds per progress step when that is longer), and stopped after
+a short grace proportional to that window (:func:`stuck_grace`, at least one minute). A job in
+a long quiet phase whose GPU is busy, or whose telemetry is missing, is never stuck.
+``/gpu keep`` (or the button) sets ``keep_until`` and postpones both.
 
 This module decides and writes nothing: :func:`decide` returns an :class:`IdleDecision` that the
 running step applies through its ``StepResult`` (the changes with the job's guarded update,
-the warning as an outbox reply in the same transaction).
+the warning as an outbox reply in the same transaction). :func:`next_decision_at` says when the
+next decision falls due if nothing changes (for drivers that skip quiet ticks).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -78,7 +87,7 @@ def decide(
         text = render.idle_warning(
             job_id=job.id,
             interactive=job.kind == "interactive",
-            grace_minutes=policy.grace_minutes,
+            grace_minutes=math.ceil(grace_of(job, policy).total_seconds() / 60),
         )
         return IdleDecision(changes=changes, warning=text)
     return IdleDecision(changes=changes, stop_reason=_stop_reason(job, changes, policy, now))
@@ -118,9 +127,7 @@ def _idle_changes(
             since = max(since, job.keep_until)
         since = min(since, now)
         changes["idle_since"] = since
-    window = timedelta(
-        minutes=policy.window_minutes if job.kind == "interactive" else policy.stuck_window_minutes
-    )
+    window = window_of(job, policy)
     if job.idle_warned_at is None and now - since >= window:
         # The grace runs from when the window elapsed, not from this (later) poll.
         changes["idle_warned_at"] = since + window
@@ -135,14 +142,89 @@ def _stop_reason(
     warned_at = changes.get("idle_warned_at", job.idle_warned_at)
     if warned_at is None or "idle_since" in changes and changes["idle_since"] is None:
         return None
-    if now - warned_at >= timedelta(minutes=policy.grace_minutes):
-        if job.kind == "interactive":
-            return (
-                f"idle for {policy.window_minutes + policy.grace_minutes} minutes "
-                f"(GPU ≤ {policy.gpu_util_threshold_pct:g} %); destroyed by the idle reaper"
-            )
+    grace = grace_of(job, policy)
+    if now - warned_at < grace:
+        return None
+    total_minutes = _minutes_text(window_of(job, policy) + grace)
+    if job.kind == "interactive":
         return (
-            "stuck: the job's process runs but its GPU is idle and progress has not advanced "
-            f"for {policy.stuck_window_minutes + policy.grace_minutes} minutes"
+            f"idle for {total_minutes} minutes "
+            f"(GPU ≤ {policy.gpu_util_threshold_pct:g} %); destroyed by the idle reaper"
         )
+    return (
+        "stuck: the job's process runs but its GPU is idle and progress has not advanced "
+        f"for {total_minutes} minutes"
+    )
+
+
+def _minutes_text(span: timedelta) -> str:
+    """``span`` in minutes for people: whole minutes as an integer, else one decimal."""
+    minutes = span.total_seconds() / 60
+    return f"{minutes:.0f}" if abs(minutes - round(minutes)) < 0.05 else f"{minutes:.1f}"
+
+
+def seconds_per_step(progress: Mapping[str, Any] | None) -> float | None:
+    """The job's observed progress cadence: seconds per progress step between the first step
+    this job was seen at (``progress["first"]``, ``[step, iso time]``) and the poll that saw
+    the newest advance (``last_advance_at``), over the steps advanced in between. None when
+    fewer than one step was seen advancing or the stored values are unreadable. Pure."""
+    if not progress:
+        return None
+    first, step, last = progress.get("first"), progress.get("step"), progress.get(
+        "last_advance_at"
+    )
+    try:
+        first_step, first_at = int(first[0]), datetime.fromisoformat(str(first[1]))
+        steps = int(step) - first_step
+        last_at = datetime.fromisoformat(str(last))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    if steps <= 0:
+        return None
+    seconds = (last_at - first_at).total_seconds()
+    return seconds / steps if seconds > 0 else None
+
+
+def stuck_window(policy: IdlePolicy, progress: Mapping[str, Any] | None) -> timedelta:
+    """How long a running job's GPU must idle with no progress before it is warned as stuck:
+    ``stuck_window_minutes``, or ``stuck_cadence_factor`` × :func:`seconds_per_step` when
+    that is longer. Pure."""
+    floor = timedelta(minutes=policy.stuck_window_minutes)
+    cadence = seconds_per_step(progress)
+    if cadence is None:
+        return floor
+    return max(floor, timedelta(seconds=policy.stuck_cadence_factor * cadence))
+
+
+def stuck_grace(policy: IdlePolicy, window: timedelta) -> timedelta:
+    """The Keep-alive chance after a stuck warning: ``stuck_grace_fraction`` of ``window``,
+    at least one minute, in whole seconds. Pure."""
+    seconds = max(60.0, policy.stuck_grace_fraction * window.total_seconds())
+    return timedelta(seconds=math.ceil(seconds))
+
+
+def window_of(job: JobRow, policy: IdlePolicy) -> timedelta:
+    """The idle window (interactive rentals) or the job's stuck window."""
+    if job.kind == "interactive":
+        return timedelta(minutes=policy.window_minutes)
+    return stuck_window(policy, job.progress)
+
+
+def grace_of(job: JobRow, policy: IdlePolicy) -> timedelta:
+    """The grace after the warning: ``grace_minutes`` (interactive), else :func:`stuck_grace`."""
+    if job.kind == "interactive":
+        return timedelta(minutes=policy.grace_minutes)
+    return stuck_grace(policy, window_of(job, policy))
+
+
+def next_decision_at(deps: EngineDeps, job: JobRow) -> datetime | None:
+    """When :func:`decide` would next warn or stop ``job`` if every poll until then saw what
+    the last one saw (idle, no progress): the end of the window after ``idle_since``, or of
+    the grace after ``idle_warned_at``. None while the job is not idle (nothing is due until
+    something changes). Reads the stored job and the policy only."""
+    policy = policy_for(deps, job)
+    if job.idle_warned_at is not None:
+        return job.idle_warned_at + grace_of(job, policy)
+    if job.idle_since is not None:
+        return job.idle_since + window_of(job, policy)
     return None

@@ -156,11 +156,83 @@ def _run_step(
     except Exception as exc:  # noqa: BLE001 - a step must never wedge a job
         logger.exception("job %s: unexpected error in %s", job.id, state.value)
         result = _retry_later(deps, job, exc)
+    result = _chained(deps, job, instance, result)
     if result.changes.get("state") == JobState.TEARING_DOWN.value and state not in {
         JobState.TEARING_DOWN
     }:
         result = _with_destroy_now(deps, job, result)
     return result
+
+
+CHAINED_STATES = frozenset({JobState.INTERRUPTED, JobState.RE_RENTING, JobState.COLLECTING})
+"""States whose step runs in the same ``advance_job`` as the step that entered them: a lost
+instance is destroyed and its replacement rented in the step that saw the loss (running →
+interrupted → re_renting → booting), and an exited job is collected and torn down in the step
+that saw the exit (running → collecting → tearing_down). Waiting one more tick for each would
+bill the lost or finished instance for it."""
+
+MAX_CHAINED_STEPS = 3
+"""Bound of the steps chained after the claimed one (interrupted, re_renting, and one spare)."""
+
+
+def _chained(
+    deps: EngineDeps, job: JobRow, instance: InstanceRow | None, result: StepResult
+) -> StepResult:
+    """Run the steps of :data:`CHAINED_STATES` that ``result`` enters, at once, merging their
+    results into one (applied atomically by the caller).
+
+    Each chained step sees the job as the previous results left it (a transient copy; the
+    claimed ``job`` is not modified) and the instance unless a previous result requested its
+    destroy. A chained step that raises is not an error of this step: the merged result so far
+    is returned and the next tick runs that state's step as usual (and counts its errors).
+    ``StaleLockError`` propagates (the claim is lost)."""
+    current = job
+    for _ in range(MAX_CHAINED_STEPS):
+        target = result.changes.get("state")
+        if not result.immediate or target is None or target == current.state:
+            return result
+        state = JobState(target)
+        if state not in CHAINED_STATES:
+            return result
+        current = _job_after(deps, current, result.changes)
+        if instance is not None and "destroy_requested_at" in result.instance_changes.get(
+            instance.id, {}
+        ):
+            instance = None
+        try:
+            more = _STEPS[state](deps, current, instance)
+        except StaleLockError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next tick runs (and counts) it
+            logger.info("job %s: %s will run on the next tick: %s", job.id, state.value, exc)
+            return result
+        result = _merged(result, more)
+    return result
+
+
+def _job_after(deps: EngineDeps, job: JobRow, changes: Mapping[str, Any]) -> JobRow:
+    """A transient copy of ``job`` with ``changes`` applied, as the next step would load it
+    (``step_started_at`` now when the state changes)."""
+    columns = JobRow.__table__.columns.keys()
+    values = {name: getattr(job, name) for name in columns}
+    values.update({k: v for k, v in changes.items() if k in values})
+    if changes.get("state", job.state) != job.state:
+        values["step_started_at"] = deps.clock()
+    return JobRow(**values)
+
+
+def _merged(first: StepResult, then: StepResult) -> StepResult:
+    """``first`` followed by ``then``: later changes win, instance changes and notes add up."""
+    instance_changes = {k: dict(v) for k, v in first.instance_changes.items()}
+    for instance_id, changes in then.instance_changes.items():
+        instance_changes.setdefault(instance_id, {}).update(changes)
+    return StepResult(
+        changes={**first.changes, **then.changes},
+        instance_changes=instance_changes,
+        new_instance=then.new_instance or first.new_instance,
+        notes=[*first.notes, *then.notes],
+        immediate=then.immediate,
+    )
 
 
 def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> StepResult:

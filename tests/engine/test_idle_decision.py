@@ -76,9 +76,12 @@ def test_the_elapsed_window_warns_once_and_the_grace_then_stops(
         job = s.get(JobRow, "j-1")
         assert job is not None
         job.idle_warned_at = warned_at
-    clock.advance(minutes=policy.grace_minutes - 1)
+    # the stuck grace is proportional to the stuck window (at least a minute)
+    grace = idle.stuck_grace(policy, idle.stuck_window(policy, None))
+    assert grace >= timedelta(minutes=1)
+    clock.advance(grace - timedelta(seconds=1))
     assert _decide(deps) == idle.IdleDecision()
-    clock.advance(minutes=1)
+    clock.advance(seconds=1)
     decision = _decide(deps)
     assert decision.warning is None
     assert decision.stop_reason is not None and decision.stop_reason.startswith("stuck")
