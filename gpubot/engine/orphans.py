@@ -190,12 +190,13 @@ def sweep_orphans(
                 status=obs.status.value,
                 age=age,
             )
+            # The audit keeps plain text (escaped where it is shown); ``text`` is Slack markup.
             audit.record(
                 session,
                 "gpubot",
                 DESTROYED,
                 obs.provider_id,
-                text,
+                f"destroyed: labelled {obs.label!r}, no live record for {age}",
                 {"label": obs.label, "price_per_hour_usd": str(obs.price_per_hour_usd)},
                 at=now,
             )

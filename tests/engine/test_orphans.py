@@ -70,6 +70,30 @@ def test_labelled_orphan_destroyed_only_after_grace(
     assert "no live record for 10 m" in msgs[0]
 
 
+def test_orphan_audit_note_is_plain_text_and_the_ops_note_escaped(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, ops_channel: str
+) -> None:
+    """The audit is a record, not Slack markup: it keeps the label as the provider gave it;
+    the ops note shows it escaped (a label can never ping a channel)."""
+    label = "gpubot:j-x&<!channel>"
+    provider.add(observation("901", label=label))
+    _sweep(deps, provider, clock)
+    clock.advance(minutes=10)
+    assert _sweep(deps, provider, clock) == ["901"]
+    with session_scope(deps.sessions) as s:
+        notes = [
+            r.reason
+            for r in s.scalars(
+                select(AuditEventRow).where(AuditEventRow.action == "orphan_destroyed")
+            )
+        ]
+        msgs = [
+            m.text for m in s.scalars(select(MessageRow).where(MessageRow.channel == ops_channel))
+        ]
+    assert notes == [f"destroyed: labelled {label!r}, no live record for 10 m"]
+    assert "<!channel>" not in msgs[0] and "&lt;!channel&gt;" in msgs[0]
+
+
 def test_unlabelled_and_foreign_instances_are_never_touched(
     deps: EngineDeps, provider: FakeProvider, clock: FakeClock
 ) -> None:
