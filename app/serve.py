@@ -5,23 +5,48 @@ HTTP server thread started next to the socket client (:func:`start_health_server
 compose health check and Prometheus work in both modes.
 
 The bot gets its enqueuer (a ``CeleryKicker``, which asks the workers for an early tick)
-through the EngineDeps built here; ``bot/`` itself never imports ``workers/``. Outbox
-delivery (posting threads and cards) runs in the Celery worker
-(``workers.tasks.deliver_messages_task``), not here.
+through the EngineDeps built here, and the app answers in queue mode: each ``/gpu`` command
+and click is acknowledged here and its answer enqueued (:func:`answer_sender`) for a worker
+(``workers.tasks.answer_command_task`` on the ``answers`` queue), so answers never hold this
+process's GIL while later requests wait for their ack. ``bot/`` itself never imports
+``workers/``. Outbox delivery (posting threads and cards) runs in the Celery worker
+(``workers.tasks.deliver_messages_task``), not here either.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpubot.settings import Settings
 
 if TYPE_CHECKING:
+    from celery import Celery
     from werkzeug.serving import BaseWSGIServer
 
+    from bot.answers import SendTask
     from gpubot.deps import EngineDeps
+
+ENQUEUE_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 2, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.2,
+}
+"""Publishing an answer is retried for at most ~0.3 s (a request has 3 s to be acked; the
+listener answers in-process when the broker stays unreachable)."""
+
+
+def answer_sender(celery: Celery) -> SendTask:
+    """``bot.answers.SendTask`` on ``celery``: ``send_task`` by name onto the ``answers``
+    queue, expiring after ``workers.tasks.ANSWER_EXPIRES_SECONDS``."""
+    from workers.tasks import ANSWER_EXPIRES_SECONDS, ANSWERS_QUEUE
+
+    def send(name: str, kwargs: dict[str, str]) -> None:
+        celery.send_task(
+            name, kwargs=kwargs, queue=ANSWERS_QUEUE, expires=ANSWER_EXPIRES_SECONDS,
+            retry_policy=ENQUEUE_RETRY_POLICY,
+        )
+
+    return send
 
 
 def start_health_server(deps: EngineDeps, *, host: str, port: int) -> BaseWSGIServer:
@@ -47,6 +72,7 @@ def main() -> int:
     """
     from bot.app import build_app
     from gpubot.wiring import build_engine_deps
+    from workers.celery_app import app as celery
     from workers.runtime import CeleryKicker, install
 
     logging.basicConfig(
@@ -55,7 +81,7 @@ def main() -> int:
     settings = Settings()
     deps = build_engine_deps(settings, enqueuer=CeleryKicker())
     install(deps)
-    app = build_app(deps, settings=settings)
+    app = build_app(deps, settings=settings, answers="queue", send_task=answer_sender(celery))
     if settings.slack_app_token is not None:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 

@@ -1,23 +1,35 @@
 """``gpubot worker`` / ``gpubot beat``, and the target of ``celery -A app.worker …``.
 
 Importing this module wires the worker side of the process: it installs the Slack deliverer
-factory (``bot.delivery.SlackDeliverer``) into ``workers.runtime``. Celery imports the ``-A``
-module in the parent process before a prefork pool forks, so every child inherits the
-factory, and a child whose first task is a delivery still delivers (``workers.runtime``
-builds the EngineDeps lazily on first use). ``workers/`` itself never imports ``bot/``.
+factory (``bot.delivery.SlackDeliverer``) and the answerer factory
+(``bot.answers.Answerer``, which answers the ``/gpu`` commands and clicks ``gpubot serve``
+acknowledged and enqueued) into ``workers.runtime``, and declares the ``answers`` queue next
+to the default one, so a worker started from here consumes both unless told otherwise
+(``-Q answers``: answers only). Celery imports the ``-A`` module in the parent process before
+a prefork pool forks, so every child inherits the factories, and a child whose first task is
+a delivery or an answer still runs it (``workers.runtime`` builds the EngineDeps lazily on
+first use). ``workers/`` itself never imports ``bot/``.
 
 ``app`` is the project's Celery app (``workers.celery_app.app``), re-exported for ``-A``.
 """
 
 from __future__ import annotations
 
+from kombu import Exchange, Queue
+
+from bot.answers import Answerer
 from bot.delivery import SlackDeliverer
 from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from workers import runtime
 from workers.celery_app import app
+from workers.tasks import ANSWERS_QUEUE
 
-__all__ = ["app", "run_beat", "run_worker", "slack_deliverer"]
+__all__ = ["WORKER_QUEUES", "app", "run_beat", "run_worker", "slack_answerer", "slack_deliverer"]
+
+WORKER_QUEUES = (app.conf.task_default_queue, ANSWERS_QUEUE)
+"""What ``gpubot worker`` consumes: ticks, steps and deliveries (the default queue) and the
+answers to Slack commands."""
 
 
 def slack_deliverer(engine_deps: EngineDeps) -> SlackDeliverer:
@@ -25,12 +37,25 @@ def slack_deliverer(engine_deps: EngineDeps) -> SlackDeliverer:
     return SlackDeliverer.from_settings(engine_deps.settings, engine_deps)
 
 
+def slack_answerer(engine_deps: EngineDeps) -> Answerer:
+    """The worker's ``AnswererFactory``: answers on ``engine_deps`` with a WebClient from its
+    settings (raises ``ConfigError`` when SLACK_BOT_TOKEN is not set)."""
+    return Answerer.from_deps(engine_deps)
+
+
 runtime.install_deliverer_factory(slack_deliverer)
+runtime.install_answerer_factory(slack_answerer)
+# Declared queues are what a worker consumes by default (Celery ``task_queues``); the names,
+# exchanges and routing keys are those Celery creates for a queue named in ``send_task``.
+app.conf.task_queues = [Queue(name, Exchange(name), routing_key=name) for name in WORKER_QUEUES]
 
 
 def run_worker(*, loglevel: str, concurrency: int) -> int:
     """Run a Celery worker (prefork pool of ``concurrency``) until it is stopped. Returns 0."""
-    app.worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}"])
+    app.worker_main([
+        "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
+        f"--queues={','.join(WORKER_QUEUES)}",
+    ])
     return 0
 
 

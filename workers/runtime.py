@@ -5,9 +5,11 @@ first task is ``deliver_messages_task`` builds the same EngineDeps a tick would.
 "not built yet" is ever cached, and a failure to build is raised to the caller (the task
 fails and Celery logs it) and retried on the next call, never remembered as "no Slack".
 
-This package never imports ``bot/``: the Slack deliverer is made by a factory the composition
-root installs (:func:`install_deliverer_factory`, called when ``app.worker`` is imported, i.e.
-in the parent process before a prefork pool forks, so every child inherits it).
+This package never imports ``bot/``: the Slack deliverer and the answerer of acknowledged
+Slack commands are made by factories the composition root installs
+(:func:`install_deliverer_factory`, :func:`install_answerer_factory`, called when
+``app.worker`` is imported, i.e. in the parent process before a prefork pool forks, so every
+child inherits them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,25 @@ class Deliverer(Protocol):
 DelivererFactory = Callable[[EngineDeps], Deliverer]
 """Builds the Slack deliverer for an EngineDeps whose settings carry SLACK_BOT_TOKEN."""
 
+
+class Answerer(Protocol):
+    """Answers one acknowledged Slack command or click (``bot.answers.Answerer``): keyword
+    arguments are the plain request the bot enqueued; returns where the answer went."""
+
+    def answer_command(
+        self, *, text: str, user: str, channel: str, team: str = "", request_key: str,
+        response_url: str,
+    ) -> str: ...
+
+    def answer_action(
+        self, *, action_id: str, value: str, user: str, channel: str, action_ts: str = "",
+        response_url: str, request_key: str,
+    ) -> str: ...
+
+
+AnswererFactory = Callable[[EngineDeps], Answerer]
+"""Builds the answerer for an EngineDeps whose settings carry SLACK_BOT_TOKEN."""
+
 _lock = threading.Lock()
 _deps: EngineDeps | None = None
 _counter = itertools.count()
@@ -39,6 +60,10 @@ _deliverer: Deliverer | None = None
 _deliverer_deps: EngineDeps | None = None
 """The EngineDeps ``_deliverer`` was built for; None: nothing built yet in this process."""
 _deliverer_factory: DelivererFactory | None = None
+_answerer_lock = threading.Lock()
+_answerer: Answerer | None = None
+_answerer_deps: EngineDeps | None = None
+_answerer_factory: AnswererFactory | None = None
 
 
 def install(engine_deps: EngineDeps) -> None:
@@ -61,6 +86,40 @@ def install_deliverer_factory(factory: DelivererFactory) -> None:
     with _deliverer_lock:
         _deliverer_factory = factory
         _deliverer_deps = None
+
+
+def install_answerer_factory(factory: AnswererFactory) -> None:
+    """Make :func:`answerer` build the Slack answerer with ``factory`` from now on (called by
+    ``app.worker`` at import, before any fork)."""
+    global _answerer_factory, _answerer_deps
+    with _answerer_lock:
+        _answerer_factory = factory
+        _answerer_deps = None
+
+
+def answerer() -> Answerer:
+    """This process's answerer of acknowledged Slack requests, built on first use per
+    EngineDeps (an :func:`install` gets a new one).
+
+    Raises:
+        ConfigError: no factory was installed (a worker started without the composition
+            root, e.g. ``celery -A workers.celery_app``), or what the factory raises
+            (SLACK_BOT_TOKEN not set). Nothing is cached then.
+    """
+    global _answerer, _answerer_deps
+    engine_deps = deps()
+    with _answerer_lock:
+        if _answerer is None or _answerer_deps is not engine_deps:
+            factory = _answerer_factory
+            if factory is None:
+                raise ConfigError(
+                    "this worker cannot answer Slack commands: start it with `gpubot worker` "
+                    "(or `celery -A app.worker worker`)",
+                    key="SLACK_BOT_TOKEN",
+                )
+            _answerer = factory(engine_deps)
+            _answerer_deps = engine_deps
+        return _answerer
 
 
 def deps() -> EngineDeps:

@@ -1,6 +1,12 @@
 """Thin Celery tasks around the engine, governance and notify packages.
 
 Arguments are ids and strings only.
+
+The answers to acknowledged Slack commands and clicks (``answer_*_task``) are sent by name
+onto their own queue, :data:`ANSWERS_QUEUE` (``app.serve.answer_sender``), which
+``app.worker`` declares next to the default one: a worker consumes both, and a worker started
+with ``-Q answers`` serves answers only, so they never wait behind ticks and job steps
+(docs/operations.md).
 """
 
 from __future__ import annotations
@@ -8,10 +14,17 @@ from __future__ import annotations
 from celery.utils.log import get_task_logger
 
 from workers.celery_app import app
-from workers.runtime import deps, tick_counter
+from workers.runtime import answerer, deps, tick_counter
 
 logger = get_task_logger(__name__)
 
+ANSWERS_QUEUE = "answers"
+"""The Celery queue of ``answer_command_task`` / ``answer_action_task``."""
+ANSWER_EXPIRES_SECONDS = 900
+"""An answer not started within 15 min is dropped by the worker (Celery ``expires``): the
+response_url lives 30 min, and a launch acted on much later than asked would surprise."""
+ANSWER_SOFT_TIME_LIMIT_SECONDS = 300
+"""Above a launch's worst case (a vast search with its 429 retries, database writes)."""
 ADVANCE_SOFT_TIME_LIMIT_SECONDS = 2100
 """> ``gpubot.db.queries.STEP_DEADLINE`` (2,000 s), which is > every inner timeout."""
 ADVANCE_TIME_LIMIT_SECONDS = 2160
@@ -74,3 +87,36 @@ def check_charges_task() -> int:
 
     engine_deps = deps()
     return len(check_charges(engine_deps, now=engine_deps.clock()))
+
+
+@app.task(
+    name="workers.tasks.answer_command_task",
+    ignore_result=True,
+    soft_time_limit=ANSWER_SOFT_TIME_LIMIT_SECONDS,
+)
+def answer_command_task(
+    *, text: str, user: str, channel: str, team: str = "", request_key: str, response_url: str
+) -> str:
+    """Answer one acknowledged ``/gpu`` (``bot.answers.command_request``) through its
+    response_url. Not acked late: a redelivery an hour later (the Redis visibility timeout)
+    would answer too late; a second copy is harmless anyway (same request key)."""
+    return answerer().answer_command(
+        text=text, user=user, channel=channel, team=team, request_key=request_key,
+        response_url=response_url,
+    )
+
+
+@app.task(
+    name="workers.tasks.answer_action_task",
+    ignore_result=True,
+    soft_time_limit=ANSWER_SOFT_TIME_LIMIT_SECONDS,
+)
+def answer_action_task(
+    *, action_id: str, value: str, user: str, channel: str, action_ts: str = "",
+    response_url: str, request_key: str,
+) -> str:
+    """Answer one acknowledged button click (``bot.answers.action_request``)."""
+    return answerer().answer_action(
+        action_id=action_id, value=value, user=user, channel=channel, action_ts=action_ts,
+        response_url=response_url, request_key=request_key,
+    )

@@ -1,0 +1,208 @@
+"""Queue mode (``gpubot serve``): the HTTP app acks and enqueues; a real Celery worker answers.
+
+Signed requests go through the real WSGI front and Bolt app built as ``app.serve`` builds it
+(``answers="queue"``, ``app.serve.answer_sender``); the answer tasks go through the Redis
+server to a real worker (``celery.contrib.testing.worker.start_worker``, consuming only the
+``answers`` queue) wired by ``app.worker``'s answerer factory, and the answers arrive at the
+Slack fake's response_url. The market is gated, so "acked before the search" is checked
+without timing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import func, select
+from werkzeug.test import Client
+
+from bot.answers import ANSWER_ACTION_TASK, ANSWER_COMMAND_TASK
+from bot.listeners import WORKING
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import AuditEventRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.settings import Settings
+from tests.bot.conftest import (
+    FORM,
+    OFFERS,
+    GatedOffersProvider,
+    command_body,
+    shown_to_user,
+    sign,
+    wait_until,
+)
+from tests.fixtures.slack_fake import SlackFake
+from tests.services_available import require_redis
+
+
+@pytest.fixture
+def provider() -> GatedOffersProvider:  # type: ignore[override]
+    return GatedOffersProvider(OFFERS, timeout_s=20.0)
+
+
+class SpyAnswerer:
+    """The composition root's answerer, recording the thread each answer ran on."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    def answer_command(self, **request: str) -> str:
+        self.threads.append(threading.current_thread().name)
+        return str(self.inner.answer_command(**request))
+
+    def answer_action(self, **request: str) -> str:
+        self.threads.append(threading.current_thread().name)
+        return str(self.inner.answer_action(**request))
+
+
+@pytest.fixture
+def worker(deps: EngineDeps) -> Iterator[list[SpyAnswerer]]:
+    """A real Celery worker (threads pool, 3) on the Redis server consuming ``answers``."""
+    url = require_redis()
+    import redis
+
+    import app.worker as composition
+    from workers import runtime
+    from workers.celery_app import app, celery_config
+
+    redis.Redis.from_url(url).flushdb()
+    previous = dict(app.conf)
+    app.conf.update(
+        celery_config(Settings(GPUBOT_BROKER_URL=url, GPUBOT_HOME=str(deps.settings.home)))
+    )
+    spies: list[SpyAnswerer] = []
+
+    def factory(engine_deps: EngineDeps) -> SpyAnswerer:
+        spies.append(SpyAnswerer(composition.slack_answerer(engine_deps)))
+        return spies[-1]
+
+    runtime.install(deps)
+    runtime.install_answerer_factory(factory)
+    try:
+        with start_worker(app, pool="threads", concurrency=3, queues=["answers"],
+                          perform_ping_check=False, shutdown_timeout=30):
+            yield spies
+    finally:
+        runtime.install_answerer_factory(composition.slack_answerer)
+        app.conf.update(previous)
+
+
+@pytest.fixture
+def queued_http(deps: EngineDeps) -> Client:
+    from app.serve import answer_sender
+    from bot.app import build_app
+    from bot.http import make_wsgi_app
+    from workers.celery_app import app as celery
+
+    app = build_app(deps, settings=deps.settings, answers="queue", send_task=answer_sender(celery))
+    return Client(make_wsgi_app(app, deps))
+
+
+def _jobs(deps: EngineDeps) -> list[JobRow]:
+    with session_scope(deps.sessions) as session:
+        return list(session.scalars(select(JobRow)))
+
+
+def _post(http: Client, body: str, extra: dict[str, str] | None = None) -> tuple[int, str]:
+    headers = {**FORM, **sign(body), **(extra or {})}
+    response = http.post("/slack/events", data=body, headers=headers)
+    return response.status_code, response.get_data(as_text=True)
+
+
+def _posts(slack: SlackFake, path: str) -> list[dict[str, object]]:
+    return [p.params for p in list(slack.webhook_log) if p.path == path]
+
+
+def test_train_and_offers_are_acked_at_once_and_answered_by_the_worker(
+    worker: list[SpyAnswerer], queued_http: Client, deps: EngineDeps, slack: SlackFake,
+    provider: GatedOffersProvider,
+) -> None:
+    base = slack.webhook_url.split("/webhook/")[0]
+    train = command_body("train lr=2e-5", trigger="1.1.train", response_url=base + "/webhook/q/t")
+    offers = command_body("offers gpu=4090", trigger="1.1.offers",
+                          response_url=base + "/webhook/q/o")
+
+    acks = [_post(queued_http, train), _post(queued_http, offers)]  # searches still blocked
+
+    for status, ack in acks:
+        assert status == 200
+        assert json.loads(ack) == {"text": WORKING, "response_type": "ephemeral"}
+    assert _posts(slack, "/webhook/q/t") == [] and _jobs(deps) == []
+    provider.gate.set()
+    wait_until(lambda: _posts(slack, "/webhook/q/t") and _posts(slack, "/webhook/q/o"),
+               what="both answers", timeout_s=30)
+    [job] = _jobs(deps)
+    [shown_train] = shown_to_user(WORKING, _posts(slack, "/webhook/q/t"))
+    [shown_offers] = shown_to_user(WORKING, _posts(slack, "/webhook/q/o"))
+    assert job.id in shown_train and "RTX 3090" in shown_train
+    assert "RTX 4090" in shown_offers and WORKING not in shown_offers
+    [spy] = worker
+    assert len(spy.threads) == 2
+    assert not any(name.startswith("gpubot-answer") for name in spy.threads)  # not the HTTP app
+
+
+def test_a_redelivered_command_creates_one_job(
+    worker: list[SpyAnswerer], queued_http: Client, deps: EngineDeps, slack: SlackFake,
+    provider: GatedOffersProvider,
+) -> None:
+    path = "/webhook/q/retry"
+    body = command_body("train lr=2e-5", trigger="777.888.retry",
+                        response_url=slack.webhook_url.split("/webhook/")[0] + path)
+    first = _post(queued_http, body)
+    retry = _post(queued_http, body,
+                  {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    again = _post(queued_http, body)
+    assert [first[0], retry[0], again[0]] == [200, 200, 200]
+    assert all(json.loads(a[1])["text"] == WORKING for a in (first, retry, again))
+    provider.gate.set()
+    wait_until(lambda: len(_posts(slack, path)) >= 3, what="three answers", timeout_s=30)
+    [job] = _jobs(deps)
+    with session_scope(deps.sessions) as session:
+        launches = session.scalar(
+            select(func.count()).select_from(AuditEventRow).where(AuditEventRow.action == "launch")
+        )
+    assert launches == 1
+    texts = [str(p.get("text", "")) for p in _posts(slack, path)]
+    assert all(job.id in t for t in texts)
+    assert sum("Already handled" in t for t in texts) == 2
+
+
+def test_an_unreachable_broker_still_gets_the_command_answered_in_process(
+    deps: EngineDeps, slack: SlackFake, provider: GatedOffersProvider
+) -> None:
+    from bot.app import build_app
+    from bot.http import make_wsgi_app
+
+    sent: list[str] = []
+
+    def broken(name: str, kwargs: dict[str, str]) -> None:
+        sent.append(name)
+        raise ConnectionError("broker down")
+
+    http = Client(make_wsgi_app(
+        build_app(deps, settings=deps.settings, answers="queue", send_task=broken), deps
+    ))
+    path = "/webhook/q/nobroker"
+    body = command_body("help", response_url=slack.webhook_url.split("/webhook/")[0] + path)
+    status, ack = _post(http, body)
+    assert status == 200 and json.loads(ack)["text"] == WORKING
+    assert sent == [ANSWER_COMMAND_TASK]
+    wait_until(lambda: bool(_posts(slack, path)), what="the in-process answer")
+    [shown] = shown_to_user(WORKING, _posts(slack, path))
+    assert shown and WORKING not in shown
+
+
+def test_task_names_the_bot_sends_are_the_worker_tasks_on_the_answers_queue() -> None:
+    from app.serve import answer_sender  # noqa: F401 - the composition root imports cleanly
+    from app.worker import WORKER_QUEUES
+    from workers.tasks import ANSWERS_QUEUE, answer_action_task, answer_command_task
+
+    assert answer_command_task.name == ANSWER_COMMAND_TASK
+    assert answer_action_task.name == ANSWER_ACTION_TASK
+    assert ANSWERS_QUEUE == "answers"
+    assert ANSWERS_QUEUE in WORKER_QUEUES and "celery" in WORKER_QUEUES
