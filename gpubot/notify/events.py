@@ -26,7 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpubot import costs
-from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+from gpubot.db.spend import from_e8
+from gpubot.db.tables import InstanceRow, JobRow, SpendSummaryRow
 from gpubot.lifecycle import ProgressPoint, estimate_eta_seconds
 from gpubot.models import RentalChoice
 from gpubot.notify import ops, outbox
@@ -38,13 +39,15 @@ from gpubot.render.views import JobView
 
 
 def spent_usd(session: Session, job_id: str) -> Decimal:
-    """Money the ledger holds for the job (all its rentals)."""
+    """Money the ledger holds for the job (all its rentals), read from the job's per-day spend
+    summaries (kept in the ledger's own transaction, exact to the ledger's 10^-8 USD): a few
+    rows per job, however long it ran, instead of one ledger row per tick."""
     total = session.scalar(
-        select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)).where(
-            LedgerEntryRow.job_id == job_id
+        select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+            SpendSummaryRow.scope == "job", SpendSummaryRow.scope_id == job_id
         )
     )
-    return Decimal(str(total or 0))
+    return from_e8(total)
 
 
 def charged_per_hour_usd(instance: InstanceRow) -> Decimal:
