@@ -11,7 +11,8 @@ decisions are taken by the project's real pure policy code:
   rent to destroy request), like the reconcile tick's meter; the $20 default job cap with
   ``costs.budget_verdict``;
 - idle/stuck: ``[idle]`` thresholds from the built-in config (``window_minutes``,
-  ``grace_minutes``, ``stuck_window_minutes``), evaluated at tick boundaries
+  ``grace_minutes``; the stuck window and its proportional grace from
+  ``gpubot.engine.idle.stuck_window``/``stuck_grace``), evaluated at tick boundaries
   (``GPUBOT_TICK_SECONDS`` default);
 - preemption: the engine's resume rule (``_step_interrupted``): re-rent while the job has
   used fewer than ``[engine] max_attempts`` rentals, resuming from the newest checkpoint;
@@ -98,6 +99,7 @@ def main() -> int:
 
     from gpubot import costs
     from gpubot.config import load_config
+    from gpubot.engine.idle import stuck_grace, stuck_window
     from gpubot.errors import NoOfferError
     from gpubot.models import RentalType
     from gpubot.offers import choose_rental, policy_from, requirements_from
@@ -107,6 +109,9 @@ def main() -> int:
 
     config = load_config(None)
     idle = config.idle
+    # the job's cadence is not modelled: the stuck window is its floor, the grace proportional
+    stuck_window_s = stuck_window(idle, None).total_seconds()
+    stuck_grace_s = stuck_grace(idle, stuck_window(idle, None)).total_seconds()
     max_attempts = config.engine.max_attempts
     tick = float(Settings.model_fields["tick_seconds"].default)
     job_cap = Decimal(str(config.budgets.job_default_usd))
@@ -193,8 +198,8 @@ def main() -> int:
         if kind == "stuck":
             stall_at = rng.uniform(0, work)
             idle_since = next_tick(boot + setup + stall_at, tick, phase)
-            warned = next_tick(idle_since + idle.stuck_window_minutes * M, tick, phase)
-            destroy = next_tick(warned + idle.grace_minutes * M, tick, phase)
+            warned = next_tick(idle_since + stuck_window_s, tick, phase)
+            destroy = next_tick(warned + stuck_grace_s, tick, phase)
             stalled_s = destroy - (boot + setup + stall_at)
             before = cost(r, setup + stall_at, boot + setup + stall_at)
             w_bot = cost(r, stalled_s, stalled_s)
@@ -247,7 +252,8 @@ def main() -> int:
 
     c.print_header(f"simulated month: {n} jobs (discrete-event model, seed {args.seed})")
     print(f"policy used: tick {tick:g} s; idle window {idle.window_minutes} min + grace "
-          f"{idle.grace_minutes} min; stuck window {idle.stuck_window_minutes} min; "
+          f"{idle.grace_minutes} min; stuck window {stuck_window_s / M:g} min + grace "
+          f"{stuck_grace_s / M:g} min; "
           f"max_attempts {max_attempts}; job cap ${job_cap}; checkpoint every "
           f"{args.checkpoint_minutes:g} min (assumed)")
     kinds_all = sorted(set(bot.waste) | set(manual.waste))

@@ -325,6 +325,7 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
     from gpubot.config import load_config_text
     from gpubot.db.engine import session_scope
     from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+    from gpubot.engine.idle import next_decision_at as idle_next_decision_at
     from gpubot.engine.steps import advance_job
     from gpubot.engine.tick import reconcile_tick
     from gpubot.providers.vastai.provider import VastAIProvider
@@ -358,7 +359,6 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
             clock=lambda: datetime.fromtimestamp(sim.engine.now(), UTC))
         c.quiet()
         tick_s = float(settings.tick_seconds)
-        idle = config.idle
         control = sim.control
         t0 = sim.engine.now()
         t = t0
@@ -474,14 +474,10 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
             busy = not started_ok
             for row, pid in live:
                 if row.state == "running":
-                    if row.idle_warned_at is not None:
-                        nxt = min(nxt, _grid_ceil(_epoch(row.idle_warned_at)
-                                                  + idle.grace_minutes * M, t0, tick_s))
-                    elif row.idle_since is not None:
-                        window = (idle.window_minutes if row.kind == "interactive"
-                                  else idle.stuck_window_minutes)
-                        nxt = min(nxt, _grid_ceil(_epoch(row.idle_since) + window * M,
-                                                  t0, tick_s))
+                    due = idle_next_decision_at(deps, row)
+                    if due is not None:
+                        # the engine's own idle/stuck deadline (window or grace)
+                        nxt = min(nxt, _grid_ceil(_epoch(due), t0, tick_s))
                     elif row.kind == "interactive":
                         busy = True
                     else:

@@ -160,7 +160,7 @@ def _run_step(
     if result.changes.get("state") == JobState.TEARING_DOWN.value and state not in {
         JobState.TEARING_DOWN
     }:
-        result = _with_destroy_now(deps, job, result)
+        result = _with_destroy_now(deps, _job_after(deps, job, result.changes), result)
     return result
 
 
@@ -888,7 +888,13 @@ def _step_tearing_down(deps: EngineDeps, job: JobRow, instance: InstanceRow | No
             now - row.destroy_requested_at >= DESTROY_RETRY_INTERVAL
         )
         if due:
-            if row.destroy_requested_at is None and row.status == "running":
+            if (
+                row.destroy_requested_at is None
+                and row.status == "running"
+                and job.exit_code is None
+            ):
+                # A process that recorded its exit code has nothing left to stop: the destroy
+                # is not delayed behind a kill (SSH round trip and its grace wait).
                 remote_job.kill_quietly(deps, row, job)
             try:
                 remote_job.request_destroy(deps, row)

@@ -1,0 +1,159 @@
+"""Steps chained into the step that entered their state (``steps.CHAINED_STATES``).
+
+- An outbid instance: the running step that sees it destroys it and rents the replacement in
+  the same ``advance_job`` (one tick), not one tick later.
+- An exited job: the running step that sees exit 0 collects and asks for the destroy in the
+  same ``advance_job``, without a kill first (the process has recorded its exit code).
+
+Real parts: the engine's steps and SQLite database; the provider is the in-memory fake and the
+remote session a fake returning a fixed status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from gpubot.db.engine import session_scope
+from gpubot.db.queries import claim_due_jobs
+from gpubot.db.tables import InstanceRow, JobRow
+from gpubot.deps import EngineDeps
+from gpubot.engine import remote_job, steps
+from gpubot.engine.remote_job import JobStatus
+from gpubot.models import JobState, Offer, ProviderStatus
+from gpubot.testing.fakes import FakeClock, FakeProvider, observation, seed_instance, seed_job
+
+
+def _offer(offer_id: str) -> Offer:
+    return Offer(
+        offer_id=offer_id, gpu_name="RTX 4090", num_gpus=1, gpu_ram_gb=24,
+        price_per_hour_usd=Decimal("0.40"), min_bid_per_hour_usd=Decimal("0.20"),
+        storage_per_gb_month_usd=Decimal("0.1"), upload_per_gb_usd=Decimal("0.01"),
+        download_per_gb_usd=Decimal("0.01"), reliability=0.99, cuda_max=12.4,
+        compute_cap=890, dlperf=50.0, datacenter=True, verified=True, host_id="h" + offer_id,
+        machine_id="m" + offer_id, disk_space_gb=200, geolocation="EU", inet_down_mbps=500,
+    )
+
+
+class _FakeRemote:
+    """A remote session whose job has exited 0; records what was asked of it."""
+
+    def __init__(self, asked: list[str]) -> None:
+        self.asked = asked
+
+    def status(self, job: JobRow) -> JobStatus:
+        self.asked.append("status")
+        return JobStatus(running=False, exit_code=0, vanished=False, progress=None,
+                         trainer_metrics=None, diagnosis=None)
+
+    def backup_checkpoints(self, job: JobRow, *, final: bool = False) -> str | None:
+        self.asked.append("backup")
+        return None
+
+    def collect_results(self, job: JobRow) -> list[dict[str, Any]]:
+        self.asked.append("collect")
+        return []
+
+    def kill(self, job: JobRow) -> None:
+        self.asked.append("kill")
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    @contextmanager
+    def fake_connect(*_: Any, **__: Any) -> Iterator[_FakeRemote]:
+        yield _FakeRemote(calls)
+
+    monkeypatch.setattr(remote_job, "connect", fake_connect)
+    return calls
+
+
+def _seed_running(deps: EngineDeps, provider: FakeProvider, clock: FakeClock,
+                  status: ProviderStatus) -> None:
+    provider.add(observation("101", label="gpubot:j-1:1", status=status))
+    with session_scope(deps.sessions) as s:
+        job = seed_job(s, "j-1", state=JobState.RUNNING, created_at=clock())
+        job.attempts = 1
+        job.remote_root = "/workspace"
+        instance = seed_instance(s, "j-1", "101", created_at=clock(),
+                                 provider_status=status.value)
+        instance.ssh_host, instance.ssh_port = "127.0.0.1", 22
+
+
+def _advance_once(deps: EngineDeps, clock: FakeClock) -> None:
+    with session_scope(deps.sessions) as s:
+        (claim,) = claim_due_jobs(s, now=clock())
+    steps.advance_job(deps, *claim)
+
+
+def _state(deps: EngineDeps) -> tuple[JobRow, list[InstanceRow]]:
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        rows = list(s.query(InstanceRow).filter_by(job_id="j-1").order_by(InstanceRow.id))
+        s.expunge_all()
+        return job, rows
+
+
+def test_an_outbid_instance_is_replaced_in_the_step_that_sees_it(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given a running job whose interruptible instance the listing shows outbid
+    provider.offers = [_offer("201")]
+    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
+    # when one step runs
+    _advance_once(deps, clock)
+    # then the lost instance's destroy was requested and the replacement rented, both now
+    job, rows = _state(deps)
+    assert provider.destroyed == ["101"]
+    assert [spec.label for _, spec in provider.created] == ["gpubot:j-1:2"]
+    assert job.state == JobState.BOOTING.value, (job.state, job.reason, job.phase_detail)
+    assert job.attempts == 2
+    assert "outbid" in (job.reason or "")
+    assert rows[0].destroy_requested_at == clock()
+    assert rows[1].provider_id == provider.created[0][0] and rows[1].created_at == clock()
+    assert "status" not in asked  # the loss is read from the listing, no SSH needed
+
+
+def test_a_chained_rent_that_fails_leaves_the_job_re_renting_for_the_next_tick(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider.offers = [_offer("201")]
+    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
+
+    def search_fails(*_: Any, **__: Any) -> list[Offer]:
+        from gpubot.errors import TransientProviderError
+
+        raise TransientProviderError("search: HTTP 503")
+
+    monkeypatch.setattr(provider, "search_offers", search_fails)
+    _advance_once(deps, clock)
+    job, rows = _state(deps)
+    assert provider.destroyed == ["101"] and provider.created == []
+    assert job.state == JobState.RE_RENTING.value
+    assert rows[0].destroy_requested_at == clock()
+    assert int((job.progress or {}).get("error_count", 0)) == 0
+
+
+def test_an_exited_job_is_collected_and_destroyed_in_the_step_that_sees_the_exit(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given a running job whose process has exited 0
+    _seed_running(deps, provider, clock, ProviderStatus.RUNNING)
+    # when one step runs
+    _advance_once(deps, clock)
+    # then it is collected and its instance's destroy requested at once, with no kill
+    job, rows = _state(deps)
+    assert asked[0] == "status" and "collect" in asked
+    assert "kill" not in asked
+    assert job.state == JobState.TEARING_DOWN.value and job.outcome == "succeeded"
+    assert job.exit_code == 0
+    assert provider.destroyed == ["101"]
+    assert rows[0].destroy_requested_at == clock()
