@@ -253,6 +253,7 @@ _IDLE_KEYS = (
     "gpu_util_threshold_pct",
     "window_minutes",
     "grace_minutes",
+    "unused_window_minutes",
     "stuck_window_minutes",
     "stuck_cadence_factor",
     "stuck_grace_fraction",
@@ -681,6 +682,11 @@ def _idle(ctx: Checker, path: KeyPath, t: dict[str, Any], base: IdlePolicy) -> I
         ),
         grace_minutes=ctx.integer(
             path + ("grace_minutes",), t.get("grace_minutes", base.grace_minutes), lo=0
+        ),
+        unused_window_minutes=ctx.integer(
+            path + ("unused_window_minutes",),
+            t.get("unused_window_minutes", base.unused_window_minutes),
+            lo=1,
         ),
         stuck_window_minutes=ctx.integer(
             path + ("stuck_window_minutes",),

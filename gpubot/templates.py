@@ -184,6 +184,9 @@ class IdlePolicy:
     """Idle for this long -> warning with a "Keep alive" button."""
     grace_minutes: int = 10
     """After the warning, destroyed unless kept."""
+    unused_window_minutes: int = 5
+    """The window instead of ``window_minutes`` (when shorter) for an interactive rental whose
+    GPU has not had one busy sample since it became ready: nobody has used it yet."""
     stuck_window_minutes: int = 5
     """A running job whose process is alive, whose GPU samples are all idle and whose progress
     has not advanced for this long (at least; see ``stuck_cadence_factor``) is stuck."""

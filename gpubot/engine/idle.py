@@ -3,7 +3,8 @@
 An instance is *idle* while its GPU utilisation is at or below the policy's threshold (a
 missing sample is never idle, see :func:`gpu_sample_idle`), the job's progress does not
 advance and (for jobs) no job process runs — or, for an interactive rental, nobody works on
-it. Idle for ``window_minutes`` → a warning with Keep alive / Destroy buttons; still idle
+it. Idle for ``window_minutes`` (``unused_window_minutes`` for a rental idle since it became
+ready: nobody has used it) → a warning with Keep alive / Destroy buttons; still idle
 ``grace_minutes`` later → destroyed.
 
 A running job is *stuck* when three signals agree, each poll since ``idle_since``: its process
@@ -127,7 +128,7 @@ def _idle_changes(
             since = max(since, job.keep_until)
         since = min(since, now)
         changes["idle_since"] = since
-    window = window_of(job, policy)
+    window = window_of(job, policy, since=since)
     if job.idle_warned_at is None and now - since >= window:
         # The grace runs from when the window elapsed, not from this (later) poll.
         changes["idle_warned_at"] = since + window
@@ -203,11 +204,33 @@ def stuck_grace(policy: IdlePolicy, window: timedelta) -> timedelta:
     return timedelta(seconds=math.ceil(seconds))
 
 
-def window_of(job: JobRow, policy: IdlePolicy) -> timedelta:
-    """The idle window (interactive rentals) or the job's stuck window."""
+def window_of(job: JobRow, policy: IdlePolicy, *, since: datetime | None = None) -> timedelta:
+    """The idle window (interactive rentals) or the job's stuck window.
+
+    An interactive rental idle since it became ready (``idle_since`` not after
+    ``step_started_at``, the start of ``running``: no busy sample, no Keep alive since) has
+    not been used yet: its window is ``unused_window_minutes`` when that is shorter. ``since``
+    stands for ``job.idle_since`` when given (the poll that starts the idle period)."""
     if job.kind == "interactive":
-        return timedelta(minutes=policy.window_minutes)
+        minutes = policy.window_minutes
+        if unused_since_ready(job, since=since):
+            minutes = min(minutes, policy.unused_window_minutes)
+        return timedelta(minutes=minutes)
     return stuck_window(policy, job.progress)
+
+
+def unused_since_ready(job: JobRow, *, since: datetime | None = None) -> bool:
+    """True when the rental has been idle since it entered ``running`` (every poll since saw
+    a real idle GPU sample and no Keep alive): a busy or missing sample clears ``idle_since``
+    and the next idle one starts it later, after ``step_started_at``. ``since`` stands for
+    ``job.idle_since`` when given."""
+    idle_since = since if since is not None else job.idle_since
+    return (
+        idle_since is not None
+        and job.step_started_at is not None
+        and job.state == "running"
+        and idle_since <= job.step_started_at
+    )
 
 
 def grace_of(job: JobRow, policy: IdlePolicy) -> timedelta:

@@ -28,10 +28,11 @@ TICK = timedelta(seconds=10)
 
 @dataclass
 class Outcome:
-    """When the driven job was first warned and stopped (None: never)."""
+    """When the driven job was first warned and stopped (None: never): clock times for jobs,
+    time since ready for interactive rentals."""
 
-    warned_at: datetime | None = None
-    stopped_at: datetime | None = None
+    warned_at: datetime | timedelta | None = None
+    stopped_at: datetime | timedelta | None = None
     reason: str | None = None
 
 
@@ -163,3 +164,64 @@ def test_next_decision_at_is_the_window_then_the_grace(
     assert idle.next_decision_at(deps, job) == clock() + timedelta(minutes=5)
     job.idle_warned_at = clock() + timedelta(minutes=5)
     assert idle.next_decision_at(deps, job) == clock() + timedelta(minutes=6)
+
+
+def _drive_box(
+    deps: EngineDeps, clock: FakeClock, *, minutes: float, util: Callable[[float], float | None]
+) -> Outcome:
+    """Poll an interactive rental every tick from the moment it became ready."""
+    job, instance = _rows(deps, clock)
+    job.kind = "interactive"
+    job.step_started_at = job.last_processed_at = clock()
+    start = clock()
+    out = Outcome()
+    while clock() - start < timedelta(minutes=minutes):
+        clock.advance(TICK)
+        instance.gpu_util_pct = util((clock() - start).total_seconds())
+        decision = idle.decide(deps, job, instance, None)
+        for key, value in decision.changes.items():
+            setattr(job, key, value)
+        job.last_processed_at = clock()
+        if decision.warning and out.warned_at is None:
+            out.warned_at = clock() - start
+        if decision.stop_reason:
+            out.stopped_at, out.reason = clock() - start, decision.stop_reason
+            return out
+    return out
+
+
+def test_a_box_nobody_has_used_since_it_became_ready_gets_the_unused_window(
+    deps: EngineDeps, clock: FakeClock
+) -> None:
+    policy = deps.config.idle
+    out = _drive_box(deps, clock, minutes=60, util=lambda t: 0.0)
+    assert out.warned_at == timedelta(minutes=policy.unused_window_minutes)
+    assert out.stopped_at == timedelta(minutes=policy.unused_window_minutes
+                                       + policy.grace_minutes)
+    assert out.reason is not None and out.reason.startswith(
+        f"idle for {policy.unused_window_minutes + policy.grace_minutes} minutes")
+
+
+def test_a_box_used_once_gets_the_full_idle_window(deps: EngineDeps, clock: FakeClock) -> None:
+    policy = deps.config.idle
+    # given a box whose GPU was busy for its first 2 minutes, idle after that
+    out = _drive_box(deps, clock, minutes=60, util=lambda t: 80.0 if t <= 120 else 0.0)
+    # then the idle window counts from the last busy poll, at its full length
+    assert out.warned_at == timedelta(minutes=2 + policy.window_minutes)
+    assert out.stopped_at == timedelta(minutes=2 + policy.window_minutes + policy.grace_minutes)
+
+
+def test_a_box_without_samples_at_first_is_not_taken_for_unused(
+    deps: EngineDeps, clock: FakeClock
+) -> None:
+    policy = deps.config.idle
+    # given no telemetry for the first 3 minutes, then idle samples
+    out = _drive_box(deps, clock, minutes=60, util=lambda t: None if t <= 180 else 0.0)
+    # then the unknown start is not "unused": the full window from the last unknown sample
+    assert out.warned_at == timedelta(minutes=3 + policy.window_minutes)
+
+
+def test_a_box_without_any_sample_for_30_minutes_is_never_idle(
+    deps: EngineDeps, clock: FakeClock
+) -> None:
+    assert _drive_box(deps, clock, minutes=30, util=lambda t: None) == Outcome()
