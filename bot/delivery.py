@@ -18,6 +18,9 @@ channel). Rules:
   answers ``cant_broadcast``); ``file`` rows are uploaded with ``files_upload_v2`` into the
   thread, ``ephemeral`` rows go to one user, ``dm`` rows are direct messages
   (``conversations.open``, then ``chat.postMessage``).
+* ``home`` rows (one per user, :func:`gpubot.notify.outbox.request_home_refresh`) publish the
+  user's App Home with ``views.publish``, the view built from the database when sent: at most
+  once per ``card_update_interval_seconds`` per user, paced per method like chat.update.
 
 Pacing, shared by every deliverer (:mod:`gpubot.pace`: Redis when the broker is ``redis://``,
 this process otherwise). Slack's "Rate limits" page (https://api.slack.com/apis/rate-limits):
@@ -63,6 +66,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from sqlalchemy import update
 
+from bot import home
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobGroupRow, JobRow, MessageRow
 from gpubot.deps import EngineDeps
@@ -136,9 +140,11 @@ METHOD_INTERVALS_SECONDS = {
     "chat.update": 60 / 50,
     "chat.postEphemeral": 60 / 100,
     "conversations.open": 60 / 50,
+    "views.publish": 60 / 100,
 }
 """Workspace-wide pace per method (Slack tiers: chat.update and conversations.open Tier 3,
-50+/min; chat.postEphemeral Tier 4, 100+/min)."""
+50+/min; chat.postEphemeral and views.publish Tier 4, 100+/min: the methods' pages,
+e.g. https://api.slack.com/methods/views.publish)."""
 METHOD_BURST = 10
 """Calls of a method that may go out at once before its pace applies."""
 TOKEN_PAUSE_SECONDS = 30.0
@@ -342,7 +348,11 @@ class SlackDeliverer:
             raise _Outage from e
         finally:
             self._release(pace_key, method, slot, after)
-        next_after = self.card_update_interval if msg.kind == "card" else 0.0
+        # A card, or a user's Home, is sent again at most once per interval: the changes
+        # meanwhile collapse into the next call.
+        next_after = (
+            self.card_update_interval if msg.kind in ("card", outbox.HOME_KIND) else 0.0
+        )
         self._finish(msg, ts=ts or msg.ts, next_after=next_after)
         return True
 
@@ -350,6 +360,8 @@ class SlackDeliverer:
     def _method_for(msg: _Msg) -> str:
         if msg.kind == "card" and msg.ts:
             return "chat.update"
+        if msg.kind == outbox.HOME_KIND:
+            return "views.publish"
         if msg.kind == "ephemeral":
             return "chat.postEphemeral"
         if msg.kind == "file":
@@ -397,7 +409,7 @@ class SlackDeliverer:
                                "only", msg.id)
                 return self._call(msg, method, thread_ts, msg.blocks, msg.text or " ",
                                   broadcast=False)
-            if code not in FALLBACK_ERRORS or method == "files.upload":
+            if code not in FALLBACK_ERRORS or method in ("files.upload", "views.publish"):
                 raise
             logger.warning(
                 "slack %s refused row %s (%s, %s) with %s; failing blocks: %s; sending it "
@@ -434,6 +446,13 @@ class SlackDeliverer:
                     blocks=blocks,
                     thread_ts=thread_ts,
                 )
+                return None
+            case "views.publish":
+                # The Home is drawn now from the database, so it shows every change since the
+                # request (https://api.slack.com/methods/views.publish: "Publish a static
+                # view for a User"; it replaces the user's Home tab).
+                user = msg.user or msg.channel
+                self.client.views_publish(user_id=user, view=home.build_home_view(self.deps, user))
                 return None
             case "files.upload":
                 path = Path(msg.file_path or "")
@@ -618,7 +637,7 @@ class SlackDeliverer:
                     .execution_options(synchronize_session=False)
                 )
             return self.post_interval
-        if code in CHANNEL_ERRORS and msg.kind != outbox.DM_KIND:
+        if code in CHANNEL_ERRORS and msg.kind not in (outbox.DM_KIND, outbox.HOME_KIND):
             self._fail_channel(msg, code)
             return self.post_interval
         if (

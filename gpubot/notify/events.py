@@ -117,7 +117,8 @@ def refresh_card(session: Session, job: JobRow) -> None:
     A job of its own: the card is its top-level message, the root of its thread (a job from
     before, with a static parent and a card in the thread, keeps that card). A run of a
     group: the card is a message in the group's thread (``thread_key`` = the job id, which
-    the outbox resolves to the group's root)."""
+    the outbox resolves to the group's root). A state the requester's App Home has not shown
+    yet queues its republish (:func:`gpubot.notify.outbox.request_home_refresh`)."""
     view = job_view(session, job)
     outbox.upsert_card(
         session,
@@ -128,6 +129,8 @@ def refresh_card(session: Session, job: JobRow) -> None:
         blocks=card_blocks(view),
         group_id=job.group_id,
     )
+    # A new state also republishes the requester's App Home (coalesced per user).
+    outbox.request_home_refresh(session, user=job.requester, job_id=job.id, state=job.state)
 
 
 def note(session: Session, job: JobRow, text: str) -> None:

@@ -25,6 +25,7 @@ are selected only once its parent is posted and every earlier message of the thr
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +45,16 @@ DM_REPEAT_AFTER = timedelta(hours=1)
 """At most one "invite me" DM per user and channel in this time."""
 PER_CHANNEL_MAX = 20
 """Rows one channel may take of a :func:`pending` batch."""
+HOME_KIND = "home"
+"""A request to republish a user's App Home (Slack: ``views.publish``, the view built from
+the database when it is delivered). One row per user (``user`` and ``channel`` = the user
+id), marked dirty again by :func:`request_home_refresh`, so many changes before a delivery
+give one publish. Its ``blocks`` column holds ``{"job_states": {job id: state}}`` (the
+states the Home was last asked to show), not Block Kit; ``text`` is empty."""
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{1,30}$")
+"""A Slack user id (the ids :func:`gpubot.render.mrkdwn.mention` makes mentions of)."""
+HOME_STATES_MAX = 200
+"""Job states a ``home`` row remembers; finished jobs are forgotten first beyond this."""
 BROADCAST_KIND = "broadcast"
 """A reply in a thread that is also shown in the channel (Slack: ``chat.postMessage`` with
 ``thread_ts`` and ``reply_broadcast``); otherwise delivered and ordered like a ``reply``."""
@@ -180,6 +191,44 @@ def to_channel(
 ) -> None:
     """A top-level message (ops escalations, budget alerts for a channel)."""
     _add(session, channel=channel, kind="reply", text=text, blocks=blocks)
+
+
+def request_home_refresh(session: Session, *, user: str, job_id: str, state: str) -> bool:
+    """Ask for ``user``'s App Home to be republished because ``job_id`` is now in ``state``;
+    return whether a publish was requested.
+
+    Nothing is requested when the user's ``home`` row already knows this state (a card
+    refresh without a state change), or when ``user`` is not a Slack user id (the console).
+    Otherwise the user's one ``home`` row (:data:`HOME_KIND`) is created or marked dirty again
+    with a new version, its retry count reset: however many jobs change before the next
+    delivery, the user gets one ``views.publish`` showing them all."""
+    if not _SLACK_USER_ID.match(user or ""):
+        return False
+    row = session.scalars(
+        select(MessageRow)
+        .where(MessageRow.kind == HOME_KIND, MessageRow.user == user)
+        .order_by(MessageRow.id)
+    ).first()
+    if row is None:
+        session.add(MessageRow(channel=user, kind=HOME_KIND, user=user, text="",
+                               blocks={"job_states": {job_id: state}}, dirty=True))
+        return True
+    states = dict((row.blocks or {}).get("job_states") or {})
+    if states.get(job_id) == state:
+        return False
+    states[job_id] = state
+    if len(states) > HOME_STATES_MAX:
+        finished = {"succeeded", "failed", "cancelled"}
+        for key in [k for k, v in states.items() if v in finished and k != job_id]:
+            if len(states) <= HOME_STATES_MAX:
+                break
+            del states[key]
+    row.blocks = {"job_states": states}
+    row.dirty = True
+    row.attempts = 0
+    row.version += 1
+    row.updated_at = utcnow()
+    return True
 
 
 def _parent_of(parent: Any, thread_key: Any) -> ColumnElement[bool]:

@@ -85,6 +85,18 @@ def destroy_confirm(job_id: str) -> dict[str, Any]:
     )
 
 
+def keep_confirm(job_id: str, hours: float) -> dict[str, Any]:
+    """The dialog of Keep alive: the idle and stuck checks leave the job running (and billing)
+    for ``hours`` more."""
+    return confirm_dialog(
+        f"Keep {_short(job_id)} alive {hours:g} h?",
+        f"The idle and stuck checks leave {_short(job_id)} running for {hours:g} more hours, "
+        "even with its GPU idle. Its instance bills all that time.",
+        "Keep it alive",
+        style="primary",
+    )
+
+
 def reject_confirm(job_id: str) -> dict[str, Any]:
     """The dialog of Reject on an approval request: the launch is cancelled."""
     return confirm_dialog(

@@ -154,7 +154,7 @@ def test_outage_leaves_rows_dirty_until_slack_is_back(deps: EngineDeps, slack: S
     deliverer = _deliverer(deps, slack, post_interval_seconds=0.06)
     slack.down = True
     assert deliverer.deliver_once() == 0
-    assert _dirty(deps) == 2  # each job's live card
+    assert _dirty(deps) == 3  # each job's live card, and the requester's App Home
     slack.down = False
     with session_scope(deps.sessions) as session:  # time passes: the back-off is over
         session.execute(update(MessageRow).values(not_before=datetime.now(UTC)))

@@ -109,7 +109,9 @@ def test_train_acks_within_3s_then_answers_with_the_plan_and_queues_a_job(
     assert job.id in answer["text"]
     with session_scope(deps.sessions) as session:
         kinds = sorted(m.kind for m in session.scalars(select(MessageRow)))
-    assert kinds == ["card"]  # the job's live card is its top-level message (the plan first)
+    # the job's live card is its top-level message (the plan first); the requester's App Home
+    # is to be republished
+    assert kinds == ["card", "home"]
 
 
 def test_one_command_delivered_three_times_launches_once(
@@ -249,7 +251,8 @@ def test_healthz_and_metrics(http: Client, deps: EngineDeps, slack: SlackFake) -
     assert http.get("/healthz").status_code == 200
     metrics = http.get("/metrics").get_data(as_text=True)
     assert 'gpubot_jobs{state="queued"} 1' in metrics
-    assert "gpubot_outbox_backlog 1" in metrics  # the job's card, not yet delivered
+    # the job's card and the requester's App Home, not yet delivered
+    assert "gpubot_outbox_backlog 2" in metrics
     assert "gpubot_live_instances 0" in metrics
     assert http.get("/nope").status_code == 404
 
