@@ -20,6 +20,11 @@ that bid is above ``min_bid`` and below ``dph_base`` (a real saving); vast ``min
 machine, $/h. The price a plan quotes is what vast will charge per hour: bid + storage for an
 interruptible rental, ``dph_total`` for on-demand (:attr:`RentalChoice.price_per_hour_usd`).
 
+A market may also come from an adapter as a lazily parsed sequence that can screen its raw
+rows (:class:`ScreenableOffers`): :func:`choose_rental` then ranks light
+:class:`OfferSketch` records of the rows that can qualify and builds a full :class:`Offer`
+only for the winner, with the same decision as over the fully parsed list.
+
 Why one module over 500 lines: the fast one-pass filter and the explanatory checks
 (:func:`offer_matches`, the nearest-miss message) must make the same decisions, and
 ``tests/core/test_offer_choice_equivalence.py`` holds them to it; keeping both beside the bid
@@ -33,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
-from typing import assert_never
+from typing import NamedTuple, Protocol, assert_never
 
 from gpubot.commands.types import ResourceOverrides
 from gpubot.errors import NoOfferError
@@ -53,6 +58,50 @@ BID_MARGIN_FACTOR = Decimal("1.15")
 BID_MARGIN_MIN_USD = Decimal("0.01")
 BID_QUANTUM = Decimal("0.001")
 """vast.ai accepts bids in 0.001 $/h steps (0.001-128)."""
+_ZERO_USD = Decimal(0)
+
+
+class OfferSketch(NamedTuple):
+    """The fields of one market row that ranking needs, read exactly as the full parse reads
+    them (``Offer`` attribute names, so the bid rule and rank keys apply to either).
+
+    A screened market (:class:`ScreenableOffers`) returns one per row that passes every
+    rental-type-independent check of :func:`_failures`; ``position`` is the row's index in the
+    market, for :meth:`ScreenableOffers.offer_at`.
+    """
+
+    position: int
+    offer_id: str
+    price_per_hour_usd: Decimal
+    min_bid_per_hour_usd: Decimal
+    compute_per_hour_usd: Decimal | None
+    reliability: float
+    dlperf: float
+
+
+class ScreenableOffers(Protocol):
+    """A market held as raw rows, parsed into :class:`Offer` objects only on demand.
+
+    Contract (what :func:`choose_rental` relies on for the same decisions as over
+    ``list(market)``): iterating yields the parseable rows' offers in row order, each row's
+    offer built once (the same object every time); :meth:`screen_offers` drops only rows whose
+    offer would fail a rental-type-independent check of :func:`_failures` (or not parse at all).
+    """
+
+    def __iter__(self) -> Iterable[Offer]: ...
+
+    def __len__(self) -> int: ...
+
+    def screen_offers(self, req: Requirements) -> tuple[list[OfferSketch], list[int]]:
+        """``(sketches, undecided)``: sketches of the rows that certainly pass every check of
+        :func:`_candidates`, exact, in row order; the positions of rows the screen cannot
+        decide on raw values (unusual field types), also in order. Every other row would
+        fail a check or not parse."""
+        ...
+
+    def offer_at(self, position: int) -> Offer | None:
+        """The offer of row ``position`` (built on first use), None when it does not parse."""
+        ...
 
 # Failure categories, in the order they are checked; each has a hint for NoOfferError.
 _HINTS: dict[str, str] = {
@@ -329,7 +378,12 @@ def choose_rental(
     Cost: one pass of plain comparisons over ``offers``; the Decimal price (and the bid, once
     per offer) only for offers passing them; ``min`` instead of a sort; failure reasons only
     when nothing qualifies (for the message). Same decisions as filter + sort + re-check
-    (``tests/core/test_offer_choice_equivalence.py``).
+    (``tests/core/test_offer_choice_equivalence.py``). A :class:`ScreenableOffers` market is
+    screened on its raw rows instead and only the winner is built as an :class:`Offer`; the
+    whole market is parsed only for the no-offer message, or if the winner's full parse
+    disagrees with its sketch (then the choice is made again over the parsed list), so the
+    decision is the same as over ``list(offers)``
+    (``tests/core/test_offer_screening_equivalence.py``).
 
     Args:
         checkpoint_every: how often the job checkpoints, for the reason ("50 steps").
@@ -339,11 +393,11 @@ def choose_rental(
             the most offers and how to relax it.
     """
     wanted = decide_rental_type(mode, expected_hours=expected_hours, checkpoints=checkpoints)
-    candidates = _candidates(offers, req)
-    choice = _pick(candidates, req, wanted, ranking)
+    pick = _picker(offers, req, ranking)
+    choice = pick(wanted)
     fallback = False
     if choice is None and wanted is RentalType.INTERRUPTIBLE and mode is InterruptibleMode.AUTO:
-        choice = _pick(candidates, req, RentalType.ON_DEMAND, ranking)
+        choice = pick(RentalType.ON_DEMAND)
         wanted, fallback = RentalType.ON_DEMAND, choice is not None
     if choice is None:
         raise NoOfferError(_no_offer_message(offers, req, wanted))
@@ -359,6 +413,98 @@ def choose_rental(
         fallback=fallback,
     )
     return RentalChoice(offer=choice, rental_type=wanted, bid_per_hour_usd=bid, reason=reason)
+
+
+def _picker(
+    offers: Sequence[Offer], req: Requirements, ranking: OfferRanking
+) -> Callable[[RentalType], Offer | None]:
+    """``rental_type -> the best qualifying offer or None`` (:func:`_pick`) over ``offers``.
+
+    Candidates are computed once and shared by both rental types. A :class:`ScreenableOffers`
+    market is screened instead (:func:`_pick_screened`); if that ever cannot vouch for its
+    answer, the market is parsed in full and the plain path decides.
+    """
+    screen = getattr(offers, "screen_offers", None)
+    if screen is None:
+        candidates = _candidates(offers, req)
+        return lambda rental_type: _pick(candidates, req, rental_type, ranking)
+    market: ScreenableOffers = offers  # type: ignore[assignment]
+    sketches, undecided = screen(req)
+    if undecided:
+        sketches = _with_undecided(market, sketches, undecided, req)
+    eager: list[Offer] = []
+
+    def pick(rental_type: RentalType) -> Offer | None:
+        if not eager:
+            try:
+                return _pick_screened(market, sketches, req, rental_type, ranking)
+            except _SketchMismatch:
+                eager.append(_candidates(list(market), req))  # type: ignore[arg-type]
+        return _pick(eager[0], req, rental_type, ranking)  # type: ignore[arg-type]
+
+    return pick
+
+
+class _SketchMismatch(Exception):
+    """The winner's full parse does not vouch for its sketch: decide over the parsed list."""
+
+
+def sketch_of(offer: Offer, position: int) -> OfferSketch:
+    """The :class:`OfferSketch` of a parsed offer at ``position`` in its market."""
+    return OfferSketch(
+        position,
+        offer.offer_id,
+        offer.price_per_hour_usd,
+        offer.min_bid_per_hour_usd,
+        offer.compute_per_hour_usd,
+        offer.reliability,
+        offer.dlperf,
+    )
+
+
+def _with_undecided(
+    market: ScreenableOffers, sketches: list[OfferSketch], undecided: list[int],
+    req: Requirements,
+) -> list[OfferSketch]:
+    """``sketches`` plus the undecided rows that pass :func:`_candidates` once parsed, in
+    row order."""
+    extra: list[OfferSketch] = []
+    for position in undecided:
+        offer = market.offer_at(position)
+        if offer is not None and _candidates((offer,), req):
+            extra.append(sketch_of(offer, position))
+    if not extra:
+        return sketches
+    return sorted(sketches + extra, key=lambda sk: sk.position)
+
+
+def _pick_screened(
+    market: ScreenableOffers,
+    sketches: list[OfferSketch],
+    req: Requirements,
+    rental_type: RentalType,
+    ranking: OfferRanking,
+) -> Offer | None:
+    """:func:`_pick` over screened rows: the same bid, price-cap and rank key on the sketches
+    (in row order, so ``min`` breaks ties as over the parsed list); only the winner is parsed.
+
+    Raises:
+        _SketchMismatch: the winner does not parse, its offer differs from its sketch, or it
+            fails the re-check (none of which a correct screen allows).
+    """
+    priced = _priced(sketches, req, rental_type)  # type: ignore[arg-type]
+    if not priced:
+        return None
+    best: OfferSketch = min(priced, key=_rank_key(ranking))[1]  # type: ignore[assignment]
+    offer = market.offer_at(best.position)
+    if (
+        offer is None
+        or sketch_of(offer, best.position) != best
+        or not _candidates((offer,), req)
+        or _failures(offer, req, rental_type)
+    ):
+        raise _SketchMismatch(best.offer_id)
+    return offer
 
 
 def _sane(offer: Offer) -> bool:
@@ -423,26 +569,32 @@ def _candidates(offers: Iterable[Offer], req: Requirements) -> list[Offer]:
     return out
 
 
-def _interruptible_price(offer: Offer) -> Decimal | None:
+def _interruptible_price(offer: Offer | OfferSketch) -> Decimal | None:
     """``_charged_price(offer, INTERRUPTIBLE)`` with :func:`bid_for` inlined (one bid per offer).
 
-    The bid must stay below the on-demand compute price; a bid capped at it never saves."""
+    The bid must stay below the on-demand compute price; a bid capped at it never saves.
+    Reads only the three money fields, so it prices an :class:`OfferSketch` the same."""
     min_bid = offer.min_bid_per_hour_usd
+    price = offer.price_per_hour_usd
     compute = offer.compute_per_hour_usd
     if compute is None:
-        compute = offer.price_per_hour_usd
+        compute, storage = price, _ZERO_USD
+    else:
+        storage = max(_ZERO_USD, price - compute)  # Offer.storage_per_hour_usd
     bid = max(min_bid * BID_MARGIN_FACTOR, min_bid + BID_MARGIN_MIN_USD).quantize(
         BID_QUANTUM, rounding=ROUND_CEILING
     )
     if bid >= compute or bid <= min_bid or bid <= 0:
         return None
-    return bid + offer.storage_per_hour_usd
+    return bid + storage
 
 
 def _priced(
     candidates: Iterable[Offer], req: Requirements, rental_type: RentalType
 ) -> list[tuple[Decimal, Offer]]:
-    """(charged price, offer) for the candidates that also pass the bid and price-cap checks."""
+    """(charged price, offer) for the candidates that also pass the bid and price-cap checks.
+
+    Offers or :class:`OfferSketch` records alike (the fields read have the same names)."""
     cap = req.max_price_per_hour_usd
     out: list[tuple[Decimal, Offer]] = []
     if rental_type is RentalType.ON_DEMAND:

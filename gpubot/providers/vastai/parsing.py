@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, overload
 
-from gpubot.models import InstanceObservation, Offer, ProviderStatus
+from gpubot.models import InstanceObservation, Offer, ProviderStatus, Requirements
+from gpubot.offers import OfferSketch
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +160,290 @@ def _fint(value: Any) -> int:
     if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:
         return value
     return _int(value)
+
+
+UNPARSEABLE_ROW_ERRORS = (ValueError, TypeError, AttributeError, ArithmeticError)
+"""What :func:`offer_from_vast` raises on a malformed row (ArithmeticError: an int too large
+for a float); such a row is logged and skipped, never fatal to the search."""
+_UNPARSED: Any = object()
+
+
+def parse_offer_or_skip(row: Mapping[str, Any]) -> Offer | None:
+    """:func:`offer_from_vast`, or None (with a warning) for a row that cannot be parsed."""
+    try:
+        return offer_from_vast(row)
+    except UNPARSEABLE_ROW_ERRORS as e:
+        logger.warning("skipping unparseable vast.ai offer row: %s", e)
+        return None
+
+
+class VastOffers(Sequence[Offer]):
+    """A search reply's offer rows, parsed into :class:`Offer` objects only when used.
+
+    As a sequence it is the list ``[parse_offer_or_skip(r) for r in rows]`` without the
+    Nones: the parseable rows' offers in row order, each built once on first access (under a
+    lock; the same object every time after). :meth:`screen_offers` lets
+    ``gpubot.offers.choose_rental`` rank the rows that can qualify without building an
+    :class:`Offer` for each (the :class:`gpubot.offers.ScreenableOffers` contract), so a
+    decision over thousands of rows parses only the winner. The rows are kept as given and
+    must not change afterwards.
+    """
+
+    __slots__ = ("_rows", "_parsed", "_all", "_lock")
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._rows = list(rows)
+        self._parsed: list[Any] = [_UNPARSED] * len(self._rows)
+        self._all: list[Offer] | None = None
+        self._lock = threading.Lock()
+
+    def offer_at(self, position: int) -> Offer | None:
+        """The offer of row ``position`` (its index in the reply), None when it does not
+        parse (logged once)."""
+        parsed = self._parsed[position]
+        if parsed is _UNPARSED:
+            with self._lock:
+                parsed = self._parsed[position]
+                if parsed is _UNPARSED:
+                    parsed = self._parsed[position] = parse_offer_or_skip(self._rows[position])
+        return parsed  # type: ignore[no-any-return]
+
+    def _offers(self) -> list[Offer]:
+        offers = self._all
+        if offers is None:
+            at = self.offer_at
+            offers = [o for o in map(at, range(len(self._rows))) if o is not None]
+            self._all = offers
+        return offers
+
+    def __len__(self) -> int:
+        return len(self._offers())
+
+    def __bool__(self) -> bool:
+        return any(self.offer_at(i) is not None for i in range(len(self._rows)))
+
+    @overload
+    def __getitem__(self, index: int) -> Offer: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Offer]: ...
+
+    def __getitem__(self, index: int | slice) -> Offer | list[Offer]:
+        return self._offers()[index]
+
+    def __iter__(self) -> Iterator[Offer]:
+        return iter(self._offers())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, VastOffers | list | tuple):
+            return self._offers() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"VastOffers({len(self._rows)} rows)"
+
+    @property
+    def row_count(self) -> int:
+        """How many rows the reply had, parseable or not (no parsing)."""
+        return len(self._rows)
+
+    def screen_offers(self, req: Requirements) -> tuple[list[OfferSketch], list[int]]:
+        """``(sketches, undecided)`` for ``req``: see :class:`gpubot.offers.ScreenableOffers`.
+
+        Each row's fields are read as :func:`offer_from_vast` reads them when they have the
+        JSON types vast sends (floats and ints, strings, null): ``num_gpus`` ``or 1``,
+        ``gpu_ram`` / 1000, ``reliability2`` for a null ``reliability``, ``datacenter`` /
+        ``hosting_type``, ``verified`` / ``verification``, a null ``min_bid`` (or a non-finite
+        one) as ``dph_total``, money as ``Decimal(repr(x))``. Checks, cheapest rejections
+        first: every check of ``gpubot.offers._candidates`` (the data sanity included). A row
+        is dropped as soon as one check certainly fails (or it certainly cannot be parsed: no
+        id, no name, a non-finite ``dph_total``); a row with a field of any other type
+        (an int above 2**53, a price sent as a string, ...) is not judged on that field, and
+        unless another check drops it, it is returned as undecided for the full parse.
+        Money is converted to Decimal only for rows that pass every other check.
+        """
+        names = frozenset(req.gpu_names) if req.gpu_names else None
+        num_gpus = req.num_gpus
+        min_ram = req.min_gpu_ram_gb
+        min_cuda = req.min_cuda
+        min_cc = req.min_compute_cap
+        min_rel = req.min_reliability
+        datacenter_only = req.datacenter_only
+        verified_only = req.verified_only
+        disk_gb = req.disk_gb
+        min_inet = req.min_inet_down_mbps
+        blocked = req.blocked_host_ids
+        isfinite = math.isfinite
+        exact = _EXACT_INT
+        sketches: list[OfferSketch] = []
+        undecided: list[int] = []
+        for position, row in enumerate(self._rows):
+            if type(row) is not dict:
+                undecided.append(position)  # the full parse decides (and logs)
+                continue
+            get = row.get
+            unsure = False
+            # -- the most selective checks first: GPU count and type
+            value = get("num_gpus")
+            if type(value) is int and -exact <= value <= exact:
+                value = value or 1
+                if value != num_gpus or value < 1:
+                    continue
+            elif value is None:
+                if num_gpus != 1:
+                    continue
+            else:
+                unsure = True
+            name = get("gpu_name")
+            if not name:
+                continue  # does not parse
+            if type(name) is str:
+                if names is not None and name not in names:
+                    continue
+            else:
+                unsure = True
+            value = get("reliability")
+            if value is None:
+                value = get("reliability2")
+            kind = type(value)
+            if kind is float or (kind is int and -exact <= value <= exact) or value is None:
+                reliability = float(value) if value is not None else 0.0
+                if not (reliability >= min_rel and 0.0 <= reliability <= 1.0):
+                    continue
+            else:
+                unsure, reliability = True, 0.0
+            if verified_only:
+                verified = get("verified")
+                if verified is not True and verified is not False:
+                    verification = get("verification")
+                    if not verification:
+                        continue
+                    if type(verification) is str:
+                        if verification.lower() != "verified":
+                            continue
+                    else:
+                        unsure = True
+                elif not verified:
+                    continue
+            if datacenter_only:
+                datacenter = get("datacenter")
+                if datacenter is not True and datacenter is not False:
+                    value = get("hosting_type")
+                    if value is None:
+                        continue
+                    if type(value) is int and -exact <= value <= exact:
+                        if value != 1:
+                            continue
+                    else:
+                        unsure = True
+                elif not datacenter:
+                    continue
+            # -- the numeric minimums (and finiteness: the sanity check)
+            number = _screen_float(get("gpu_ram"))
+            if number is not None:
+                number = number / MB_PER_GB
+                if not (number >= min_ram and number > 0 and isfinite(number)):
+                    continue
+            else:
+                unsure = True
+            number = _screen_float(get("cuda_max_good"))
+            if number is not None:
+                if not (number >= min_cuda and isfinite(number)):
+                    continue
+            else:
+                unsure = True
+            value = get("compute_cap")
+            if type(value) is int and -exact <= value <= exact:
+                if value < min_cc:
+                    continue
+            elif value is None:
+                if 0 < min_cc:
+                    continue
+            else:
+                unsure = True
+            number = _screen_float(get("disk_space"))
+            if number is not None:
+                if not (number >= disk_gb and isfinite(number)):
+                    continue
+            else:
+                unsure = True
+            number = _screen_float(get("inet_down"))
+            if number is not None:
+                if not (number >= min_inet and isfinite(number)):
+                    continue
+            else:
+                unsure = True
+            if blocked:
+                host_id = get("host_id")
+                if (str(host_id) if type(host_id) is int else _id_str(host_id)) in blocked:
+                    continue
+            dlperf = _screen_float(get("dlperf"))
+            if dlperf is not None:
+                if not isfinite(dlperf):
+                    continue
+            else:
+                unsure, dlperf = True, 0.0
+            # -- identity and money (the sanity check's price > 0, min_bid >= 0)
+            offer_id = get("id", _ABSENT)
+            if offer_id is _ABSENT:
+                offer_id = get("ask_contract_id")
+            if offer_id is None:
+                continue  # does not parse
+            value = get("dph_total")
+            if type(value) is float:
+                if not isfinite(value) or value <= 0:
+                    continue  # does not parse / impossible price
+            else:
+                unsure = True
+            if unsure:
+                undecided.append(position)
+                continue
+            price = Decimal(repr(value))
+            value = get("min_bid")
+            if type(value) is float and isfinite(value):
+                if value < 0:
+                    continue
+                min_bid = Decimal(repr(value))
+            elif value is None or type(value) is float:
+                min_bid = price
+            else:
+                undecided.append(position)
+                continue
+            value = get("dph_base")
+            if type(value) is float:
+                compute = Decimal(repr(value)) if isfinite(value) else None
+            elif value is None:
+                compute = None
+            else:
+                undecided.append(position)
+                continue
+            sketches.append(
+                OfferSketch(
+                    position,
+                    offer_id if type(offer_id) is str else str(offer_id),
+                    price,
+                    min_bid,
+                    compute,
+                    reliability,
+                    dlperf,
+                )
+            )
+        return sketches, undecided
+
+
+def _screen_float(value: Any) -> float | None:
+    """``_ffloat(value)`` when that is certain without the general converter: floats, ints
+    up to 2**53, null (0.0); None for any other value (undecided)."""
+    kind = type(value)
+    if kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is int and -_EXACT_INT <= value <= _EXACT_INT:
+        return float(value)
+    if value is None:
+        return 0.0
+    return None
 
 
 # ------------------------------------------------------------------------------- instances

@@ -59,7 +59,7 @@ from gpubot.errors import (
 )
 from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
 from gpubot.providers.vastai.pace import Pace
-from gpubot.providers.vastai.parsing import observation_from_vast, offer_from_vast
+from gpubot.providers.vastai.parsing import VastOffers, observation_from_vast
 from gpubot.providers.vastai.query import search_body
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,10 @@ class VastAIProvider:
         rows come cheapest ``min_bid`` first; otherwise cheapest ``dph_total`` first. Rows are
         re-parsed but never filtered (the core re-checks them); a row that cannot be parsed at
         all (no id, name or price) is skipped with a warning.
+
+        The list is a :class:`VastOffers`: each row is parsed when first used, so
+        ``gpubot.offers.choose_rental`` can screen the raw rows and build only the offer it
+        picks; iterating, indexing or ``len`` parse (and log) every row as a plain list would.
         """
         kwargs = search_body(requirements, interruptible=False)
         if interruptible:
@@ -191,13 +195,7 @@ class VastAIProvider:
         )
         if not isinstance(rows, list):
             raise TransientProviderError("vast.ai search offers: unexpected reply shape")
-        offers: list[Offer] = []
-        for row in rows:
-            try:
-                offers.append(offer_from_vast(row))
-            except (ValueError, TypeError, AttributeError) as e:
-                log.warning("skipping unparseable vast.ai offer row: %s", e)
-        return offers
+        return VastOffers(rows)  # type: ignore[return-value]
 
     # --------------------------------------------------------------------- instances
 
