@@ -23,7 +23,6 @@ MAX_SECTION_CHARS = md.SECTION_TEXT_MAX
 """Slack rejects section texts above 3000 characters ("Section block" reference)."""
 MAX_JOB_CARDS = 40
 """Job lists show at most this many cards (a message holds at most 50 blocks)."""
-MAX_HOME_JOBS = 30
 
 
 def section(text: str, *, keep: str = "head") -> dict[str, Any]:
@@ -174,37 +173,6 @@ def jobs_blocks(views: Sequence[JobView], title: str) -> list[dict[str, Any]]:
     if len(views) > MAX_JOB_CARDS:
         blocks.append(context(f"… and {len(views) - MAX_JOB_CARDS} more."))
     return blocks
-
-
-def home_view(
-    *,
-    user: str,
-    jobs: Sequence[JobView],
-    spend_lines: Sequence[str],
-    audit_lines: Sequence[str],
-) -> dict[str, Any]:
-    """The App Home tab: the user's live jobs and instances, spend vs budgets, recent audit.
-
-    ``spend_lines`` and ``audit_lines`` are mrkdwn (the caller escapes their values); at most
-    :data:`MAX_HOME_JOBS` cards, always within a view's 100 blocks."""
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "gpubot"}},
-        section(f"Hi {md.mention(user)}. Type `/gpu help` in a channel to start."),
-        {"type": "divider"},
-        section("*Your live jobs*"),
-    ]
-    if jobs:
-        for view in jobs[:MAX_HOME_JOBS]:
-            blocks.append(section("\n".join(card_lines(view))))
-        if len(jobs) > MAX_HOME_JOBS:
-            blocks.append(context(f"… and {len(jobs) - MAX_HOME_JOBS} more: `/gpu jobs`."))
-    else:
-        blocks.append(context("No live jobs."))
-    blocks += [{"type": "divider"}, section("*Spend and budgets*")]
-    blocks.append(section("\n".join(spend_lines) or "No spend recorded."))
-    blocks += [{"type": "divider"}, section("*Recent activity*")]
-    blocks.append(context("\n".join(audit_lines) or "Nothing yet."))
-    return {"type": "home", "blocks": blocks[:100]}
 
 
 def group_root_text(summary: str, *, requester: str, plan: str | None) -> str:

@@ -28,7 +28,7 @@ from gpubot.render.blocks import idle_warning_blocks
 from gpubot.render.text import PHASE_LABELS, card_blocks, card_lines
 from gpubot.render.views import JobView
 from tests.bot.conftest import ALICE, BOT_TOKEN, CHANNEL, make_offer
-from tests.fixtures.slack_fake import SlackFake, block_kit_errors, view_errors
+from tests.fixtures.slack_fake import SlackFake, block_kit_errors
 
 EVIL = "<!channel> <@U0ADMIN> <https://evil.example|Re-login> & co"
 EVIL_ESCAPED = "&lt;!channel&gt; &lt;@U0ADMIN&gt; &lt;https://evil.example|Re-login&gt; &amp; co"
@@ -151,20 +151,13 @@ def test_budget_and_jobs_replies_are_valid(deps: EngineDeps) -> None:
             assert_valid(reply.blocks)
 
 
-def test_fifty_jobs_in_a_list_and_on_app_home_stay_within_the_block_limits() -> None:
+def test_fifty_jobs_in_a_list_stay_within_the_block_limits() -> None:
+    """(App Home with 50 jobs: tests/bot/test_app_home.py.)"""
     views = [
         _view("failed", job_id=f"j-{i:08d}", reason="exit 1. Last log lines:\n" + "x" * 5000)
         for i in range(50)
     ]
     assert_valid(slack_render.jobs_blocks(views, "Your jobs"))
-    home = slack_render.home_view(
-        user=ALICE,
-        jobs=views,
-        spend_lines=[md.escape(EVIL)] * 200,
-        audit_lines=[f"{md.mention('<!channel>')} launch {md.inline(EVIL)}"] * 10,
-    )
-    assert view_errors(home) == []
-    assert_valid(home["blocks"], max_blocks=100)
 
 
 def test_plan_approval_idle_and_group_messages_are_valid() -> None:
