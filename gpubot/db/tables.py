@@ -287,6 +287,12 @@ class AuditEventRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
+    __table_args__ = (
+        # Budget enforcement's alert lookups (one action, some targets, since a period start)
+        # read only alert events, however long the trail (migration 0005).
+        Index("ix_audit_events_action_target_at", "action", "target", "at"),
+    )
+
 
 class MessageRow(Base):
     """Outbox of chat messages and the references of posted ones.

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from gpubot import costs
 from gpubot.db.engine import session_scope
@@ -24,12 +24,13 @@ from gpubot.db.tables import AuditEventRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.governance.limits import (
     TEAM_ID,
+    DailySpend,
     Limit,
     burn_by_job,
     burn_per_hour,
-    limits_for,
+    daily_spend,
+    limits_for_scopes,
     recently_billed,
-    spend,
     spend_by_job,
 )
 from gpubot.governance.periods import dec, period_adjective, period_start
@@ -47,6 +48,12 @@ STOP_LEAD_TICKS = 2
 """A cap is enforced this many ticks early: stopping takes a tick to reach the job (final
 checkpoint) and another for the destroy request, and the instance bills until then. Stopping
 when ``spent + burn × lead`` reaches the cap keeps the overshoot within one tick of price."""
+
+_ENFORCE_COLUMNS = (
+    JobRow.id, JobRow.state, JobRow.requester, JobRow.channel, JobRow.budget_usd,
+    JobRow.alerted_pcts, JobRow.stop_requested_reason, JobRow.created_at,
+)
+"""The job columns enforcement loads (``plan`` is read only for a job a scope stops)."""
 
 STOPPABLE = frozenset(
     s.value
@@ -151,20 +158,36 @@ def _enforce_job(
     return False
 
 
-def _scope_alerted(
-    session: Session, scope: str, scope_id: str, limit: Limit, since: datetime
-) -> set[int]:
-    events = session.scalars(
-        select(AuditEventRow).where(
+AlertEvents = dict[str, list[tuple[datetime, Mapping[str, Any]]]]
+"""``budget_alert`` events by target (``"<scope>:<id>"``): (at, detail) pairs."""
+
+
+def _alert_events(session: Session, targets: Sequence[str], since: datetime) -> AlertEvents:
+    """The ``budget_alert`` events of ``targets`` at or after ``since``, in one query (the
+    ``(action, target, at)`` index: only alert events are read, however long the audit
+    trail)."""
+    out: AlertEvents = {t: [] for t in targets}
+    if not targets:
+        return out
+    rows = session.execute(
+        select(AuditEventRow.target, AuditEventRow.at, AuditEventRow.detail).where(
             AuditEventRow.action == ALERT_ACTION,
-            AuditEventRow.target == f"{scope}:{scope_id}",
+            AuditEventRow.target.in_(sorted(set(targets))),
             AuditEventRow.at >= since,
         )
-    ).all()
+    )
+    for target, at, detail in rows:
+        out[target].append((at, detail or {}))
+    return out
+
+
+def _scope_alerted(
+    events: Sequence[tuple[datetime, Mapping[str, Any]]], limit: Limit, since: datetime
+) -> set[int]:
+    """Thresholds already announced for ``limit`` in its period starting at ``since``."""
     out: set[int] = set()
-    for ev in events:
-        d = ev.detail or {}
-        if d.get("period") != limit.period:
+    for at, d in events:
+        if at < since or d.get("period") != limit.period:
             continue
         try:
             if dec(d.get("limit_usd")) != limit.limit_usd:
@@ -206,12 +229,18 @@ def _enforce_scope(
     scope_id: str,
     jobs: Sequence[JobRow],
     now: datetime,
+    *,
+    limits: Sequence[Limit],
+    daily: DailySpend,
+    events: Sequence[tuple[datetime, Mapping[str, Any]]],
 ) -> list[str]:
+    """Alerts and stops for one user, channel or the team: ``limits`` its budgets, ``daily``
+    its spend (from the earliest period start on), ``events`` its earlier alert events."""
     stopped: list[str] = []
-    for limit in limits_for(deps, session, scope, scope_id):
+    for limit in limits:
         since = period_start(limit.period, now)
-        spent = spend(session, scope=scope, scope_id=scope_id, since=since)
-        alerted = _scope_alerted(session, scope, scope_id, limit, since)
+        spent = daily.since(since)
+        alerted = _scope_alerted(events, limit, since)
         verdict = costs.budget_verdict(spent, limit.limit_usd, alerted)
         for pct in verdict.new_alert_pcts:
             _audit(
@@ -283,9 +312,14 @@ def enforce(
     """
     stopped: list[str] = []
     with session_scope(deps.sessions) as session:
+        # Only the columns enforcement reads (the job's other JSON columns are not decoded;
+        # ``plan`` loads on first use, when a scope stop looks for an approval).
         jobs = list(
             session.scalars(
-                select(JobRow).where(JobRow.state.in_(STOPPABLE)).order_by(JobRow.created_at)
+                select(JobRow)
+                .options(load_only(*_ENFORCE_COLUMNS))
+                .where(JobRow.state.in_(STOPPABLE))
+                .order_by(JobRow.created_at)
             )
         )
         capped = [j.id for j in jobs if j.budget_usd is not None]
@@ -312,9 +346,25 @@ def enforce(
             for scope_id in sorted(i for i in ids if i):
                 scopes.append((scope, scope_id, [j for j in live if getattr(j, attr) == scope_id]))
         scopes.append(("team", TEAM_ID, live))
+        # Three queries for every scope's budgets, spend and earlier alerts, not three each.
+        keys = [(scope, scope_id) for scope, scope_id, _ in scopes]
+        limits = limits_for_scopes(deps, session, keys)
+        starts = [period_start(lim.period, now) for ls in limits.values() for lim in ls]
+        first = min(starts, default=period_start("month", now))
+        daily = daily_spend(session, keys, since=first)
+        events = _alert_events(session, [f"{scope}:{sid}" for scope, sid in keys], first)
         for scope, scope_id, scope_jobs in scopes:
+            if not limits[(scope, scope_id)]:
+                continue
             scope_jobs = [j for j in scope_jobs if j.id not in stopped]
-            stopped.extend(_enforce_scope(deps, session, scope, scope_id, scope_jobs, now))
+            stopped.extend(
+                _enforce_scope(
+                    deps, session, scope, scope_id, scope_jobs, now,
+                    limits=limits[(scope, scope_id)],
+                    daily=daily[(scope, scope_id)],
+                    events=events[f"{scope}:{scope_id}"],
+                )
+            )
     if stopped:
         deps.enqueuer.kick()
     return stopped

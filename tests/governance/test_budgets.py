@@ -381,7 +381,11 @@ def test_set_budget_writes_row_and_audit_and_rejects_bad_input(deps: EngineDeps)
     with session_scope(deps.sessions) as s:
         rows = {(r.scope, r.scope_id, r.period): r.limit_usd for r in s.scalars(select(BudgetRow))}
         assert rows == {("user", "U1", "week"): D(60), ("team", "team", "month"): D(900)}
-        audit = s.scalars(select(AuditEventRow).where(AuditEventRow.action == "budget_set")).all()
+        audit = s.scalars(
+            select(AuditEventRow)
+            .where(AuditEventRow.action == "budget_set")
+            .order_by(AuditEventRow.id)
+        ).all()
         assert [(a.actor, a.target, a.detail["limit_usd"]) for a in audit] == [
             ("UADMIN", "user:U1", "50.00000000"),
             ("UADMIN", "user:U1", "60.00000000"),
