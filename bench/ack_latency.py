@@ -5,9 +5,15 @@ Setup (all on 127.0.0.1, ports chosen by the OS):
   in-process with ``--sim-in-process``) behind the real ``VastAIProvider``, reached through
   a forwarding proxy that holds every offer search (``/bundles/``) for ``--search-delay``
   seconds (default 2 s: a slow vast search, e.g. one 429 retry) before forwarding it;
-- the Slack Web API fake (``tests/fixtures/slack_fake.py``);
+- the Slack Web API fake (``tests/fixtures/slack_fake.py``), which also takes the
+  response_url posts; it and the proxy run in their own process (``bench/_ack_remote.py``):
+  Slack and vast are remote, their CPU must not share the measured process's GIL;
 - gpubot's Bolt app (``bot.app.build_app``) served by ``bot.http.make_http_server`` (the
-  threaded werkzeug WSGI server ``gpubot serve`` uses in HTTP mode);
+  threaded werkzeug WSGI server ``gpubot serve`` uses in HTTP mode), in two answer modes
+  (``--modes``): ``queue`` (what ``gpubot serve`` runs: the ack enqueues the answer on the
+  ``answers`` queue of the Redis server and a real Celery worker process,
+  ``bench/_ack_worker.py``, answers) and ``inline`` (the answer runs as a Bolt lazy listener
+  in the HTTP process: the "before");
 - a bare Bolt app whose ``/gpu`` listener only acks, served by the same server code with the
   same signing secret (request verification on in both).
 
@@ -15,12 +21,13 @@ Each round fires ``--concurrency`` signed slash-command requests at once (a barr
 the client threads together), cycling through the verbs in ``VERBS`` (launches and ``offers``
 search vast), and records each request's wall time until the HTTP response (the ack body) is
 read. Each request has its own response_url on the Slack fake; the answer time is when the
-last response_url post for it arrived (or the ack, when the ack carried the answer). One
-warm-up request per app is not counted. Database: SQLite (the default ``GPUBOT_HOME`` file)
-and, if reachable, a throwaway PostgreSQL database.
+last response_url post for it arrived (or the ack, when the ack carried the answer). Each
+burst's answers are awaited before the next burst. One warm-up request per app is not
+counted. Database: SQLite (the default ``GPUBOT_HOME`` file) and, if reachable, a throwaway
+PostgreSQL database.
 
-Prints p50/p99 of the ack per app and per verb, the ratio gpubot / bare, and the answer
-times. No assertions.
+Prints the load average before and after, p50/p99 of the ack per app and per verb, the ratio
+gpubot / bare, and the answer times. No assertions.
 """
 
 from __future__ import annotations
@@ -62,6 +69,14 @@ channel_monthly_usd = 1000000
 VERBS = ("train lr=2e-5", "offers gpu=4090", "jobs", "status", "help")
 """One burst cycles through these: two search vast (launch, offers), three only read."""
 ACK_PLACEHOLDER = "Working on it"
+BARE = "bare Bolt (ack only)"
+INLINE = "gpubot inline"
+"""Answers as Bolt lazy listeners in the HTTP process (before)."""
+QUEUE = "gpubot queue"
+"""Answers enqueued for a Celery worker process (``gpubot serve``)."""
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/7"
+"""Database 7: the tests use 8-15 (tests/services_available.py), and each queue-mode run
+flushes it."""
 
 
 def command_body(text: str, *, user: str, trigger: str, response_url: str) -> str:
@@ -150,14 +165,16 @@ def fire(url: str, slack: Any, n: int, round_no: int, tag: str) -> list[Sample]:
     return samples
 
 
-def collect_answers(slack: Any, samples: list[Sample], timeout_s: float = 120.0) -> None:
+def collect_answers(remote: RemoteServices, samples: list[Sample],
+                    timeout_s: float = 120.0) -> None:
     """Fill ``answer_s``: the ack when it carried the answer, else the last response_url post
-    for the request once no placeholder is left (polls the fake until ``timeout_s``)."""
+    for the request (polls the remote process's log until every request has one, or until
+    ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     while True:
         last: dict[str, float] = {}
-        for post in list(slack.webhook_log):
-            last[post.path] = max(last.get(post.path, 0.0), post.at)
+        for path, at in remote.webhook_posts():
+            last[path] = max(last.get(path, 0.0), at)
         for s in samples:
             if s.answered_in_ack:
                 s.answer_s = s.ack_s
@@ -170,44 +187,76 @@ def collect_answers(slack: Any, samples: list[Sample], timeout_s: float = 120.0)
         time.sleep(0.05)
 
 
-class SlowSearchProxy:
-    """Forwards every request to the simulator; offer searches (``/bundles/``) are held for
-    ``delay_s`` first, as a slow vast.ai search (or one answered after a 429 retry) would be."""
+class RemoteServices:
+    """``bench/_ack_remote.py`` in its own process: the Slack fake and the slow-search proxy."""
 
-    def __init__(self, upstream: str, delay_s: float) -> None:
-        from werkzeug.serving import make_server
-        from werkzeug.wrappers import Request, Response
+    def __init__(self, sim_url: str, search_delay_s: float) -> None:
+        import json
+        import subprocess
 
-        self.upstream = upstream.rstrip("/")
-        self.delay_s = delay_s
-        session = requests.Session()
-        session.trust_env = False
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "_ack_remote.py"),
+             "--upstream", sim_url, "--search-delay", str(search_delay_s), "--token", BOT_TOKEN],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(c.REPO),
+        )
+        assert self.proc.stdout is not None
+        info = json.loads(self.proc.stdout.readline())
+        self.url: str = info["slack_url"]
+        self.webhook_url: str = info["webhook_url"]
+        self.proxy_url: str = info["proxy_url"]
+        self.log_url: str = info["log_url"]
+        self._session = requests.Session()
+        self._session.trust_env = False
+        self._posts: list[tuple[str, float]] = []
 
-        def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
-            request = Request(environ)
-            if "/bundles" in request.path and self.delay_s > 0:
-                time.sleep(self.delay_s)  # the simulated remote latency, not a wait for state
-            upstream_response = session.request(
-                request.method, self.upstream + request.full_path.rstrip("?"),
-                data=request.get_data(),
-                headers={k: v for k, v in request.headers.items()
-                         if k.lower() not in {"host", "content-length"}},
-                timeout=60,
-            )
-            response = Response(upstream_response.content, status=upstream_response.status_code)
-            for k, v in upstream_response.headers.items():
-                if k.lower() not in {"content-length", "transfer-encoding", "connection",
-                                     "content-encoding"}:
-                    response.headers[k] = v
-            return response(environ, start_response)
-
-        self.server = make_server("127.0.0.1", 0, wsgi, threaded=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+    def webhook_posts(self) -> list[tuple[str, float]]:
+        """Every response_url post so far: (path, ``time.monotonic()`` at arrival)."""
+        got = self._session.get(self.log_url, params={"from": len(self._posts)}, timeout=30)
+        self._posts += [(str(p), float(at)) for p, at in got.json()["posts"]]
+        return list(self._posts)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+
+
+class WorkerProcess:
+    """``bench/_ack_worker.py``: a Celery worker process consuming the ``answers`` queue."""
+
+    def __init__(self, *, home: Path, db_url: str, config: Path, remote: RemoteServices,
+                 api_key: str, broker: str, concurrency: int) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "_ack_worker.py"),
+             "--home", str(home), "--db-url", db_url, "--config", str(config),
+             "--slack-url", remote.url, "--vast-url", remote.proxy_url, "--api-key", api_key,
+             "--token", BOT_TOKEN, "--broker", broker, "--concurrency", str(concurrency)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(c.REPO),
+        )
+        assert self.proc.stdout is not None
+        import select
+
+        deadline = time.monotonic() + 120
+        line = ""
+        while line.strip() != "ready":  # Celery prints its banner on stdout first
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            line = self.proc.stdout.readline() if ready else ""
+            if not ready or (not line and self.proc.poll() is not None):
+                self.stop()
+                raise RuntimeError("the bench worker did not start within 120 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()  # SIGTERM: Celery's warm shutdown
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
 
 
 def serve(app: Any, deps: Any) -> tuple[Any, str]:
@@ -241,9 +290,24 @@ class SimProcess:
             self.proc.kill()
 
 
-def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
-            rounds: int, concurrency: int, search_url: str
-            ) -> tuple[list[list[object]], list[list[object]]]:
+def redis_available(url: str) -> bool:
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages (``/proc/loadavg``)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteServices,
+            rounds: int, concurrency: int, modes: list[str], broker: str | None,
+            worker_threads: int) -> tuple[list[list[object]], list[list[object]]]:
     from bot.app import build_app
     from gpubot.config import load_config_text
     from gpubot.providers.vastai.provider import VastAIProvider
@@ -255,36 +319,75 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
         def kick(self) -> None:
             return None
 
+    home.mkdir(parents=True, exist_ok=True)
+    config_path = home / "bench.toml"
+    config_path.write_text(CONFIG_TOML)
+    database_url = db_url or f"sqlite:///{home / 'gpubot.db'}"
     settings = Settings(
         GPUBOT_HOME=home,
         SLACK_BOT_TOKEN=BOT_TOKEN,
         SLACK_SIGNING_SECRET=SIGNING_SECRET,
-        SLACK_API_URL=slack.url,
-        GPUBOT_DATABASE_URL=db_url or f"sqlite:///{home / 'gpubot.db'}",
+        SLACK_API_URL=remote.url,
+        GPUBOT_DATABASE_URL=database_url,
+        GPUBOT_BROKER_URL=broker,
     )
     deps = build_engine_deps(
         settings,
         config=load_config_text(CONFIG_TOML),
-        provider=VastAIProvider(api_key=sim.api_key, server_url=search_url),
+        provider=VastAIProvider(api_key=sim.api_key, server_url=remote.proxy_url),
         store=MemoryStore(),
         enqueuer=Kicks(),
     )
     c.quiet()
+    from sqlalchemy import func, select
+
+    from gpubot.db.engine import session_scope
+    from gpubot.db.tables import JobRow
+
+    def job_count() -> int:
+        with session_scope(deps.sessions) as session:
+            return int(session.scalar(select(func.count()).select_from(JobRow)) or 0)
+
     results: dict[str, list[Sample]] = {}
     serial: dict[str, float] = {}
-    for name, app in (("bare Bolt (ack only)", bare_app(slack.url)),
-                      ("gpubot", build_app(deps, settings=deps.settings))):
+    jobs: dict[str, int] = {}
+    apps: list[tuple[str, Callable[[], Any]]] = [
+        (BARE, lambda: bare_app(remote.url))]
+    if "inline" in modes:
+        apps.append((INLINE, lambda: build_app(deps, settings=deps.settings)))
+    if "queue" in modes and broker is not None:
+        from app.serve import answer_sender
+        from workers.celery_app import app as celery
+        from workers.celery_app import celery_config
+
+        celery.conf.update(celery_config(settings))
+        apps.append((QUEUE, lambda: build_app(
+            deps, settings=deps.settings, answers="queue", send_task=answer_sender(celery))))
+    for name, make in apps:
+        worker = None
+        if name == QUEUE:
+            assert broker is not None
+            import redis
+
+            redis.Redis.from_url(broker).flushdb()
+            worker = WorkerProcess(home=home, db_url=database_url, config=config_path,
+                                   remote=remote, api_key=sim.api_key, broker=broker,
+                                   concurrency=worker_threads)
+        app = make()
         server, url = serve(app, deps)
+        before = job_count()
+        tag = f"{db}-{name.split()[1] if ' ' in name else name}"[:16]
         try:
-            fire(url, slack, 1, 0, f"warm-{db}-{name[:4]}")
-            one_by_one = [fire(url, slack, 1, -k, f"serial-{db}-{name[:4]}")[0].ack_s
-                          for k in range(10)]
-            serial[name] = c.median(one_by_one)
+            warm = fire(url, remote, 1, 0, f"warm-{tag}")
+            one_by_one = [fire(url, remote, 1, -k, f"serial-{tag}")[0] for k in range(10)]
+            serial[name] = c.median([s.ack_s for s in one_by_one])
+            if name != BARE:
+                collect_answers(remote, warm + one_by_one)
             samples: list[Sample] = []
             for r in range(1, rounds + 1):
-                burst = fire(url, slack, concurrency, r, f"{db}-{name[:4]}")
-                if name == "gpubot":
-                    collect_answers(slack, burst)
+                burst = fire(url, remote, concurrency, r, tag)
+                if name != BARE:
+                    collect_answers(remote, burst)
                 samples += burst
             results[name] = samples
         finally:
@@ -296,15 +399,11 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
             executor = getattr(runner, "listener_executor", None)
             if executor is not None:
                 executor.shutdown(wait=True)
-    from sqlalchemy import func, select
-
-    from gpubot.db.engine import session_scope
-    from gpubot.db.tables import JobRow
-
-    with session_scope(deps.sessions) as session:
-        jobs_created = int(session.scalar(select(func.count()).select_from(JobRow)) or 0)
+            if worker is not None:
+                worker.stop()
+        jobs[name] = job_count() - before
     rows: list[list[object]] = []
-    bare = [s.ack_s for s in results["bare Bolt (ack only)"]]
+    bare = [s.ack_s for s in results[BARE]]
     bare_p50, bare_p99 = c.percentile(bare, 50), c.percentile(bare, 99)
     for name, samples in results.items():
         lats = [s.ack_s for s in samples]
@@ -315,20 +414,24 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, slack: Any,
             f"{p50 * 1000:.0f}", f"{p99 * 1000:.0f}",
             f"{max(lats) * 1000:.0f}", f"{p50 / bare_p50:.2f}x", f"{p99 / bare_p99:.2f}x",
             sum(1 for x in lats if x >= 3.0),
-            jobs_created if name == "gpubot" else "-",
+            jobs[name] if name != BARE else "-",
         ])
     verb_rows: list[list[object]] = []
-    for verb in VERBS:
-        mine = [s for s in results["gpubot"] if s.verb == verb]
-        acks = [s.ack_s for s in mine]
-        answers = [s.answer_s for s in mine if s.answer_s is not None]
-        verb_rows.append([
-            db, verb, len(mine), f"{c.percentile(acks, 50) * 1000:.0f}",
-            f"{c.percentile(acks, 99) * 1000:.0f}", f"{c.percentile(acks, 99) / bare_p99:.2f}x",
-            f"{c.percentile(answers, 50):.2f}" if answers else "-",
-            f"{c.percentile(answers, 99):.2f}" if answers else "-",
-            len(mine) - len(answers),
-        ])
+    for name in (INLINE, QUEUE):
+        if name not in results:
+            continue
+        for verb in VERBS:
+            mine = [s for s in results[name] if s.verb == verb]
+            acks = [s.ack_s for s in mine]
+            answers = [s.answer_s for s in mine if s.answer_s is not None]
+            verb_rows.append([
+                db, name, verb, len(mine), f"{c.percentile(acks, 50) * 1000:.0f}",
+                f"{c.percentile(acks, 99) * 1000:.0f}",
+                f"{c.percentile(acks, 99) / bare_p99:.2f}x",
+                f"{c.percentile(answers, 50):.2f}" if answers else "-",
+                f"{c.percentile(answers, 99):.2f}" if answers else "-",
+                len(mine) - len(answers),
+            ])
     deps.sessions.kw["bind"].dispose()
     return rows, verb_rows
 
@@ -338,47 +441,59 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4, help="bursts per app and database")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--modes", default="inline,queue",
+                        help="gpubot answer modes to measure: inline, queue or both")
+    parser.add_argument("--broker", default=BENCH_REDIS_URL,
+                        help="Redis for queue mode (flushed before each queue-mode run)")
+    parser.add_argument("--worker-threads", type=int, default=10,
+                        help="threads of the queue-mode worker process")
     parser.add_argument("--search-delay", type=float, default=2.0,
                         help="seconds each vast offer search is held by the proxy (0: none)")
     parser.add_argument("--sim-in-process", action="store_true",
                         help="run the simulator in this process (its CPU then competes)")
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
     from gpubot.sim.server import SimServer
 
     sys.path.insert(0, str(c.REPO))
-    from tests.fixtures.slack_fake import SlackFake
-
+    broker: str | None = args.broker
+    if "queue" in modes and not redis_available(args.broker):
+        print(f"Redis not reachable at {args.broker}: queue mode skipped")
+        broker = None
     c.print_header(
         f"ack latency: {args.rounds} bursts x {args.concurrency} concurrent signed `/gpu` "
         f"requests ({', '.join(VERBS)}), vast search held {args.search_delay:g} s "
         "(werkzeug threaded WSGI server, 127.0.0.1)"
     )
+    print(f"load average before: {load()}")
     rows: list[list[object]] = []
     verb_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="gpubot-bench-ack-") as tmp:
         sim: Any = (SimServer(home=Path(tmp) / "sim").start() if args.sim_in_process
                     else SimProcess(Path(tmp) / "sim"))
-        slack = SlackFake(token=BOT_TOKEN).start()
-        proxy = SlowSearchProxy(sim.url, args.search_delay)
+        remote = RemoteServices(sim.url, args.search_delay)
         try:
             if args.db in ("sqlite", "both"):
-                r, v = measure("sqlite", None, Path(tmp) / "home-sqlite", sim, slack,
-                               args.rounds, args.concurrency, proxy.url)
+                r, v = measure("sqlite", None, Path(tmp) / "home-sqlite", sim, remote,
+                               args.rounds, args.concurrency, modes, broker,
+                               args.worker_threads)
                 rows += r
                 verb_rows += v
+                print(f"load average after sqlite: {load()}")
             if args.db in ("postgres", "both"):
                 if c.pg_available():
                     with c.pg_database("gpubot_bench_ack") as url:
-                        r, v = measure("postgres", url, Path(tmp) / "home-pg", sim, slack,
-                                       args.rounds, args.concurrency, proxy.url)
+                        r, v = measure("postgres", url, Path(tmp) / "home-pg", sim, remote,
+                                       args.rounds, args.concurrency, modes, broker,
+                                       args.worker_threads)
                         rows += r
                         verb_rows += v
+                    print(f"load average after postgres: {load()}")
                 else:
                     print(f"PostgreSQL not reachable at {c.PG_ADMIN_URL}: skipped")
         finally:
-            proxy.stop()
-            slack.stop()
+            remote.stop()
             sim.stop()
     print(c.table(
         ["db", "app", "alone ms", "requests", "HTTP 200", "p50 ms", "p99 ms", "max ms",
@@ -386,16 +501,16 @@ def main() -> int:
         rows,
     ))
     print(c.table(
-        ["db", "gpubot verb", "requests", "ack p50 ms", "ack p99 ms", "ack p99 vs bare p99",
+        ["db", "app", "verb", "requests", "ack p50 ms", "ack p99 ms", "ack p99 vs bare p99",
          "answer p50 s", "answer p99 s", "no answer"],
         verb_rows,
     ))
     print("'alone ms' = median of 10 requests sent one at a time (service time, no queueing).")
     print("'answer' = request sent -> last response_url post for it (or the ack when the ack "
           "carried the answer); 'no answer' = none within 120 s after the burst.")
-    print("'jobs' = job rows gpubot wrote (warm-up and one-at-a-time requests included).")
-    print("Bolt runs listeners in a 5-thread pool and waits at most 3 s for ack(); a request "
-          "not acked by then gets HTTP 404 (counted as not 200).")
+    print("'jobs' = job rows the app wrote (warm-up and one-at-a-time requests included).")
+    print(f"queue mode: one worker process, {args.worker_threads} threads, consuming the "
+          "'answers' queue from Redis.")
     print("p99 is nearest-rank over all requests of all bursts; '>=3 s' would miss "
           "Slack's ack deadline.")
     return 0
