@@ -259,10 +259,23 @@ class WorkerProcess:
             self.proc.kill()
 
 
-def serve(app: Any, deps: Any) -> tuple[Any, str]:
+def serve(app: Any, deps: Any, cpu_s: list[float]) -> tuple[Any, str]:
+    """Serve ``app`` as ``gpubot serve`` does; each request's CPU time in the thread that
+    handled it (``time.thread_time()``, the WSGI call: verification, Bolt, the ack function)
+    is appended to ``cpu_s``."""
     from bot.http import make_http_server
 
     server = make_http_server(app, deps, host="127.0.0.1", port=0)
+    inner = server.app
+
+    def timed(environ: dict[str, Any], start_response: Any) -> Any:
+        began = time.thread_time()
+        try:
+            return inner(environ, start_response)
+        finally:
+            cpu_s.append(time.thread_time() - began)
+
+    server.app = timed
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_port}/slack/events"
 
@@ -351,6 +364,8 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
     results: dict[str, list[Sample]] = {}
     serial: dict[str, float] = {}
     jobs: dict[str, int] = {}
+    cpu_ms: dict[str, tuple[float, float]] = {}
+    """Per app: the median CPU ms of one request's handling, and the CPU ms per burst."""
     apps: list[tuple[str, Callable[[], Any]]] = [
         (BARE, lambda: bare_app(remote.url))]
     if "inline" in modes:
@@ -374,7 +389,8 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
                                    remote=remote, api_key=sim.api_key, broker=broker,
                                    concurrency=worker_threads)
         app = make()
-        server, url = serve(app, deps)
+        cpu: list[float] = []
+        server, url = serve(app, deps, cpu)
         before = job_count()
         tag = f"{db}-{name.split()[1] if ' ' in name else name}"[:16]
         try:
@@ -384,12 +400,14 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
             if name != BARE:
                 collect_answers(remote, warm + one_by_one)
             samples: list[Sample] = []
+            del cpu[:]  # the bursts' requests only
             for r in range(1, rounds + 1):
                 burst = fire(url, remote, concurrency, r, tag)
                 if name != BARE:
                     collect_answers(remote, burst)
                 samples += burst
             results[name] = samples
+            cpu_ms[name] = (c.median(cpu) * 1000, sum(cpu) * 1000 / max(1, rounds))
         finally:
             server.shutdown()
             server.server_close()
@@ -415,6 +433,7 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
             f"{max(lats) * 1000:.0f}", f"{p50 / bare_p50:.2f}x", f"{p99 / bare_p99:.2f}x",
             sum(1 for x in lats if x >= 3.0),
             jobs[name] if name != BARE else "-",
+            f"{cpu_ms[name][0]:.1f}", f"{cpu_ms[name][1]:.0f}",
         ])
     verb_rows: list[list[object]] = []
     for name in (INLINE, QUEUE):
@@ -497,7 +516,7 @@ def main() -> int:
             sim.stop()
     print(c.table(
         ["db", "app", "alone ms", "requests", "HTTP 200", "p50 ms", "p99 ms", "max ms",
-         "p50 vs bare", "p99 vs bare", ">=3 s", "jobs"],
+         "p50 vs bare", "p99 vs bare", ">=3 s", "jobs", "CPU ms/req", "CPU ms/burst"],
         rows,
     ))
     print(c.table(
@@ -508,6 +527,9 @@ def main() -> int:
     print("'alone ms' = median of 10 requests sent one at a time (service time, no queueing).")
     print("'answer' = request sent -> last response_url post for it (or the ack when the ack "
           "carried the answer); 'no answer' = none within 120 s after the burst.")
+    print("'CPU ms/req' = median CPU time of one request's WSGI call in its server thread "
+          "(time.thread_time: verification, Bolt, the ack function; queueing for the GIL not "
+          "counted); 'CPU ms/burst' = their sum per burst.")
     print("'jobs' = job rows the app wrote (warm-up and one-at-a-time requests included).")
     print(f"queue mode: one worker process, {args.worker_threads} threads, consuming the "
           "'answers' queue from Redis.")

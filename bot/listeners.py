@@ -5,11 +5,12 @@ Slack wants an HTTP 200 within 3 s of a slash command or click, or the user sees
 A vast search alone can take longer (a 429 retry), so every listener acks first and answers
 afterwards (:mod:`bot.answers`), in one of two places (``register(..., answers=...)``):
 
-* ``"queue"`` (``gpubot serve``): the ack function enqueues the answer as a Celery task by
-  name (``send_task``, given by the composition root) on the ``answers`` queue, then acks.
-  The answer runs in a worker process, so its Python work never holds this process's GIL
-  while later requests wait to be acked. If the broker refuses the message, the answer runs
-  in this process instead (``fallback_executor``), as in inline mode.
+* ``"queue"`` (``gpubot serve``): the ack function hands the request to a
+  :class:`bot.answers.Publisher` and acks; the publisher enqueues it as a Celery task by name
+  (``send_task``, given by the composition root) on the ``answers`` queue once the requests
+  in flight are acked. The answer runs in a worker process, so its Python work never holds
+  this process's GIL while later requests wait to be acked. If the broker refuses the
+  message, the answer runs in this process instead (``fallback_executor``), as in inline mode.
 * ``"inline"``: the Bolt way (https://docs.slack.dev/tools/bolt-python/concepts/lazy-listeners/):
   a lazy function that Bolt runs afterwards in its executor. An answer first waits (at most
   1 s) until no request is being acked (:mod:`bot.ack_gate`). Used by tests and
@@ -45,6 +46,7 @@ from bot.answers import (
     ANSWER_ACTION_TASK,
     ANSWER_COMMAND_TASK,
     Answerer,
+    Publisher,
     SendTask,
     action_request,
     command_request,
@@ -123,23 +125,25 @@ def _register_inline(app: App, answerer: Answerer) -> None:
 def _register_queued(
     app: App, answerer: Answerer, send_task: SendTask, fallback: Executor
 ) -> None:
-    """``/gpu`` and clicks: the ack enqueues the answer for a worker, then acknowledges."""
+    """``/gpu`` and clicks: the ack hands the answer to the publisher, then acknowledges."""
+    run_here: dict[str, Callable[..., object]] = {
+        ANSWER_COMMAND_TASK: answerer.answer_command,
+        ANSWER_ACTION_TASK: answerer.answer_action,
+    }
 
-    def enqueue(task: str, request: dict[str, str], run_here: Callable[..., object]) -> None:
-        try:
-            send_task(task, request)
-        except Exception:  # noqa: BLE001 - broker down: answer here rather than not at all
-            logger.exception("could not enqueue %s; answering in this process", task)
-            fallback.submit(run_here, **request)
+    def answer_here(task: str, request: dict[str, str]) -> None:
+        fallback.submit(run_here[task], **request)
+
+    publisher = Publisher(send_task, answer_here)
 
     def ack_command(ack: Ack, command: dict[str, Any]) -> None:
-        enqueue(ANSWER_COMMAND_TASK, command_request(command), answerer.answer_command)
+        publisher.submit(ANSWER_COMMAND_TASK, command_request(command))
         ack(text=WORKING, response_type="ephemeral")
 
     app.command("/gpu")(ack_command)
 
     def ack_action(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        enqueue(ANSWER_ACTION_TASK, action_request(body, action), answerer.answer_action)
+        publisher.submit(ANSWER_ACTION_TASK, action_request(body, action))
         ack()
 
     app.action(ACTION_RE)(ack_action)

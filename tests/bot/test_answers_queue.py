@@ -191,8 +191,8 @@ def test_an_unreachable_broker_still_gets_the_command_answered_in_process(
     body = command_body("help", response_url=slack.webhook_url.split("/webhook/")[0] + path)
     status, ack = _post(http, body)
     assert status == 200 and json.loads(ack)["text"] == WORKING
-    assert sent == [ANSWER_COMMAND_TASK]
     wait_until(lambda: bool(_posts(slack, path)), what="the in-process answer")
+    assert sent == [ANSWER_COMMAND_TASK]
     [shown] = shown_to_user(WORKING, _posts(slack, path))
     assert shown and WORKING not in shown
 
@@ -206,3 +206,23 @@ def test_task_names_the_bot_sends_are_the_worker_tasks_on_the_answers_queue() ->
     assert answer_action_task.name == ANSWER_ACTION_TASK
     assert ANSWERS_QUEUE == "answers"
     assert ANSWERS_QUEUE in WORKER_QUEUES and "celery" in WORKER_QUEUES
+
+
+def test_the_publisher_waits_for_the_acks_in_flight_then_publishes_everything_pending() -> None:
+    from bot.ack_gate import AckGate
+    from bot.answers import Publisher
+
+    gate = AckGate()
+    sent: list[tuple[str, dict[str, str]]] = []
+    failed: list[str] = []
+    publisher = Publisher(lambda name, kwargs: sent.append((name, kwargs)),
+                          lambda name, kwargs: failed.append(name), gate=gate)
+    gate.enter()  # a request is being acked
+    publisher.submit(ANSWER_COMMAND_TASK, {"text": "a"})
+    publisher.submit(ANSWER_ACTION_TASK, {"value": "b"})
+    assert not gate.wait_idle(0.2) and sent == []
+    gate.leave()
+    wait_until(lambda: len(sent) == 2, what="both published")
+    assert [name for name, _ in sent] == [ANSWER_COMMAND_TASK, ANSWER_ACTION_TASK]
+    publisher.close()
+    assert failed == []
