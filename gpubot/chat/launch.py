@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -40,10 +41,10 @@ worker searches live again when it rents, so a stale offer only costs a "trying 
 offer" note. A burst of identical commands then costs one search, not one each."""
 
 _market_lock = threading.Lock()
-_market_cache: dict[tuple[int, Requirements, bool], tuple[float, list[Offer]]] = {}
+_market_cache: dict[tuple[int, Requirements, bool], tuple[float, Sequence[Offer]]] = {}
 
 
-def _market(deps: EngineDeps, requirements: Requirements, interruptible: bool) -> list[Offer]:
+def _market(deps: EngineDeps, requirements: Requirements, interruptible: bool) -> Sequence[Offer]:
     key = (id(deps.provider), requirements, interruptible)
     now = time.monotonic()
     with _market_lock:

@@ -6,6 +6,7 @@ returns; nothing waits for an instance to change state. Waiting happens across r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
@@ -16,7 +17,7 @@ class Provider(Protocol):
 
     name: str
 
-    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
+    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> Sequence[Offer]:
         """Offers that the marketplace says match ``requirements``, cheapest first.
 
         The caller re-checks every offer (gpubot.offers.offer_matches); a marketplace search can

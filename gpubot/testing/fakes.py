@@ -7,7 +7,7 @@ what a service did (``provider.destroyed``) rather than on how.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -104,7 +104,7 @@ class FakeProvider:
         self.instances[obs.provider_id] = obs
         return obs
 
-    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
+    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> Sequence[Offer]:
         self.calls.append("search_offers")
         return sorted(self.offers, key=lambda o: o.price_per_hour_usd)
 

@@ -42,7 +42,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn, TypeVar
@@ -164,7 +164,7 @@ class VastAIProvider:
 
     # ------------------------------------------------------------------------ offers
 
-    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> list[Offer]:
+    def search_offers(self, requirements: Requirements, *, interruptible: bool) -> Sequence[Offer]:
         """Offers of the ON-DEMAND market for ``requirements``; may be empty.
 
         Always ``type=on-demand``, also when ``interruptible``: vast's ``type=bid`` search
@@ -195,7 +195,7 @@ class VastAIProvider:
         )
         if not isinstance(rows, list):
             raise TransientProviderError("vast.ai search offers: unexpected reply shape")
-        return VastOffers(rows)  # type: ignore[return-value]
+        return VastOffers(rows)
 
     # --------------------------------------------------------------------- instances
 
