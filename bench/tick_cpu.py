@@ -9,12 +9,15 @@ is released and it is made due again, so each timed tick does the same work; the
 moves 10 s per tick.
 
 Measured with ``time.process_time()`` (CPU of this process: SQLAlchemy, the driver, SQLite
-itself; PostgreSQL's server CPU is *not* included, so its wall time is shown too). Points: a
+itself). PostgreSQL's server CPU is not in it: it is shown on its own (the backends serving
+the bench database, read from ``/proc``, as the server runs on this machine), and wall time
+too. Points: a
 fresh database, then after ``--history-hours`` of ledger history per job (one entry per kind
 per tick, as the tick writes them) and after ``--ledger-rows`` history rows in total (bulk
-inserted with executemany on SQLite, COPY on PostgreSQL, then the spend summaries rebuilt
-from the ledger when the code has them). A second table gives the CPU of each tick phase
-(median); ``--profile`` prints the cProfile top entries of one tick per point.
+inserted with executemany on SQLite, COPY on PostgreSQL, with one audit event per 10 ledger
+rows, then the spend summaries rebuilt from the ledger when the code has them). A second
+table gives the CPU of each tick phase (median); ``--profile`` prints the cProfile top
+entries of one tick per point.
 """
 
 from __future__ import annotations
@@ -97,9 +100,10 @@ def seed(deps: Any, n: int) -> None:
 
 def seed_history(deps: Any, n: int, rows: int, tick_s: float) -> tuple[int, float]:
     """About ``rows`` ledger rows as ticks would have written them (compute + storage, one
-    pair per job per tick, ending at the clock's now), bulk inserted: executemany on SQLite,
-    COPY on PostgreSQL. Then the spend summaries are rebuilt from the ledger (when the code
-    has them). Returns (rows written, seconds spent rebuilding summaries)."""
+    pair per job per tick, ending at the clock's now), and one audit event (no budget alert)
+    per :data:`AUDIT_PER_LEDGER_ROWS` of them over the same time, bulk inserted: executemany
+    on SQLite, COPY on PostgreSQL. Then the spend summaries are rebuilt from the ledger (when
+    the code has them). Returns (rows written, seconds spent rebuilding summaries)."""
     from sqlalchemy import select
 
     from gpubot.db.engine import session_scope
@@ -128,22 +132,36 @@ def seed_history(deps: Any, n: int, rows: int, tick_s: float) -> tuple[int, floa
                     yield (ids[job_id], job_id, f"U{i % 20:03d}", f"C{i % 5:03d}", kind,
                            amount, stamps[t], stamps[t + 1], stamps[t + 1])
 
+    audit_cols = ("at", "actor", "action", "target", "reason", "detail")
+
+    def audit_gen() -> Any:
+        # The audit trail that comes with such a history: one event per AUDIT_PER_LEDGER_ROWS
+        # ledger rows (commands, launches, stops ...), none a budget alert.
+        actions = ("command", "launch", "cancel", "budget_stop")
+        for k in range(n * ticks * 2 // AUDIT_PER_LEDGER_ROWS):
+            t = k * ticks // max(1, n * ticks * 2 // AUDIT_PER_LEDGER_ROWS)
+            yield (stamps[t + 1], f"U{k % 20:03d}", actions[k % 4], f"j{k % n:05d}", "", "{}")
+
+    def copy(cur: Any, table: str, columns: tuple[str, ...], records: Any) -> None:
+        if engine.dialect.name == "sqlite":
+            cur.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})",
+                records,
+            )
+            return
+        buf = io.StringIO()
+        for rec in records:
+            buf.write("\t".join(str(v) for v in rec))
+            buf.write("\n")
+        buf.seek(0)
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf)
+
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        if engine.dialect.name == "sqlite":
-            cur.executemany(
-                f"INSERT INTO ledger_entries ({', '.join(cols)}) "
-                f"VALUES ({', '.join('?' for _ in cols)})",
-                gen(),
-            )
-        else:
-            buf = io.StringIO()
-            for rec in gen():
-                buf.write("\t".join(str(v) for v in rec))
-                buf.write("\n")
-            buf.seek(0)
-            cur.copy_expert(f"COPY ledger_entries ({', '.join(cols)}) FROM STDIN", buf)
+        copy(cur, "ledger_entries", cols, gen())
+        copy(cur, "audit_events", audit_cols, audit_gen())
         raw.commit()
     finally:
         raw.close()
@@ -161,6 +179,10 @@ def seed_history(deps: Any, n: int, rows: int, tick_s: float) -> tuple[int, floa
         conn.exec_driver_sql("ANALYZE")
         conn.commit()
     return written, rebuild_s
+
+
+AUDIT_PER_LEDGER_ROWS = 10
+"""History seeding: one audit event per this many ledger rows."""
 
 
 def reset(deps: Any) -> None:
@@ -211,12 +233,33 @@ def _phase_timers(deps: Any) -> dict[str, float]:
     return spent
 
 
+def server_cpu_s(deps: Any) -> float | None:
+    """CPU seconds used so far by the PostgreSQL backends serving this database (from
+    ``/proc``: the server runs on this machine); None on SQLite or when not readable."""
+    engine = deps.sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        pids = [r[0] for r in conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def timed_ticks(deps: Any, ticks: int, profile: bool = False
-                ) -> tuple[float, float, Any, dict[str, float], str]:
+                ) -> tuple[float, float, Any, dict[str, float], str, float | None]:
     from gpubot.engine.tick import reconcile_tick
 
     cpu: list[float] = []
     wall: list[float] = []
+    server: list[float] = []
     phases: dict[str, list[float]] = {p: [] for p in (*PHASES, "commit+other")}
     report = None
     spent = _phase_timers(deps)
@@ -225,10 +268,14 @@ def timed_ticks(deps: Any, ticks: int, profile: bool = False
         reset(deps)
         for p in spent:
             spent[p] = 0.0
+        s0 = server_cpu_s(deps)
         w0, c0 = time.perf_counter(), time.process_time()
         report = reconcile_tick(deps, dispatch=lambda job_id, token: None)
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
+        s1 = server_cpu_s(deps)
+        if s0 is not None and s1 is not None:
+            server.append(s1 - s0)
         for p in PHASES:
             phases[p].append(spent[p])
         phases["commit+other"].append(cpu[-1] - sum(spent.values()))
@@ -244,7 +291,8 @@ def timed_ticks(deps: Any, ticks: int, profile: bool = False
         pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
         top = out.getvalue()
     return (statistics.median(cpu), statistics.median(wall), report,
-            {p: statistics.median(v) for p, v in phases.items()}, top)
+            {p: statistics.median(v) for p, v in phases.items()}, top,
+            statistics.median(server) if server else None)
 
 
 def measure(db: str, url: str, home: Path, n: int, ticks: int, history_hours: float,
@@ -258,8 +306,10 @@ def measure(db: str, url: str, home: Path, n: int, ticks: int, history_hours: fl
     total = 0
 
     def point(label: str) -> None:
-        cpu, wall, report, phases, top = timed_ticks(deps, ticks, profile)
-        rows.append([db, n, label, f"{cpu * 1000:.0f}", f"{wall * 1000:.0f}",
+        cpu, wall, report, phases, top, server = timed_ticks(deps, ticks, profile)
+        rows.append([db, n, label, f"{cpu * 1000:.0f}",
+                     f"{server * 1000:.0f}" if server is not None else "-",
+                     f"{wall * 1000:.0f}",
                      report.instances_seen, report.ledger_entries, len(report.claimed)])
         phase_rows.append([db, label, *(f"{v * 1000:.0f}" for v in phases.values())])
         if top:
@@ -322,7 +372,8 @@ def main() -> int:
             else:
                 print(f"PostgreSQL not reachable at {c.PG_ADMIN_URL}: skipped")
     print(c.table(
-        ["db", "jobs", "ledger", "CPU ms/tick", "wall ms/tick", "listed", "ledger rows added",
+        ["db", "jobs", "ledger", "CPU ms/tick", "server CPU ms/tick", "wall ms/tick", "listed",
+         "ledger rows added",
          "claimed"],
         rows,
     ))
