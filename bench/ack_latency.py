@@ -22,9 +22,10 @@ the client threads together), cycling through the verbs in ``VERBS`` (launches a
 search vast), and records each request's wall time until the HTTP response (the ack body) is
 read. Each request has its own response_url on the Slack fake; the answer time is when the
 last response_url post for it arrived (or the ack, when the ack carried the answer). Each
-burst's answers are awaited before the next burst. One warm-up request per app is not
-counted. Database: SQLite (the default ``GPUBOT_HOME`` file) and, if reachable, a throwaway
-PostgreSQL database.
+burst's answers are awaited before the next burst, and the apps take turns burst by burst
+(round-robin), so that each meets the same load from the rest of a shared machine. One
+warm-up request per app is not counted. Database: SQLite (the default ``GPUBOT_HOME`` file)
+and, if reachable, a throwaway PostgreSQL database.
 
 Prints the load average before and after, p50/p99 of the ack per app and per verb, the ratio
 gpubot / bare, and the answer times. No assertions.
@@ -313,6 +314,18 @@ def redis_available(url: str) -> bool:
         return False
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used (``/proc/<pid>/stat``; 0 when
+    it is gone)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> str:
     """The 1/5/15-minute load averages (``/proc/loadavg``)."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -364,8 +377,10 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
     results: dict[str, list[Sample]] = {}
     serial: dict[str, float] = {}
     jobs: dict[str, int] = {}
-    cpu_ms: dict[str, tuple[float, float]] = {}
-    """Per app: the median CPU ms of one request's handling, and the CPU ms per burst."""
+    cpu_ms: dict[str, tuple[float, float, float, float]] = {}
+    """Per app: the median CPU ms of one request's handling, their sum per burst, this
+    process's CPU ms per burst while it is acked, and the other processes' (worker, remote
+    services, simulator)."""
     apps: list[tuple[str, Callable[[], Any]]] = [
         (BARE, lambda: bare_app(remote.url))]
     if "inline" in modes:
@@ -378,37 +393,56 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
         celery.conf.update(celery_config(settings))
         apps.append((QUEUE, lambda: build_app(
             deps, settings=deps.settings, answers="queue", send_task=answer_sender(celery))))
-    for name, make in apps:
-        worker = None
-        if name == QUEUE:
-            assert broker is not None
-            import redis
+    worker = None
+    if any(name == QUEUE for name, _ in apps):
+        assert broker is not None
+        import redis
 
-            redis.Redis.from_url(broker).flushdb()
-            worker = WorkerProcess(home=home, db_url=database_url, config=config_path,
-                                   remote=remote, api_key=sim.api_key, broker=broker,
-                                   concurrency=worker_threads)
+        redis.Redis.from_url(broker).flushdb()
+        worker = WorkerProcess(home=home, db_url=database_url, config=config_path,
+                               remote=remote, api_key=sim.api_key, broker=broker,
+                               concurrency=worker_threads)
+    others = [remote.proc.pid] + [p.proc.pid for p in (sim, worker)
+                                  if isinstance(p, SimProcess | WorkerProcess)]
+    running: dict[str, tuple[Any, Any, str, list[float], str]] = {}
+    """Per app: the Bolt app, its server, URL, per-request CPU list and request tag."""
+    for name, make in apps:
         app = make()
         cpu: list[float] = []
         server, url = serve(app, deps, cpu)
-        before = job_count()
-        tag = f"{db}-{name.split()[1] if ' ' in name else name}"[:16]
-        try:
+        running[name] = (app, server, url, cpu, f"{db}-{name.split()[-1][:6]}")
+    here_s = dict.fromkeys(running, 0.0)
+    elsewhere_s = dict.fromkeys(running, 0.0)
+    try:
+        for name, (_, _, url, cpu, tag) in running.items():
+            before = job_count()
             warm = fire(url, remote, 1, 0, f"warm-{tag}")
             one_by_one = [fire(url, remote, 1, -k, f"serial-{tag}")[0] for k in range(10)]
             serial[name] = c.median([s.ack_s for s in one_by_one])
             if name != BARE:
                 collect_answers(remote, warm + one_by_one)
-            samples: list[Sample] = []
             del cpu[:]  # the bursts' requests only
-            for r in range(1, rounds + 1):
+            jobs[name] = job_count() - before
+            results[name] = []
+        # Round-robin: burst r of every app, then burst r + 1, so that each app meets the
+        # same load from the rest of the machine.
+        for r in range(1, rounds + 1):
+            for name, (_, _, url, _, tag) in running.items():
+                before = job_count()
+                here0, there0 = time.process_time(), sum(proc_cpu_s(p) for p in others)
                 burst = fire(url, remote, concurrency, r, tag)
+                here_s[name] += time.process_time() - here0
+                elsewhere_s[name] += sum(proc_cpu_s(p) for p in others) - there0
                 if name != BARE:
                     collect_answers(remote, burst)
-                samples += burst
-            results[name] = samples
-            cpu_ms[name] = (c.median(cpu) * 1000, sum(cpu) * 1000 / max(1, rounds))
-        finally:
+                results[name] += burst
+                jobs[name] += job_count() - before
+        for name, (_, _, _, cpu, _) in running.items():
+            cpu_ms[name] = (c.median(cpu) * 1000, sum(cpu) * 1000 / max(1, rounds),
+                            here_s[name] * 1000 / max(1, rounds),
+                            elsewhere_s[name] * 1000 / max(1, rounds))
+    finally:
+        for app, server, _, _, _ in running.values():
             server.shutdown()
             server.server_close()
             # Listeners (and lazy answers) still running in Bolt's executor: let them finish
@@ -417,9 +451,8 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
             executor = getattr(runner, "listener_executor", None)
             if executor is not None:
                 executor.shutdown(wait=True)
-            if worker is not None:
-                worker.stop()
-        jobs[name] = job_count() - before
+        if worker is not None:
+            worker.stop()
     rows: list[list[object]] = []
     bare = [s.ack_s for s in results[BARE]]
     bare_p50, bare_p99 = c.percentile(bare, 50), c.percentile(bare, 99)
@@ -433,7 +466,8 @@ def measure(db: str, db_url: str | None, home: Path, sim: Any, remote: RemoteSer
             f"{max(lats) * 1000:.0f}", f"{p50 / bare_p50:.2f}x", f"{p99 / bare_p99:.2f}x",
             sum(1 for x in lats if x >= 3.0),
             jobs[name] if name != BARE else "-",
-            f"{cpu_ms[name][0]:.1f}", f"{cpu_ms[name][1]:.0f}",
+            f"{cpu_ms[name][0]:.1f}", f"{cpu_ms[name][1]:.0f}", f"{cpu_ms[name][2]:.0f}",
+            f"{cpu_ms[name][3]:.0f}",
         ])
     verb_rows: list[list[object]] = []
     for name in (INLINE, QUEUE):
@@ -516,7 +550,8 @@ def main() -> int:
             sim.stop()
     print(c.table(
         ["db", "app", "alone ms", "requests", "HTTP 200", "p50 ms", "p99 ms", "max ms",
-         "p50 vs bare", "p99 vs bare", ">=3 s", "jobs", "CPU ms/req", "CPU ms/burst"],
+         "p50 vs bare", "p99 vs bare", ">=3 s", "jobs", "CPU ms/req", "CPU ms/burst",
+         "bench CPU ms/burst", "others CPU ms/burst"],
         rows,
     ))
     print(c.table(
@@ -530,6 +565,10 @@ def main() -> int:
     print("'CPU ms/req' = median CPU time of one request's WSGI call in its server thread "
           "(time.thread_time: verification, Bolt, the ack function; queueing for the GIL not "
           "counted); 'CPU ms/burst' = their sum per burst.")
+    print("'bench CPU ms/burst' = this process's CPU (client threads, HTTP server, in-process "
+          "answers) from a burst's start to its last ack; 'others CPU ms/burst' = the same "
+          "interval in the other processes (queue-mode worker, Slack fake + proxy, simulator; "
+          "10 ms ticks). 2 cores in all.")
     print("'jobs' = job rows the app wrote (warm-up and one-at-a-time requests included).")
     print(f"queue mode: one worker process, {args.worker_threads} threads, consuming the "
           "'answers' queue from Redis.")

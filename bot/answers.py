@@ -72,8 +72,10 @@ class Publisher:
     redis-py) and a producer from Celery's pool (10 connections); done in the ack function,
     a burst of 50 requests queues its later acks behind the earlier ones' publishing, for the
     GIL and for producers. :meth:`submit` only puts the request in memory; the publishing
-    thread waits until no request is being acknowledged (:meth:`bot.ack_gate.AckGate.wait_idle`,
-    at most 1 s), then publishes everything pending through ``send_task``. A message the
+    thread waits until no request has been acknowledged for 50 ms, i.e. the burst is acked
+    (:meth:`bot.ack_gate.AckGate.wait_quiet`, at most 1 s), then publishes everything pending
+    through ``send_task``; a worker answering on the same machine then does not compete for
+    the CPU with the burst's acks either. A message the
     broker refuses goes to ``on_failure`` (the caller answers it in-process).
 
     The cost: an answer starts at most ~1 s later, and a request acked but not yet published
@@ -118,7 +120,7 @@ class Publisher:
     def _run(self) -> None:
         while True:
             item = self._pending.get()
-            self._gate.wait_idle()
+            self._gate.wait_quiet()
             batch = [item]
             while True:
                 try:

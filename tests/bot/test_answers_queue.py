@@ -226,3 +226,19 @@ def test_the_publisher_waits_for_the_acks_in_flight_then_publishes_everything_pe
     assert [name for name, _ in sent] == [ANSWER_COMMAND_TASK, ANSWER_ACTION_TASK]
     publisher.close()
     assert failed == []
+
+
+def test_wait_quiet_waits_out_the_gaps_between_a_bursts_requests() -> None:
+    import time
+
+    from bot.ack_gate import AckGate
+
+    gate = AckGate()
+    gate.enter()
+    gate.leave()  # idle now, but a request left just now
+    began = time.monotonic()
+    assert gate.wait_quiet(quiet_s=0.2, max_wait_s=2.0)
+    assert time.monotonic() - began >= 0.19
+    gate.enter()
+    assert not gate.wait_quiet(quiet_s=0.01, max_wait_s=0.1)  # in flight the whole time
+    gate.leave()
