@@ -93,7 +93,12 @@ class StepResult:
 
 def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
     """Run the step of ``job_id``'s current state. Safe to call twice with the same token:
-    the claim is exchanged for an execution token first, so only one delivery runs the step."""
+    the claim is exchanged for an execution token first, so only one delivery runs the step.
+
+    A step that enters a state of :data:`CHAINED_STATES` is applied with the claim kept, and
+    that state's step runs next under the same claim (at most :data:`MAX_CHAINED_STEPS`
+    more): every step's result is stored before the next one acts, so a crash in between
+    leaves the job exactly where an unchained run would have left it."""
     with session_scope(deps.sessions) as session:
         job = session.get(JobRow, job_id)
         if job is None or job.lock_token != lock_token:
@@ -104,35 +109,64 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
         if token is None:
             return
         lock_token = token
+    for chained in range(MAX_CHAINED_STEPS + 1):
+        loaded = _load_claimed(deps, job_id, lock_token)
+        if loaded is None:
+            return
+        job, instance = loaded
+        state = JobState(job.state)
+        step = _STEPS.get(state)
+        if step is None:
+            with session_scope(deps.sessions) as session:
+                release_lock(session, job_id, lock_token)
+            return
+        # The claim is renewed while the step works (uploads and creates can outlast
+        # LOCK_TTL); a renewal that finds it taken over means this step's result must not be
+        # applied.
+        heartbeat = ClaimHeartbeat(deps.sessions, job_id, lock_token, clock=deps.clock)
+        claim = _CLAIM.set(heartbeat)
+        try:
+            with heartbeat:
+                result = _run_step(deps, job, instance, state, step)
+        finally:
+            _CLAIM.reset(claim)
+        if result is None or heartbeat.lost:
+            logger.warning(
+                "job %s: claim lost during %s, step result dropped", job_id, state.value
+            )
+            return
+        target = result.changes.get("state")
+        chain = (
+            chained < MAX_CHAINED_STEPS
+            and result.immediate
+            and target is not None
+            and target != state.value
+            and JobState(target) in CHAINED_STATES
+        )
+        if not chain:
+            if _apply(deps, job, lock_token, result) is not False and result.immediate:
+                deps.enqueuer.kick()
+            return
+        if _apply(deps, job, lock_token, result, release=False) is False:
+            return
+
+
+def _load_claimed(
+    deps: EngineDeps, job_id: str, lock_token: str
+) -> tuple[JobRow, InstanceRow | None] | None:
+    """The job (detached, fresh) and its current instance, if ``lock_token`` still holds it."""
+    with session_scope(deps.sessions) as session:
         job = session.get(JobRow, job_id)
         if job is None:
-            return
+            return None
         session.refresh(job)
+        if job.lock_token != lock_token:
+            return None
         session.expunge(job)
         instance = current_instance(session, job_id)
         if instance is not None:
             session.expunge(instance)
-    state = JobState(job.state)
-    step = _STEPS.get(state)
-    if step is None:
-        with session_scope(deps.sessions) as session:
-            release_lock(session, job_id, lock_token)
-        return
-    # The claim is renewed while the step works (uploads and creates can outlast LOCK_TTL);
-    # a renewal that finds it taken over means this step's result must not be applied.
-    heartbeat = ClaimHeartbeat(deps.sessions, job_id, lock_token, clock=deps.clock)
-    claim = _CLAIM.set(heartbeat)
-    try:
-        with heartbeat:
-            result = _run_step(deps, job, instance, state, step)
-    finally:
-        _CLAIM.reset(claim)
-    if result is None or heartbeat.lost:
-        logger.warning("job %s: claim lost during %s, step result dropped", job_id, state.value)
-        return
-    _apply(deps, job, lock_token, result)
-    if result.immediate:
-        deps.enqueuer.kick()
+        return job, instance
 
 
 def _run_step(
@@ -156,7 +190,6 @@ def _run_step(
     except Exception as exc:  # noqa: BLE001 - a step must never wedge a job
         logger.exception("job %s: unexpected error in %s", job.id, state.value)
         result = _retry_later(deps, job, exc)
-    result = _chained(deps, job, instance, result)
     if result.changes.get("state") == JobState.TEARING_DOWN.value and state not in {
         JobState.TEARING_DOWN
     }:
@@ -175,41 +208,6 @@ MAX_CHAINED_STEPS = 3
 """Bound of the steps chained after the claimed one (interrupted, re_renting, and one spare)."""
 
 
-def _chained(
-    deps: EngineDeps, job: JobRow, instance: InstanceRow | None, result: StepResult
-) -> StepResult:
-    """Run the steps of :data:`CHAINED_STATES` that ``result`` enters, at once, merging their
-    results into one (applied atomically by the caller).
-
-    Each chained step sees the job as the previous results left it (a transient copy; the
-    claimed ``job`` is not modified) and the instance unless a previous result requested its
-    destroy. A chained step that raises is not an error of this step: the merged result so far
-    is returned and the next tick runs that state's step as usual (and counts its errors).
-    ``StaleLockError`` propagates (the claim is lost)."""
-    current = job
-    for _ in range(MAX_CHAINED_STEPS):
-        target = result.changes.get("state")
-        if not result.immediate or target is None or target == current.state:
-            return result
-        state = JobState(target)
-        if state not in CHAINED_STATES:
-            return result
-        current = _job_after(deps, current, result.changes)
-        if instance is not None and "destroy_requested_at" in result.instance_changes.get(
-            instance.id, {}
-        ):
-            instance = None
-        try:
-            more = _STEPS[state](deps, current, instance)
-        except StaleLockError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the next tick runs (and counts) it
-            logger.info("job %s: %s will run on the next tick: %s", job.id, state.value, exc)
-            return result
-        result = _merged(result, more)
-    return result
-
-
 def _job_after(deps: EngineDeps, job: JobRow, changes: Mapping[str, Any]) -> JobRow:
     """A transient copy of ``job`` with ``changes`` applied, as the next step would load it
     (``step_started_at`` now when the state changes)."""
@@ -219,20 +217,6 @@ def _job_after(deps: EngineDeps, job: JobRow, changes: Mapping[str, Any]) -> Job
     if changes.get("state", job.state) != job.state:
         values["step_started_at"] = deps.clock()
     return JobRow(**values)
-
-
-def _merged(first: StepResult, then: StepResult) -> StepResult:
-    """``first`` followed by ``then``: later changes win, instance changes and notes add up."""
-    instance_changes = {k: dict(v) for k, v in first.instance_changes.items()}
-    for instance_id, changes in then.instance_changes.items():
-        instance_changes.setdefault(instance_id, {}).update(changes)
-    return StepResult(
-        changes={**first.changes, **then.changes},
-        instance_changes=instance_changes,
-        new_instance=then.new_instance or first.new_instance,
-        notes=[*first.notes, *then.notes],
-        immediate=then.immediate,
-    )
 
 
 def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> StepResult:
@@ -261,7 +245,11 @@ def current_instance(session: Session, job_id: str) -> InstanceRow | None:
 # -- application ------------------------------------------------------------------------------
 
 
-def _apply(deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult) -> None:
+def _apply(
+    deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult, *, release: bool = True
+) -> bool:
+    """Store ``result`` atomically if the claim still holds (and release it, unless
+    ``release`` is False: a chained step follows). False when the claim was lost."""
     now = deps.clock()
     changes = dict(result.changes)
     changes.setdefault("updated_at", now)
@@ -294,9 +282,14 @@ def _apply(deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult) -
         # still hold the lock.
         session.flush()
         try:
-            apply_job_update(session, job.id, lock_token, {"updated_at": changes["updated_at"]})
+            apply_job_update(
+                session, job.id, lock_token, {"updated_at": changes["updated_at"]},
+                release=release,
+            )
         except StaleLockError:
             logger.warning("job %s: lock lost, step result dropped", job.id)
+            return False
+    return True
 
 
 def _retry_later(deps: EngineDeps, job: JobRow, exc: BaseException) -> StepResult:

@@ -4,6 +4,8 @@
   the same ``advance_job`` (one tick), not one tick later.
 - An exited job: the running step that sees exit 0 collects and asks for the destroy in the
   same ``advance_job``, without a kill first (the process has recorded its exit code).
+- Each step's result is stored before the next one acts: a chained step that fails leaves the
+  job in the state the previous step stored, retried on a later tick.
 
 Real parts: the engine's steps and SQLite database; the provider is the in-memory fake and the
 remote session a fake returning a fixed status.
@@ -135,11 +137,14 @@ def test_a_chained_rent_that_fails_leaves_the_job_re_renting_for_the_next_tick(
 
     monkeypatch.setattr(provider, "search_offers", search_fails)
     _advance_once(deps, clock)
+    # then the destroy of the lost instance is stored, and the failed rent is retried on a
+    # later tick like any failed step (counted once)
     job, rows = _state(deps)
     assert provider.destroyed == ["101"] and provider.created == []
     assert job.state == JobState.RE_RENTING.value
     assert rows[0].destroy_requested_at == clock()
-    assert int((job.progress or {}).get("error_count", 0)) == 0
+    assert int((job.progress or {}).get("error_count", 0)) == 1
+    assert job.lock_token is None
 
 
 def test_an_exited_job_is_collected_and_destroyed_in_the_step_that_sees_the_exit(
