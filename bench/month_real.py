@@ -12,10 +12,17 @@ on a fixed grid of ``GPUBOT_TICK_SECONDS`` (10 s); a tick whose successor is due
 (a kicked step) is followed by another tick at the same simulated instant. Grid ticks are
 skipped only while nothing can change what the engine would decide: every live job is running
 steadily (its process has started), booting (no SSH until the simulator's pull ends), or idle
-with its idle/stuck deadline known. Around every event (arrival, outbid, stall, process exit,
-checkpoint) the grid ticks just before and just after it run, so ``last_processed_at`` and
-``idle_since`` are exactly what a tick every 10 s would give. Steps take no simulated time
-(the clock is frozen while they run): SSH deploy, restore and uploads are free in time.
+with its idle/stuck deadline known (``gpubot.engine.idle.next_decision_at``, the engine's own).
+Around every event (arrival, outbid, stall, process exit, checkpoint) the grid ticks just before
+and just after it run, so ``last_processed_at`` and ``idle_since`` are what a tick every 10 s
+would give. At a tick forced by one job's event, the other steadily running jobs (no event of
+their own within a tick) are not due (their ``due_at`` is moved past the tick and restored):
+polling them would change nothing the engine decides, and it made a tick's cost grow with the
+number of running jobs. (One estimate does see fewer polls: a job's observed seconds per
+progress step, ``idle.seconds_per_step``, taken between the poll that first saw it and the one
+that saw its newest advance; the ticks around its own events keep both.) Steps take no
+simulated time (the clock is frozen while they run): SSH deploy, restore and uploads are free
+in time.
 
 Instance processes. Each job runs ``work.py`` (written by this script into the job's workdir):
 it paces itself on the simulated clock (a file the driver rewrites after every advance), one
