@@ -34,12 +34,14 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
+from bot import home
 from bot.ack_gate import GATE, AckGate
 from bot.channel_access import ChannelAccess
 from gpubot.chat import permissions
 from gpubot.chat.dispatch import Reply, handle_action, handle_command
 from gpubot.commands import LaunchCommand, RentCommand, SweepCommand, parse_command
 from gpubot.db.engine import session_scope
+from gpubot.db.tables import JobGroupRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.errors import GpubotError
 from gpubot.notify import audit
@@ -61,8 +63,9 @@ SendTask = Callable[[str, dict[str, str]], object]
 (the composition root wraps ``celery_app.send_task``; ``bot/`` never imports ``workers/``).
 Raises when the broker cannot take the message."""
 
-Delivered = Literal["response_url", "ephemeral", "dm", "lost"]
-"""Where an answer ended up: the response_url, the fallbacks in order, or nowhere."""
+Delivered = Literal["response_url", "ephemeral", "dm", "home", "lost"]
+"""Where an answer ended up: the response_url, the fallbacks in order, the republished App Home
+(a Home click that succeeded), or nowhere."""
 
 
 class Publisher:
@@ -176,6 +179,11 @@ def action_request(body: Mapping[str, Any], action: Mapping[str, Any]) -> dict[s
     user = str(body["user"]["id"])
     value = str(action.get("value") or "")
     action_ts = str(action.get("action_ts") or "")
+    # A click on the App Home comes from a view, not a message: no channel, no response_url
+    # (https://api.slack.com/reference/interaction-payloads/block-actions: ``container.type``
+    # is "view" and ``view.type`` "home").
+    container = body.get("container") or {}
+    from_home = container.get("type") == "view" and (body.get("view") or {}).get("type") == "home"
     return {
         "action_id": str(action["action_id"]),
         "value": value,
@@ -184,7 +192,16 @@ def action_request(body: Mapping[str, Any], action: Mapping[str, Any]) -> dict[s
         "action_ts": action_ts,
         "response_url": str(body.get("response_url") or ""),
         "request_key": request_key_for("action", user, action_ts, action["action_id"], value),
+        "source": "home" if from_home else "message",
     }
+
+
+def job_channel(deps: EngineDeps, target: str) -> str:
+    """The channel a job (``j-…``) or group (``g-…``) was launched from; "" when unknown."""
+    table = JobGroupRow if target.startswith("g-") else JobRow
+    with session_scope(deps.sessions) as session:
+        row = session.get(table, target)
+        return row.channel if row is not None else ""
 
 
 def reply_args(reply: Reply) -> dict[str, Any]:
@@ -309,11 +326,20 @@ class Answerer:
 
     def answer_action(
         self, *, action_id: str, value: str, user: str, channel: str, action_ts: str = "",
-        response_url: str, request_key: str,
+        response_url: str, request_key: str, source: str = "message",
     ) -> Delivered:
         """Answer one button click (an :func:`action_request`). An approve/reject decision
         replaces the clicked approval request for everyone; anything else is a new ephemeral
-        message. Returns where the answer went."""
+        message. Returns where the answer went.
+
+        A click on the App Home (``source="home"``) is checked against the job's own channel
+        (the Home has none; the channel allow-list applies as in the thread), answered by
+        republishing the clicker's Home (which shows the job's new state), and a refusal or
+        failure is sent to the clicker as a DM (there is no response_url to answer)."""
+        if source == "home":
+            return self._answer_home_click(
+                action_id=action_id, value=value, user=user, request_key=request_key
+            )
         try:
             reply = handle_action(
                 self.deps, action_id, value, user=user, channel=channel, request_key=request_key
@@ -330,6 +356,22 @@ class Answerer:
                 response_url, text=reply.text, response_type="ephemeral", replace_original=False
             )
         return "response_url" if sent else self._fallback(reply, user, channel)
+
+    def _answer_home_click(
+        self, *, action_id: str, value: str, user: str, request_key: str
+    ) -> Delivered:
+        channel = job_channel(self.deps, value.partition(":")[0])
+        try:
+            reply = handle_action(
+                self.deps, action_id, value, user=user, channel=channel, request_key=request_key
+            )
+        except Exception:
+            logger.exception("Home click %s failed after the ack", action_id)
+            reply = Reply(text=FAILED, ok=False)
+        home.publish(self.client, self.deps, user)
+        if reply.ok:
+            return "home"
+        return self._dm(reply, user)
 
     # -- sending -----------------------------------------------------------------------
 
@@ -366,13 +408,17 @@ class Answerer:
                 return "ephemeral"
             except (SlackApiError, OSError) as e:
                 logger.warning("answer fallback chat.postEphemeral failed: %s", _error(e))
+        return self._dm(reply, user)
+
+    def _dm(self, reply: Reply, user: str) -> Delivered:
+        """``reply`` in a DM with ``user`` (``conversations.open`` + ``chat.postMessage``)."""
         try:
             opened = self.client.conversations_open(users=user)
             dm = str((opened.get("channel") or {}).get("id", ""))
-            self.client.chat_postMessage(channel=dm, text=reply.text, blocks=blocks)
+            self.client.chat_postMessage(channel=dm, text=reply.text, blocks=reply.blocks or None)
             return "dm"
         except (SlackApiError, OSError) as e:
-            logger.error("answer to %s lost: the DM fallback failed too: %s", user, _error(e))
+            logger.error("answer to %s lost: the DM failed: %s", user, _error(e))
             return "lost"
 
 

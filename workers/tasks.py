@@ -113,10 +113,11 @@ def answer_command_task(
 )
 def answer_action_task(
     *, action_id: str, value: str, user: str, channel: str, action_ts: str = "",
-    response_url: str, request_key: str,
+    response_url: str, request_key: str, source: str = "message",
 ) -> str:
-    """Answer one acknowledged button click (``bot.answers.action_request``)."""
+    """Answer one acknowledged button click (``bot.answers.action_request``; ``source`` is
+    "home" for a click on the App Home)."""
     return answerer().answer_action(
         action_id=action_id, value=value, user=user, channel=channel, action_ts=action_ts,
-        response_url=response_url, request_key=request_key,
+        response_url=response_url, request_key=request_key, source=source,
     )

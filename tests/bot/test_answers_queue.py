@@ -27,9 +27,12 @@ from gpubot.db.tables import AuditEventRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from tests.bot.conftest import (
+    ALICE,
+    CHANNEL,
     FORM,
     OFFERS,
     GatedOffersProvider,
+    action_body,
     command_body,
     shown_to_user,
     sign,
@@ -206,6 +209,27 @@ def test_task_names_the_bot_sends_are_the_worker_tasks_on_the_answers_queue() ->
     assert answer_action_task.name == ANSWER_ACTION_TASK
     assert ANSWERS_QUEUE == "answers"
     assert ANSWERS_QUEUE in WORKER_QUEUES and "celery" in WORKER_QUEUES
+
+
+def test_the_worker_tasks_take_every_field_the_bot_enqueues() -> None:
+    """A request the ack enqueues must bind to the task's signature, or the worker drops it
+    with a TypeError: message clicks, App Home clicks and commands alike."""
+    import inspect
+    import json as _json
+    from urllib.parse import unquote
+
+    from bot.answers import action_request, command_request
+    from tests.bot.test_home_clicks import home_click
+    from workers.tasks import answer_action_task, answer_command_task
+
+    for body in (action_body("job.cancel", "j-1", user=ALICE),
+                 home_click("job.cancel", "j-1", user=ALICE)):
+        payload = _json.loads(unquote(body.removeprefix("payload=")))
+        request = action_request(payload, payload["actions"][0])
+        inspect.signature(answer_action_task.run).bind(**request)
+    command = {"text": "help", "user_id": ALICE, "channel_id": CHANNEL, "team_id": "T0FAKE",
+               "trigger_id": "1.2.3", "response_url": "http://127.0.0.1:9/hook"}
+    inspect.signature(answer_command_task.run).bind(**command_request(command))
 
 
 def test_the_publisher_waits_for_the_acks_in_flight_then_publishes_everything_pending() -> None:
