@@ -75,7 +75,7 @@ INLINE = "gpubot inline"
 """Answers as Bolt lazy listeners in the HTTP process (before)."""
 QUEUE = "gpubot queue"
 """Answers enqueued for a Celery worker process (``gpubot serve``)."""
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/7"
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/13"
 """Database 7: the tests use 8-15 (tests/services_available.py), and each queue-mode run
 flushes it."""
 

@@ -12,7 +12,7 @@ For each broker: one real ``celery worker`` (solo pool) on the project's Celery 
 Brokers: ``gpubotfs://`` (the embedded default, workers/embedded_broker.py), kombu's stock
 ``filesystem://`` (what gpubot used before; half-written files are counted as decode errors
 and lost messages), kombu's ``sqla+sqlite://`` (the other embedded candidate; it polls once a
-second) and Redis (``GPUBOT_BENCH_REDIS_URL``, default db 7 on 127.0.0.1; skipped if absent).
+second) and Redis (``GPUBOT_BENCH_REDIS_URL``, default db 14 on 127.0.0.1; skipped if absent).
 Each run has its own queue name and folders. Lost = ids never run; dup = ids run twice.
 """
 
@@ -33,7 +33,7 @@ import _common as c  # noqa: E402
 
 c.setup()
 
-REDIS_URL = os.environ.get("GPUBOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+REDIS_URL = os.environ.get("GPUBOT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def _redis_up() -> bool:

@@ -13,7 +13,7 @@ pacing and Retry-After alike) so a run takes ~20 s per scenario instead of ~200 
 - one deliverer with its default pacing (one post per channel per interval);
 - one deliverer with pacing off (``post_interval_seconds=0``: relies on 429 handling only);
 - two deliverers at once, each with a Redis client of its own (two worker processes sharing
-  the per-channel pace on Redis, ``--redis``, default redis://127.0.0.1:6379/0).
+  the per-channel pace on Redis, ``--redis``, default redis://127.0.0.1:6379/15).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--scale", type=float, default=0.1,
                         help="time scale: 1 = Slack's real 1 post/s per channel")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0",
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/15",
                         help="Redis for the shared pace of the two-deliverer scenario")
     args = parser.parse_args()
     sys.path.insert(0, str(c.REPO))

@@ -18,7 +18,8 @@ POSTGRES_URL = os.environ.get(
 )
 LEASE_KEY = "gpubot-test:redis-db:{db}"
 """Keys in Redis database 0 naming the pid of the test process that holds database ``db``."""
-_TEST_DBS = range(15, 0, -1)
+_TEST_DBS = range(12, 0, -1)
+"""Databases test processes lease; 13-15 are the benchmarks' (bench/), 0 holds the leases."""
 
 _CLAIM = """
 local holder = redis.call('GET', KEYS[1])
@@ -41,7 +42,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _redis_db() -> int:
-    """A Redis database (1-15) this test process holds alone, for as long as it lives.
+    """A Redis database (1-12) this test process holds alone, for as long as it lives.
 
     Every test process (each pytest-xdist worker, and every pytest run started on the machine
     at the same time) leases its own database: it writes its pid under ``LEASE_KEY`` in
@@ -53,7 +54,7 @@ def _redis_db() -> int:
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     digits = "".join(ch for ch in worker if ch.isdigit()) or "0"
-    fallback = 15 - (int(digits) % 8)
+    fallback = 12 - (int(digits) % 8)
     try:
         import redis
 
