@@ -100,7 +100,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from app.worker import run_worker
 
-    return run_worker(loglevel=args.loglevel, concurrency=args.concurrency)
+    if args.queues is None:
+        return run_worker(loglevel=args.loglevel, concurrency=args.concurrency)
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    try:
+        return run_worker(loglevel=args.loglevel, concurrency=args.concurrency, queues=queues)
+    except ValueError as e:
+        print(f"gpubot worker: {e}", file=sys.stderr)
+        return 2
 
 
 def _cmd_beat(args: argparse.Namespace) -> int:
@@ -160,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a Celery worker with the project's app")
     worker.add_argument("--loglevel", default="INFO")
     worker.add_argument("--concurrency", type=int, default=4)
+    worker.add_argument(
+        "--queues",
+        default=None,
+        help="comma-separated queues to consume (default: all: celery = ticks and steps, "
+        "answers = replies to Slack commands and clicks)",
+    )
     worker.set_defaults(func=_cmd_worker)
 
     beat = sub.add_parser("beat", help="Celery beat (run exactly one)")

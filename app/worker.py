@@ -50,12 +50,30 @@ runtime.install_answerer_factory(slack_answerer)
 app.conf.task_queues = [Queue(name, Exchange(name), routing_key=name) for name in WORKER_QUEUES]
 
 
-def run_worker(*, loglevel: str, concurrency: int) -> int:
-    """Run a Celery worker (prefork pool of ``concurrency``) until it is stopped. Returns 0."""
-    app.worker_main([
+def run_worker(
+    *, loglevel: str, concurrency: int, queues: tuple[str, ...] = WORKER_QUEUES
+) -> int:
+    """Run a Celery worker (prefork pool of ``concurrency``) consuming ``queues`` (default:
+    every queue, ticks and steps and answers) until it is stopped. Returns 0.
+
+    Raises:
+        ValueError: a queue this app does not declare (a typo would consume nothing).
+    """
+    unknown = sorted(set(queues) - set(WORKER_QUEUES))
+    if unknown or not queues:
+        raise ValueError(
+            f"unknown queue(s) {', '.join(unknown) or '(none given)'}; "
+            f"this app's queues: {', '.join(WORKER_QUEUES)}"
+        )
+    argv = [
         "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
-        f"--queues={','.join(WORKER_QUEUES)}",
-    ])
+        f"--queues={','.join(queues)}",
+    ]
+    if tuple(queues) != WORKER_QUEUES:
+        # A second worker on the same host needs its own node name (Celery warns about, and
+        # remote control confuses, duplicate ones): named after what it consumes.
+        argv.append(f"--hostname={'+'.join(queues)}@%h")
+    app.worker_main(argv)
     return 0
 
 

@@ -76,10 +76,21 @@ def test_every_procfile_and_cli_command_answers_help(tmp_path: Path, command: st
 
 
 def test_procfile_names_existing_commands() -> None:
+    from app.cli import build_parser
+
     procfile = (Path(__file__).parents[2] / "Procfile").read_text().splitlines()
-    kinds = dict(line.split(":", 1) for line in procfile if line.strip())
-    assert set(kinds) == {"bot", "worker", "beat"}
-    assert kinds["beat"].strip() == "gpubot beat"
+    kinds = {k: v.split() for k, v in (line.split(":", 1) for line in procfile if line.strip())}
+    assert set(kinds) == {"bot", "worker", "answers", "beat"}
+    assert kinds["beat"] == ["gpubot", "beat"]
+    for argv in kinds.values():
+        assert argv[0] == "gpubot"
+        build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown command/flag
+
+
+def test_worker_refuses_a_queue_the_app_does_not_declare(tmp_path: Path) -> None:
+    result = run(["worker", "--queues", "answers,anwsers"], tmp_path)
+    assert result.returncode == 2
+    assert "unknown queue(s) anwsers" in result.stderr and "celery, answers" in result.stderr
 
 
 def test_demo_without_the_demo_extra_names_the_extra(tmp_path: Path) -> None:
