@@ -93,6 +93,9 @@ def worker(deps: EngineDeps) -> Iterator[list[SpyAnswerer]]:
     finally:
         runtime.install_answerer_factory(composition.slack_answerer)
         app.conf.update(previous)
+        # ``queues=["answers"]`` selected them on the app itself: a later worker in this
+        # process would consume answers only. Select every declared queue again.
+        app.amqp.queues.select(list(composition.WORKER_QUEUES))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from gpubot.wiring import build_engine_deps
 from tests.services_available import require_redis
 from workers import runtime
 from workers.celery_app import app, celery_config
+from workers.tasks import ANSWERS_QUEUE
 
 TEST_TEMPLATES = """
 [templates.trainx]
@@ -153,7 +154,13 @@ def redis_worker(engine: EngineDeps) -> Iterator[None]:
         celery_config(Settings(GPUBOT_BROKER_URL=url, GPUBOT_HOME=str(engine.settings.home)))
     )
     runtime.install(engine)
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    # The queues named, always: Celery keeps a worker's queue selection on the app
+    # (``app.amqp.queues.select``), so a worker started earlier in this process with
+    # ``queues=["answers"]`` would otherwise leave this one consuming answers only, and the
+    # ticks would never run.
+    queues = [app.conf.task_default_queue, ANSWERS_QUEUE]
+    with start_worker(app, pool="solo", queues=queues, perform_ping_check=False,
+                      shutdown_timeout=30):
         yield
     app.conf.update(previous)
 
