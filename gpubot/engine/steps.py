@@ -24,14 +24,20 @@ import contextvars
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpubot.db.engine import session_scope
-from gpubot.db.queries import ClaimHeartbeat, apply_job_update, release_lock, take_claim
+from gpubot.db.queries import (
+    LOCK_TTL,
+    ClaimHeartbeat,
+    apply_job_update,
+    release_lock,
+    take_claim,
+)
 from gpubot.db.tables import InstanceRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.engine import idle, planning, remote_job
@@ -103,6 +109,7 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
         job = session.get(JobRow, job_id)
         if job is None or job.lock_token != lock_token:
             return
+        claimed_at = claim_time(job.lock_expires_at, now=deps.clock())
         # A duplicated message (redelivery, retry) carries the same claim token; without this
         # exchange two workers would run the same step concurrently (e.g. rent twice).
         token = take_claim(session, job_id, lock_token, now=deps.clock())
@@ -144,10 +151,11 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
             and JobState(target) in CHAINED_STATES
         )
         if not chain:
-            if _apply(deps, job, lock_token, result) is not False and result.immediate:
+            applied = _apply(deps, job, lock_token, result, claimed_at=claimed_at)
+            if applied is not False and result.immediate:
                 deps.enqueuer.kick()
             return
-        if _apply(deps, job, lock_token, result, release=False) is False:
+        if _apply(deps, job, lock_token, result, release=False, claimed_at=claimed_at) is False:
             return
 
 
@@ -245,11 +253,51 @@ def current_instance(session: Session, job_id: str) -> InstanceRow | None:
 # -- application ------------------------------------------------------------------------------
 
 
+def claim_time(lock_expires_at: datetime | None, *, now: datetime) -> datetime:
+    """When the tick claimed the job: its claim's expiry minus :data:`LOCK_TTL` (the tick
+    claims with the default TTL), never in the future; ``now`` without a claim expiry."""
+    if lock_expires_at is None:
+        return now
+    if lock_expires_at.tzinfo is None and now.tzinfo is not None:
+        lock_expires_at = lock_expires_at.replace(tzinfo=now.tzinfo)
+    return min(now, lock_expires_at - LOCK_TTL)
+
+
+def next_turn(claimed_at: datetime, *, now: datetime, tick_seconds: float) -> datetime:
+    """When a job whose step was claimed at ``claimed_at`` and ended at ``now`` is due again.
+
+    Counted from the claim, not from the step's end: a tick's steps end seconds apart (1000
+    running jobs on 2 workers: up to ~6 s after the tick started), and "the end plus a tick"
+    falls just after the next tick for all but the fastest, so most running jobs were read
+    only every second tick. Due :data:`TURN_EARLY_FRACTION` of a tick before the next tick
+    (absorbing the difference between two ticks' claim delays), and never sooner than
+    :data:`TURN_MIN_GAP_FRACTION` of a tick after the step ended (a kicked tick does not
+    re-read a job that was just read).
+    """
+    tick = timedelta(seconds=tick_seconds)
+    return max(claimed_at + tick * (1 - TURN_EARLY_FRACTION), now + tick * TURN_MIN_GAP_FRACTION)
+
+
+TURN_EARLY_FRACTION = 0.25
+"""How much of a tick before the next tick a job's next turn is due (:func:`next_turn`)."""
+TURN_MIN_GAP_FRACTION = 0.1
+"""The least time, in ticks, between the end of a job's step and its next turn."""
+
+
 def _apply(
-    deps: EngineDeps, job: JobRow, lock_token: str, result: StepResult, *, release: bool = True
+    deps: EngineDeps,
+    job: JobRow,
+    lock_token: str,
+    result: StepResult,
+    *,
+    release: bool = True,
+    claimed_at: datetime | None = None,
 ) -> bool:
     """Store ``result`` atomically if the claim still holds (and release it, unless
-    ``release`` is False: a chained step follows). False when the claim was lost."""
+    ``release`` is False: a chained step follows). False when the claim was lost.
+
+    A job not due at once is due :func:`next_turn` from ``claimed_at`` (the tick that claimed
+    it; default: now), so every live job is read once per tick."""
     now = deps.clock()
     changes = dict(result.changes)
     changes.setdefault("updated_at", now)
@@ -259,7 +307,13 @@ def _apply(
     if "due_at" not in changes:
         new_state = JobState(changes.get("state", job.state))
         fast = result.immediate or new_state in FAST_STATES
-        changes["due_at"] = now if fast else now + timedelta(seconds=deps.settings.tick_seconds)
+        tick_s = deps.settings.tick_seconds
+        if fast:
+            changes["due_at"] = now
+        elif claimed_at is None:
+            changes["due_at"] = now + timedelta(seconds=tick_s)
+        else:
+            changes["due_at"] = next_turn(claimed_at, now=now, tick_seconds=tick_s)
     if result.immediate:
         changes["due_at"] = now
     with session_scope(deps.sessions) as session:
