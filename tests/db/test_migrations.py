@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,20 +13,6 @@ from gpubot.db.engine import make_engine, make_sessionmaker, session_scope, upgr
 from gpubot.db.queries import apply_job_update, claim_due_jobs
 from gpubot.db.tables import Base, JobRow, LedgerEntryRow
 from gpubot.errors import StaleLockError
-from tests.fixtures.postgres import fresh_database
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gpubot.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(database_url: str) -> None:

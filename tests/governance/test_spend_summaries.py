@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -45,23 +43,9 @@ from gpubot.testing.fakes import (
     seed_job,
     seed_ledger,
 )
-from tests.fixtures.postgres import fresh_database
 
 USERS = ("U1", "U2", "U3")
 CHANNELS = ("C1", "C2")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gpubot.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def _deps(url: str, home: Path, provider: FakeProvider, clock: FakeClock) -> EngineDeps:

@@ -7,7 +7,6 @@ Real databases: SQLite files and the PostgreSQL server (a throwaway database per
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,23 +34,9 @@ from gpubot.testing.fakes import (
     seed_job,
     seed_ledger,
 )
-from tests.fixtures.postgres import fresh_database
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 """A Friday: the week started on Monday the 10th, the month on the 1st."""
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gpubot.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def _deps(url: str, home: Path, provider: FakeProvider) -> EngineDeps:

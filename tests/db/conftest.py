@@ -1,0 +1,5 @@
+"""The SQLite-then-PostgreSQL database fixtures (tests/fixtures/postgres.py)."""
+
+from tests.fixtures.postgres import database_url, postgres_url
+
+__all__ = ["database_url", "postgres_url"]
