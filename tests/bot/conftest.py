@@ -246,8 +246,10 @@ def command_body(
 
 def action_body(
     action_id: str, value: str, *, user: str, channel: str = CHANNEL,
-    response_url: str = "http://127.0.0.1:9/webhook",
+    response_url: str = "http://127.0.0.1:9/webhook", from_home: bool = False,
 ) -> str:
+    """A block_actions payload as Slack sends it for a button in a message in ``channel``,
+    or, ``from_home``, on the App Home: a view (no channel, no message, no response_url)."""
     payload: dict[str, Any] = {
         "type": "block_actions",
         "team": {"id": "T0FAKE", "domain": "fake"},
@@ -255,10 +257,6 @@ def action_body(
         "api_app_id": "A0GPUBOT",
         "token": "deprecated",
         "trigger_id": "999.888.777",
-        "channel": {"id": channel, "name": "gpu"},
-        "container": {"type": "message", "message_ts": "1700000001.000001", "channel_id": channel},
-        "message": {"ts": "1700000001.000001", "text": "x"},
-        "response_url": response_url,
         "actions": [
             {
                 "type": "button",
@@ -269,6 +267,16 @@ def action_body(
             }
         ],
     }
+    if from_home:
+        payload["container"] = {"type": "view", "view_id": "V0HOME01"}
+        payload["view"] = {"id": "V0HOME01", "type": "home", "blocks": []}
+    else:
+        payload["channel"] = {"id": channel, "name": "gpu"}
+        payload["container"] = {
+            "type": "message", "message_ts": "1700000001.000001", "channel_id": channel,
+        }
+        payload["message"] = {"ts": "1700000001.000001", "text": "x"}
+        payload["response_url"] = response_url
     return "payload=" + quote(json.dumps(payload))
 
 

@@ -222,11 +222,10 @@ def test_the_worker_tasks_take_every_field_the_bot_enqueues() -> None:
     from urllib.parse import unquote
 
     from bot.answers import action_request, command_request
-    from tests.bot.test_home_clicks import home_click
     from workers.tasks import answer_action_task, answer_command_task
 
     for body in (action_body("job.cancel", "j-1", user=ALICE),
-                 home_click("job.cancel", "j-1", user=ALICE)):
+                 action_body("job.cancel", "j-1", user=ALICE, from_home=True)):
         payload = _json.loads(unquote(body.removeprefix("payload=")))
         request = action_request(payload, payload["actions"][0])
         inspect.signature(answer_action_task.run).bind(**request)

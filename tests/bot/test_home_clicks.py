@@ -7,10 +7,6 @@ DM. Clicks go through the signed HTTP endpoint and the inline answer path, to th
 
 from __future__ import annotations
 
-import json
-from typing import Any
-from urllib.parse import quote
-
 import pytest
 from sqlalchemy import select
 from werkzeug.test import Client
@@ -21,7 +17,17 @@ from gpubot.db.tables import AuditEventRow
 from gpubot.deps import EngineDeps
 from gpubot.render.blocks import ACTION_CANCEL
 from gpubot.testing.fakes import seed_job
-from tests.bot.conftest import ADMIN, ALICE, CHANNEL, CONFIG_TOML, FORM, MALLORY, sign, wait_until
+from tests.bot.conftest import (
+    ADMIN,
+    ALICE,
+    CHANNEL,
+    CONFIG_TOML,
+    FORM,
+    MALLORY,
+    action_body,
+    sign,
+    wait_until,
+)
 from tests.fixtures.slack_fake import SlackFake
 
 JOB = "j-home0001"
@@ -33,30 +39,6 @@ def config() -> BotConfig:
     channel would be refused."""
     roles = CONFIG_TOML.replace("[roles]\n", f'[roles]\nallowed_channels = ["{CHANNEL}"]\n')
     return load_config_text(roles)
-
-
-def home_click(action_id: str, value: str, *, user: str) -> str:
-    """A block_actions payload as Slack sends it for a button on the App Home."""
-    payload: dict[str, Any] = {
-        "type": "block_actions",
-        "team": {"id": "T0FAKE", "domain": "fake"},
-        "user": {"id": user, "team_id": "T0FAKE"},
-        "api_app_id": "A0GPUBOT",
-        "token": "deprecated",
-        "trigger_id": "999.888.777",
-        "container": {"type": "view", "view_id": "V0HOME01"},
-        "view": {"id": "V0HOME01", "type": "home", "blocks": []},
-        "actions": [
-            {
-                "type": "button",
-                "action_id": action_id,
-                "block_id": f"home:{value}",
-                "value": value,
-                "action_ts": "1700000003.000000",
-            }
-        ],
-    }
-    return "payload=" + quote(json.dumps(payload))
 
 
 def _seed(deps: EngineDeps) -> None:
@@ -75,7 +57,7 @@ def _published_for(slack: SlackFake, user: str) -> int:
 
 
 def _click(http: Client, user: str) -> None:
-    body = home_click(ACTION_CANCEL, JOB, user=user)
+    body = action_body(ACTION_CANCEL, JOB, user=user, from_home=True)
     response = http.post("/slack/events", data=body, headers={**FORM, **sign(body)})
     assert response.status_code == 200
 
