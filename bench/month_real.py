@@ -483,8 +483,11 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
                 if row.state == "running":
                     due = idle_next_decision_at(deps, row)
                     if due is not None:
-                        # the engine's own idle/stuck deadline (window or grace)
-                        nxt = min(nxt, _grid_ceil(_epoch(due), t0, tick_s))
+                        # the engine's own idle/stuck deadline (window or grace), acted on by
+                        # the job's next step (not before its due_at)
+                        at = max(_epoch(due), _epoch(row.due_at))
+                        nxt = min(nxt, max(_grid_ceil(at, t0, tick_s),
+                                           _grid_floor(t, t0, tick_s) + tick_s))
                     elif row.kind == "interactive":
                         busy = True
                     else:

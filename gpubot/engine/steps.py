@@ -746,8 +746,15 @@ def _step_setting_up(deps: EngineDeps, job: JobRow, instance: InstanceRow | None
     if started.phase == "failed":
         return _teardown(job, outcome=JobState.FAILED, reason=started.message)
     if started.phase == "run":
+        # The idle/stuck clock starts afresh on this rental: an ``idle_since`` left from a
+        # lost one (outbid while idle) would call the new process stuck at its first poll.
         return StepResult(
-            changes={"state": JobState.RUNNING.value, "phase_detail": ""},
+            changes={
+                "state": JobState.RUNNING.value,
+                "phase_detail": "",
+                "idle_since": None,
+                "idle_warned_at": None,
+            },
             notes=[lambda s, j: events.started(s, j)],
         )
     if deps.clock() - job.step_started_at > SETUP_DEADLINE:
