@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -162,3 +163,24 @@ def test_an_exited_job_is_collected_and_destroyed_in_the_step_that_sees_the_exit
     assert job.exit_code == 0
     assert provider.destroyed == ["101"]
     assert rows[0].destroy_requested_at == clock()
+
+
+def test_a_new_rental_starts_its_idle_clock_afresh(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a job re-rented after an outbid that came while its GPU idled (idle_since kept)
+    _seed_running(deps, provider, clock, ProviderStatus.RUNNING)
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        job.state = JobState.SETTING_UP.value
+        job.idle_since = clock() - timedelta(minutes=30)
+    monkeypatch.setattr(_FakeRemote, "start",
+                        lambda self, job, template: remote_job.StartResult("run"), raising=False)
+    # when its process starts on the new instance
+    _advance_once(deps, clock)
+    # then it runs with no idle clock: its first idle poll starts one
+    job, _ = _state(deps)
+    assert job.state == JobState.RUNNING.value
+    assert job.idle_since is None and job.idle_warned_at is None
