@@ -144,6 +144,20 @@ def _read_small(path: str, cleanup: str) -> str:
     return f"head -c {CONTROL_FILE_MAX_BYTES} {path} 2>/dev/null | {cleanup}"
 
 
+def _settle_exit_code(exit_file: str, read_ec: str) -> str:
+    """Shell, after ``ec`` was read and ``running`` decided: the job may have ended between
+    the two (its wrapper renames the exit-code file into place atomically), so a file that
+    appeared meanwhile is read again and wins (``running=false``); -1 only for an exit-code
+    file that holds no number. (Once, the check said "-1" for a job that had just ended with
+    0: the file was absent at the read and present at the check.)"""
+    return (
+        f'if [ -z "$ec" ] && [ -f {exit_file} ]; then\n'
+        f"  ec=$({read_ec}); running=false\n"
+        '  [ -n "$ec" ] || ec=-1\n'
+        "fi\n"
+    )
+
+
 def _tail_lines(path: str, lines: int, max_bytes: int) -> str:
     """Shell printing the last ``lines`` lines of ``path`` (quoted) within its last
     ``max_bytes`` bytes; prints nothing (status 0) when the file is absent.
@@ -424,8 +438,8 @@ def status_script(layout: RemoteLayout, *, stage: Stage = "job") -> str:
         f"ec=$({read_ec})\n"
         "running=false\n"
         'if [ -n "$pid" ] && [ -z "$ec" ] && kill -0 "$pid" 2>/dev/null; then running=true; fi\n'
-        f"[ -f {exit_file} ] && [ -z \"$ec\" ] && ec=-1\n"
-        f"logsize=$(wc -c < {log} 2>/dev/null | tr -cd 0-9)\n"
+        + _settle_exit_code(exit_file, read_ec)
+        + f"logsize=$(wc -c < {log} 2>/dev/null | tr -cd 0-9)\n"
         f"if [ -f {progress} ]; then "
         f"prog=\"\\\"$(head -c {PROGRESS_MAX_BYTES} {progress} | {_JSON_STRING_FILTER})\\\"\"; "
         "else prog=null; fi\n"
@@ -523,8 +537,8 @@ def poll_script(
         f"ec=$({read_ec})\n"
         "running=false\n"
         'if [ -n "$pid" ] && [ -z "$ec" ] && kill -0 "$pid" 2>/dev/null; then running=true; fi\n'
-        f'[ -f {exit_file} ] && [ -z "$ec" ] && ec=-1\n'
-        f"set -- $(stat -c '%s %Y' {log} 2>/dev/null)\n"
+        + _settle_exit_code(exit_file, read_ec)
+        + f"set -- $(stat -c '%s %Y' {log} 2>/dev/null)\n"
         "logsize=${1:-0}; logmtime=${2:-0}\n"
         f"set -- $(stat -c '%s %Y' {progress} 2>/dev/null)\n"
         "psize=${1:-0}; pmtime=${2:-0}\n"
