@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -846,25 +847,31 @@ def main(argv: list[str] | None = None) -> int:
         from gpubot.settings import Settings
 
         home = Settings().home
+    # Ctrl-C (SIGINT) and SIGTERM only set this event, from the moment before the server
+    # starts: a KeyboardInterrupt raised between the start and a ``try`` (the window after the
+    # URL is printed) once left the server unstopped and the process hanging at exit.
+    stop_requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop_requested.set())
     server = SimServer(home=home, host=args.host, port=args.port, seed=args.seed,
                        speed=args.speed, api_key=args.api_key,
                        outbid_rate_per_hour=args.outbid_rate, offer_count=args.offers,
                        settings=settings)
     server.start()
-    print(f"gpubot sim: serving {server.url}  (state in {server.home / 'sim'})")
-    changed = {k: v for k, v in settings.to_json().items()
-               if v != getattr(SimSettings(), k)}
-    print(f"  settings: {json.dumps(changed) if changed else 'defaults'}")
-    print(f"  API key:  {server.api_key}")
-    print(f"  bot/SDK:  export VAST_URL={server.url} VAST_API_KEY={server.api_key}")
-    print(f"  CLI:      VAST_URL={server.url} vastai --url {server.url} "
-          f"--api-key {server.api_key} search offers 'gpu_name=RTX_4090'")
-    print(f"  Python:   VastAI(api_key={server.api_key!r}, server_url={server.url!r})")
-    print("Ctrl-C to stop.", flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        print("stopping…")
+        print(f"gpubot sim: serving {server.url}  (state in {server.home / 'sim'})")
+        changed = {k: v for k, v in settings.to_json().items()
+                   if v != getattr(SimSettings(), k)}
+        print(f"  settings: {json.dumps(changed) if changed else 'defaults'}")
+        print(f"  API key:  {server.api_key}")
+        print(f"  bot/SDK:  export VAST_URL={server.url} VAST_API_KEY={server.api_key}")
+        print(f"  CLI:      VAST_URL={server.url} vastai --url {server.url} "
+              f"--api-key {server.api_key} search offers 'gpu_name=RTX_4090'")
+        print(f"  Python:   VastAI(api_key={server.api_key!r}, server_url={server.url!r})")
+        print("Ctrl-C to stop.", flush=True)
+        stop_requested.wait()
+        print("stopping…", flush=True)
     finally:
         server.stop()
     return 0

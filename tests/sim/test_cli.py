@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from vastai import VastAI
 
 from gpubot.sim.server import SimServer
@@ -55,7 +56,8 @@ def test_cli_search_create_show_destroy(sim: SimServer, vast: VastAI, tmp_path: 
     assert "404" in gone.stderr or "no_such_instance" in gone.stdout + gone.stderr
 
 
-def test_main_prints_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_main_prints_url_and_stops_on_ctrl_c_or_sigterm(tmp_path: Path, signum: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from gpubot.sim.server import main; "
          "sys.exit(main(sys.argv[1:]))", "--home", str(tmp_path), "--seed", "4",
@@ -68,8 +70,9 @@ def test_main_prints_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:")
         offers = VastAI(api_key="k-123", server_url=url).search_offers(limit=50)
         assert len(offers) <= 20 and offers
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
         assert (tmp_path / "sim" / "state.json").is_file()
     finally:
         if proc.poll() is None:
