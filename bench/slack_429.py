@@ -66,12 +66,12 @@ def scenario(name: str, tmp: Path, *, jobs: int, interval: float, pacing: float,
 
     from bot.delivery import SlackDeliverer
     from gpubot.pace import make_slots
-    from gpubot.testing.fakes import sqlite_deps
+    from gpubot.testing.fakes import fake_deps
     from tests.fixtures.slack_fake import SlackFake
 
     slack = SlackFake(token=TOKEN, post_interval_seconds=interval, retry_after=interval).start()
     try:
-        deps = sqlite_deps(tmp)
+        deps = fake_deps(tmp)
         c.quiet()
         fill_outbox(deps, jobs)
         prefix = f"bench-slack-pace:{uuid.uuid4().hex}"

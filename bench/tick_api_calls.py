@@ -58,7 +58,7 @@ def measure(n: int, tmp: Path) -> list[list[object]]:
     from gpubot.models import JobState
     from gpubot.providers.vastai.provider import VastAIProvider
     from gpubot.sim.server import SimServer
-    from gpubot.testing.fakes import FakeClock, seed_instance, seed_job, sqlite_deps
+    from gpubot.testing.fakes import FakeClock, fake_deps, seed_instance, seed_job
 
     sim = SimServer(home=tmp / f"sim{n}", speed=0.0, offer_count=max(300, n + 50)).start()
     try:
@@ -88,7 +88,7 @@ def measure(n: int, tmp: Path) -> list[list[object]]:
         sim.app.dispatch = counting_dispatch  # type: ignore[method-assign]
 
         clock = FakeClock()
-        deps = sqlite_deps(tmp / f"home{n}", clock=clock)
+        deps = fake_deps(tmp / f"home{n}", clock=clock)
         provider = CountingProvider(VastAIProvider(api_key=sim.api_key, server_url=sim.url))
         deps.provider = provider  # type: ignore[assignment]
         with session_scope(deps.sessions) as session:

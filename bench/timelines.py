@@ -82,10 +82,10 @@ class BusyRunner:
 
 
 def make_deps(home: Path, tick_s: float, start: datetime) -> tuple[Any, Any, Kicker]:
-    from gpubot.testing.fakes import FakeClock, FakeProvider, sqlite_deps
+    from gpubot.testing.fakes import FakeClock, FakeProvider, fake_deps
 
     provider = FakeProvider()
-    deps = sqlite_deps(home, provider=provider, clock=FakeClock(start))
+    deps = fake_deps(home, provider=provider, clock=FakeClock(start))
     deps.settings = deps.settings.model_copy(update={"tick_seconds": tick_s})
     kicker = Kicker()
     deps.enqueuer = kicker

@@ -204,17 +204,19 @@ def refuse_ssh(target: SSHTarget, *, known_host_key: str | None) -> Runner:
     raise SSHConnectError(f"fake: no SSH in this test ({target.host})")
 
 
-def sqlite_deps(
+def fake_deps(
     home: Path,
     *,
+    database_url: str | None = None,
     provider: FakeProvider | None = None,
     clock: FakeClock | None = None,
     config: BotConfig | None = None,
     label_prefix: str = "gpubot",
 ) -> EngineDeps:
-    """EngineDeps on a fresh SQLite database in ``home`` migrated to head (Alembic)."""
+    """EngineDeps with fakes (provider, store, no SSH) on ``database_url`` (default: a fresh
+    SQLite file in ``home``), migrated to head (Alembic)."""
     home.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{home / 'gpubot.db'}"
+    url = database_url or f"sqlite:///{home / 'gpubot.db'}"
     upgrade_to_head(url)
     settings = Settings(home=home, database_url=url, label_prefix=label_prefix)
     return EngineDeps(

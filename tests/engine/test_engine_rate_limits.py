@@ -19,14 +19,14 @@ from gpubot.engine.steps import MAX_CONSECUTIVE_ERRORS, advance_job
 from gpubot.models import JobState
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.sim.server import SimServer
-from gpubot.testing.fakes import FakeClock, seed_job, sqlite_deps
+from gpubot.testing.fakes import FakeClock, fake_deps, seed_job
 from tests.engine.conftest import SIM_API_KEY as KEY
 
 
 @pytest.fixture
 def deps(tmp_path: Path, sim: SimServer, clock: FakeClock) -> EngineDeps:
     provider = VastAIProvider(api_key=KEY, server_url=sim.url, retry_attempts=1)
-    return sqlite_deps(tmp_path / "home", provider=provider, clock=clock)  # type: ignore[arg-type]
+    return fake_deps(tmp_path / "home", provider=provider, clock=clock)  # type: ignore[arg-type]
 
 
 def _renting_job(deps: EngineDeps, job_id: str, resources: dict[str, object]) -> None:

@@ -23,7 +23,7 @@ from gpubot.models import JobState
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.providers.vastai.pace import LocalPace
 from gpubot.sim.server import SimServer
-from gpubot.testing.fakes import FakeClock, seed_instance, seed_job, sqlite_deps
+from gpubot.testing.fakes import FakeClock, fake_deps, seed_instance, seed_job
 from tests.engine.conftest import SIM_API_KEY as KEY
 
 
@@ -35,7 +35,7 @@ def pace() -> LocalPace:
 @pytest.fixture
 def deps(tmp_path: Path, sim: SimServer, clock: FakeClock, pace: LocalPace) -> EngineDeps:
     provider = VastAIProvider(api_key=KEY, server_url=sim.url, retry_attempts=1, pace=pace)
-    return sqlite_deps(tmp_path / "home", provider=provider, clock=clock)  # type: ignore[arg-type]
+    return fake_deps(tmp_path / "home", provider=provider, clock=clock)  # type: ignore[arg-type]
 
 
 def _job(deps: EngineDeps, job_id: str) -> JobRow:

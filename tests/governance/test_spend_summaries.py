@@ -17,14 +17,12 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, insert, select
 
-from gpubot.config import load_config
 from gpubot.db import spend as summaries
 from gpubot.db.engine import (
     make_engine,
     make_sessionmaker,
     migrations_dir,
     session_scope,
-    upgrade_to_head,
 )
 from gpubot.db.tables import LedgerEntryRow
 from gpubot.deps import EngineDeps
@@ -32,13 +30,11 @@ from gpubot.engine.tick import reconcile_tick
 from gpubot.governance import enforce, gate, limits, reports
 from gpubot.governance.periods import EPOCH, period_start
 from gpubot.groups.budget import group_spent_usd
-from gpubot.settings import Settings
 from gpubot.testing.fakes import (
     FakeClock,
     FakeProvider,
-    MemoryStore,
+    fake_deps,
     observation,
-    refuse_ssh,
     seed_instance,
     seed_job,
     seed_ledger,
@@ -49,19 +45,7 @@ CHANNELS = ("C1", "C2")
 
 
 def _deps(url: str, home: Path, provider: FakeProvider, clock: FakeClock) -> EngineDeps:
-    home.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(url)
-    return EngineDeps(
-        settings=Settings(home=home, database_url=url),
-        config=load_config(None),
-        sessions=make_sessionmaker(make_engine(url)),
-        provider=provider,
-        store=MemoryStore(),
-        connect=refuse_ssh,
-        ssh_key_path=home / "id_ed25519",
-        ssh_public_key="ssh-ed25519 AAAAfake test@gpubot",
-        clock=clock,
-    )
+    return fake_deps(home, database_url=url, provider=provider, clock=clock)
 
 
 def _seed_fleet(deps: EngineDeps, provider: FakeProvider, rng: random.Random, n: int) -> None:

@@ -14,22 +14,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select
 
-from gpubot.config import load_config
 from gpubot.db import spend as summaries
-from gpubot.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_to_head
+from gpubot.db.engine import session_scope
 from gpubot.db.tables import BudgetRow, InstanceRow, LedgerEntryRow
 from gpubot.deps import EngineDeps
 from gpubot.engine.tick import reconcile_tick
 from gpubot.governance import limits
 from gpubot.governance.periods import period_start
 from gpubot.notify import audit
-from gpubot.settings import Settings
 from gpubot.testing.fakes import (
     FakeClock,
     FakeProvider,
-    MemoryStore,
+    fake_deps,
     observation,
-    refuse_ssh,
     seed_instance,
     seed_job,
     seed_ledger,
@@ -40,19 +37,7 @@ NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 
 
 def _deps(url: str, home: Path, provider: FakeProvider) -> EngineDeps:
-    home.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(url)
-    return EngineDeps(
-        settings=Settings(home=home, database_url=url),
-        config=load_config(None),
-        sessions=make_sessionmaker(make_engine(url)),
-        provider=provider,
-        store=MemoryStore(),
-        connect=refuse_ssh,
-        ssh_key_path=home / "id_ed25519",
-        ssh_public_key="ssh-ed25519 AAAAfake test@gpubot",
-        clock=FakeClock(NOW),
-    )
+    return fake_deps(home, database_url=url, provider=provider, clock=FakeClock(NOW))
 
 
 def test_daily_spend_agrees_with_spend_and_the_ledger(database_url: str, tmp_path: Path) -> None:
