@@ -15,9 +15,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from sqlalchemy import select
 from werkzeug.test import Client
 
 from gpubot.config import BotConfig, load_config_text
+from gpubot.db.engine import session_scope
+from gpubot.db.tables import JobRow
 from gpubot.deps import EngineDeps
 from gpubot.models import AccountInfo, InstanceObservation, LaunchSpec, Offer, Requirements
 from gpubot.settings import Settings
@@ -322,3 +325,21 @@ def shown_to_user(ack_text: str, posts: list[dict[str, Any]]) -> list[str]:
         else:
             shown.append(str(post.get("text", "")))
     return shown
+
+
+def all_jobs(deps: EngineDeps) -> list[JobRow]:
+    """Every job row, detached."""
+    with session_scope(deps.sessions) as session:
+        return list(session.scalars(select(JobRow)))
+
+
+def post_signed(http: Client, body: str, extra: dict[str, str] | None = None) -> tuple[int, str]:
+    """POST a form body to /slack/events signed as Slack would; (status, response text)."""
+    headers = {**FORM, **sign(body), **(extra or {})}
+    response = http.post("/slack/events", data=body, headers=headers)
+    return response.status_code, response.get_data(as_text=True)
+
+
+def webhook_posts(slack: SlackFake, path: str) -> list[dict[str, object]]:
+    """What the bot posted to the fake's response_url ``path``, in order."""
+    return [p.params for p in list(slack.webhook_log) if p.path == path]

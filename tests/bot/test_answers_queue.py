@@ -23,20 +23,21 @@ from werkzeug.test import Client
 from bot.answers import ANSWER_ACTION_TASK, ANSWER_COMMAND_TASK
 from bot.listeners import WORKING
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import AuditEventRow, JobRow
+from gpubot.db.tables import AuditEventRow
 from gpubot.deps import EngineDeps
 from gpubot.settings import Settings
 from tests.bot.conftest import (
     ALICE,
     CHANNEL,
-    FORM,
     OFFERS,
     GatedOffersProvider,
     action_body,
+    all_jobs,
     command_body,
+    post_signed,
     shown_to_user,
-    sign,
     wait_until,
+    webhook_posts,
 )
 from tests.fixtures.slack_fake import SlackFake
 from tests.services_available import require_redis
@@ -109,19 +110,7 @@ def queued_http(deps: EngineDeps) -> Client:
     return Client(make_wsgi_app(app, deps))
 
 
-def _jobs(deps: EngineDeps) -> list[JobRow]:
-    with session_scope(deps.sessions) as session:
-        return list(session.scalars(select(JobRow)))
 
-
-def _post(http: Client, body: str, extra: dict[str, str] | None = None) -> tuple[int, str]:
-    headers = {**FORM, **sign(body), **(extra or {})}
-    response = http.post("/slack/events", data=body, headers=headers)
-    return response.status_code, response.get_data(as_text=True)
-
-
-def _posts(slack: SlackFake, path: str) -> list[dict[str, object]]:
-    return [p.params for p in list(slack.webhook_log) if p.path == path]
 
 
 def test_train_and_offers_are_acked_at_once_and_answered_by_the_worker(
@@ -133,18 +122,21 @@ def test_train_and_offers_are_acked_at_once_and_answered_by_the_worker(
     offers = command_body("offers gpu=4090", trigger="1.1.offers",
                           response_url=base + "/webhook/q/o")
 
-    acks = [_post(queued_http, train), _post(queued_http, offers)]  # searches still blocked
+    # searches still blocked
+    acks = [post_signed(queued_http, train), post_signed(queued_http, offers)]
 
     for status, ack in acks:
         assert status == 200
         assert json.loads(ack) == {"text": WORKING, "response_type": "ephemeral"}
-    assert _posts(slack, "/webhook/q/t") == [] and _jobs(deps) == []
+    assert webhook_posts(slack, "/webhook/q/t") == [] and all_jobs(deps) == []
     provider.gate.set()
-    wait_until(lambda: _posts(slack, "/webhook/q/t") and _posts(slack, "/webhook/q/o"),
-               what="both answers", timeout_s=30)
-    [job] = _jobs(deps)
-    [shown_train] = shown_to_user(WORKING, _posts(slack, "/webhook/q/t"))
-    [shown_offers] = shown_to_user(WORKING, _posts(slack, "/webhook/q/o"))
+    wait_until(
+        lambda: webhook_posts(slack, "/webhook/q/t") and webhook_posts(slack, "/webhook/q/o"),
+        what="both answers", timeout_s=30,
+    )
+    [job] = all_jobs(deps)
+    [shown_train] = shown_to_user(WORKING, webhook_posts(slack, "/webhook/q/t"))
+    [shown_offers] = shown_to_user(WORKING, webhook_posts(slack, "/webhook/q/o"))
     assert job.id in shown_train and "RTX 3090" in shown_train
     assert "RTX 4090" in shown_offers and WORKING not in shown_offers
     [spy] = worker
@@ -159,21 +151,21 @@ def test_a_redelivered_command_creates_one_job(
     path = "/webhook/q/retry"
     body = command_body("train lr=2e-5", trigger="777.888.retry",
                         response_url=slack.webhook_url.split("/webhook/")[0] + path)
-    first = _post(queued_http, body)
-    retry = _post(queued_http, body,
+    first = post_signed(queued_http, body)
+    retry = post_signed(queued_http, body,
                   {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
-    again = _post(queued_http, body)
+    again = post_signed(queued_http, body)
     assert [first[0], retry[0], again[0]] == [200, 200, 200]
     assert all(json.loads(a[1])["text"] == WORKING for a in (first, retry, again))
     provider.gate.set()
-    wait_until(lambda: len(_posts(slack, path)) >= 3, what="three answers", timeout_s=30)
-    [job] = _jobs(deps)
+    wait_until(lambda: len(webhook_posts(slack, path)) >= 3, what="three answers", timeout_s=30)
+    [job] = all_jobs(deps)
     with session_scope(deps.sessions) as session:
         launches = session.scalar(
             select(func.count()).select_from(AuditEventRow).where(AuditEventRow.action == "launch")
         )
     assert launches == 1
-    texts = [str(p.get("text", "")) for p in _posts(slack, path)]
+    texts = [str(p.get("text", "")) for p in webhook_posts(slack, path)]
     assert all(job.id in t for t in texts)
     assert sum("Already handled" in t for t in texts) == 2
 
@@ -195,11 +187,11 @@ def test_an_unreachable_broker_still_gets_the_command_answered_in_process(
     ))
     path = "/webhook/q/nobroker"
     body = command_body("help", response_url=slack.webhook_url.split("/webhook/")[0] + path)
-    status, ack = _post(http, body)
+    status, ack = post_signed(http, body)
     assert status == 200 and json.loads(ack)["text"] == WORKING
-    wait_until(lambda: bool(_posts(slack, path)), what="the in-process answer")
+    wait_until(lambda: bool(webhook_posts(slack, path)), what="the in-process answer")
     assert sent == [ANSWER_COMMAND_TASK]
-    [shown] = shown_to_user(WORKING, _posts(slack, path))
+    [shown] = shown_to_user(WORKING, webhook_posts(slack, path))
     assert shown and WORKING not in shown
 
 

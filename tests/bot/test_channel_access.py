@@ -19,7 +19,7 @@ from bot.channel_access import ChannelAccess, manifest_bot_scopes
 from bot.http import make_wsgi_app
 from gpubot.config import BotConfig
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import AuditEventRow, JobRow
+from gpubot.db.tables import AuditEventRow
 from gpubot.deps import EngineDeps
 from gpubot.providers.vastai.provider import VastAIProvider
 from gpubot.sim.control import SimControl
@@ -30,6 +30,7 @@ from tests.bot.conftest import (
     FORM,
     Kicks,
     MemoryStore,
+    all_jobs,
     command_body,
     make_settings,
     shown_to_user,
@@ -80,10 +81,6 @@ def _launch(front: Client, slack: SlackFake, channel: str, trigger: str) -> list
     return shown_to_user("Working on it…", posts())
 
 
-def _jobs(deps: EngineDeps) -> list[JobRow]:
-    with session_scope(deps.sessions) as session:
-        return list(session.scalars(select(JobRow)))
-
 
 def _live_instances(sim: SimServer) -> list[object]:
     return list(SimControl(sim.url, sim.api_key).state().get("instances") or [])
@@ -98,7 +95,7 @@ def test_launch_where_the_bot_is_not_a_member_rents_nothing_and_asks_for_an_invi
     [shown] = _launch(front, slack, CHANNEL, "1.1.1")
 
     assert "/invite @gpubot" in shown and "nothing was launched" in shown
-    assert _jobs(sim_deps) == []
+    assert all_jobs(sim_deps) == []
     assert kicks.count == 0
     assert _live_instances(sim) == []
     assert slack.calls_to("chat.postMessage") == []
@@ -117,7 +114,7 @@ def test_private_channel_hidden_from_the_bot_is_refused(
     slack.scopes = "commands,chat:write,chat:write.public,channels:read,groups:read"
     [shown] = _launch(front, slack, PRIVATE, "2.2.2")
     assert "/invite @gpubot" in shown
-    assert _jobs(sim_deps) == []
+    assert all_jobs(sim_deps) == []
 
 
 def test_public_channel_with_chat_write_public_launches_and_the_answer_is_cached(
@@ -127,7 +124,7 @@ def test_public_channel_with_chat_write_public_launches_and_the_answer_is_cached
     slack.scopes = "commands,chat:write,chat:write.public,channels:read,groups:read"
     [first] = _launch(front, slack, PUBLIC, "3.3.3")
     [second] = _launch(front, slack, PUBLIC, "3.3.4")
-    jobs = _jobs(sim_deps)
+    jobs = all_jobs(sim_deps)
     assert len(jobs) == 2 and {j.channel for j in jobs} == {PUBLIC}
     assert jobs[0].id in first + second and jobs[1].id in first + second
     assert kicks.count == 2
@@ -140,7 +137,7 @@ def test_member_channel_launches_and_read_only_verbs_are_never_checked(
 ) -> None:
     slack.strict(channels={CHANNEL})
     [shown] = _launch(front, slack, CHANNEL, "4.4.4")
-    [job] = _jobs(sim_deps)
+    [job] = all_jobs(sim_deps)
     assert job.id in shown
     body = command_body(
         "jobs", channel="CNOTKNOWN", trigger="4.4.5", response_url=slack.webhook_url
