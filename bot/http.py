@@ -27,7 +27,8 @@ from werkzeug.wrappers import Request, Response
 
 from bot.ack_gate import GATE
 from gpubot.db.engine import session_scope
-from gpubot.db.tables import CounterRow, InstanceRow, JobRow, LedgerEntryRow, MessageRow
+from gpubot.db.spend import TEAM_ID, from_e8
+from gpubot.db.tables import CounterRow, InstanceRow, JobRow, MessageRow, SpendSummaryRow
 from gpubot.deps import EngineDeps
 from gpubot.models import JobState
 
@@ -45,7 +46,13 @@ def metrics_text(deps: EngineDeps) -> str:
         live_instances = session.scalar(
             select(func.count()).select_from(InstanceRow).where(InstanceRow.destroyed_at.is_(None))
         )
-        ledger = session.scalar(select(func.coalesce(func.sum(LedgerEntryRow.amount_usd), 0)))
+        # The team's per-day spend summaries hold every ledger entry (kept in the ledger's
+        # own transaction): a few rows per day, not a scan of the ledger per scrape.
+        ledger = from_e8(session.scalar(
+            select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+                SpendSummaryRow.scope == "team", SpendSummaryRow.scope_id == TEAM_ID
+            )
+        ))
         backlog = session.scalar(
             select(func.count()).select_from(MessageRow).where(MessageRow.dirty.is_(True))
         )

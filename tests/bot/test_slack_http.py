@@ -254,6 +254,16 @@ def test_healthz_and_metrics(http: Client, deps: EngineDeps, slack: SlackFake) -
     # the job's card and the requester's App Home, not yet delivered
     assert "gpubot_outbox_backlog 2" in metrics
     assert "gpubot_live_instances 0" in metrics
+    assert "gpubot_ledger_total_usd 0.000000" in metrics
+    # the ledger total is what the ledger holds, entries without a job included (read from
+    # its spend summaries)
+    from gpubot.testing.fakes import seed_ledger
+
+    with session_scope(deps.sessions) as session:
+        seed_ledger(session, [(job.id, job.requester, job.channel, "compute", "0.125"),
+                              (None, "", "", "storage", "0.000001")])
+    metrics = http.get("/metrics").get_data(as_text=True)
+    assert "gpubot_ledger_total_usd 0.125001" in metrics
     assert http.get("/nope").status_code == 404
 
 
