@@ -10,6 +10,7 @@ import pytest
 
 from gpubot.sim.server import SimServer
 from tests.fixtures.fake_deps import OPS_CHANNEL, clock, deps, ops_channel, provider
+from tests.fixtures.sim import running_sim
 
 SIM_API_KEY = "sk-gpubot-engine-tests"
 
@@ -19,11 +20,7 @@ __all__ = ["OPS_CHANNEL", "SIM_API_KEY", "clock", "deps", "ops_channel", "provid
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
     """The simulator on a free port, real time, seed 3, answering ``SIM_API_KEY``."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path / "sim", port=0, seed=3, speed=1.0, api_key=SIM_API_KEY)
-    server.start()
-    try:
+    with running_sim(
+        tmp_path / "sim", monkeypatch, seed=3, speed=1.0, api_key=SIM_API_KEY
+    ) as server:
         yield server
-    finally:
-        server.stop()

@@ -21,6 +21,7 @@ from gpubot.pace import waiting_at_most
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.providers.vastai.pace import LocalPace, Pace, RedisPace, make_pace
 from gpubot.sim.server import SimServer
+from tests.fixtures.sim import running_sim
 from tests.services_available import require_redis
 
 INTERVAL_S = 0.15
@@ -254,14 +255,8 @@ def test_make_pace_picks_redis_for_a_redis_broker(redis_url: str) -> None:
 
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path, port=0, seed=5, speed=1.0, api_key=KEY)
-    server.start()
-    try:
+    with running_sim(tmp_path, monkeypatch, seed=5, speed=1.0, api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_workers_at_the_simulators_exact_interval_never_break_it(

@@ -19,6 +19,7 @@ from gpubot.models import InterruptibleMode, LaunchSpec, RentalChoice, RentalTyp
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.sim.market import HOURS_PER_MONTH
 from gpubot.sim.server import SimServer
+from tests.fixtures.sim import running_sim
 
 KEY = "sk-gpubot-pricing-test"
 DISK_GB = 40
@@ -27,14 +28,8 @@ REQ = Requirements(min_reliability=0.0, verified_only=False, disk_gb=DISK_GB)
 
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path, port=0, seed=11, speed=1.0, api_key=KEY)
-    server.start()
-    try:
+    with running_sim(tmp_path, monkeypatch, seed=11, speed=1.0, api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

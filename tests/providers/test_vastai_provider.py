@@ -24,7 +24,7 @@ from gpubot.providers.base import Provider
 from gpubot.providers.registry import make_provider
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.settings import Settings
-from gpubot.sim.server import SimServer
+from tests.fixtures.sim import running_sim
 
 SECRET = "sk-gpubot-test-SECRET-0123456789abcdef"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bot"
@@ -32,14 +32,8 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okW
 
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path, port=0, seed=7, speed=1.0, api_key=SECRET)
-    server.start()
-    try:
+    with running_sim(tmp_path, monkeypatch, seed=7, speed=1.0, api_key=SECRET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from gpubot.models import LaunchSpec, Offer, Requirements
 from gpubot.providers.vastai import VastAIProvider
 from gpubot.providers.vastai.pace import LocalPace
 from gpubot.sim.server import SimServer
+from tests.fixtures.sim import running_sim
 
 KEY = "sk-gpubot-refusals-test"
 
@@ -72,14 +73,8 @@ class StatusRewriter:
 
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path, port=0, seed=5, speed=1.0, api_key=KEY)
-    server.start()
-    try:
+    with running_sim(tmp_path, monkeypatch, seed=5, speed=1.0, api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _spec(bid: Decimal) -> LaunchSpec:

@@ -13,6 +13,7 @@ from gpubot.providers.vastai.pace import LocalPace, RedisPace
 from gpubot.settings import Settings
 from gpubot.sim.server import SimServer
 from gpubot.wiring import prepare_vast
+from tests.fixtures.sim import running_sim
 from tests.services_available import require_redis
 
 KEY = "sk-gpubot-wiring-test"
@@ -21,14 +22,8 @@ PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi
 
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    server = SimServer(home=tmp_path / "sim", port=0, seed=1, api_key=KEY)
-    server.start()
-    try:
+    with running_sim(tmp_path / "sim", monkeypatch, seed=1, api_key=KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_embedded_broker_gets_a_local_pace_and_the_key_once(
