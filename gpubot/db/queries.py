@@ -105,8 +105,11 @@ def take_claim(
     *,
     now: datetime,
     lock_ttl: timedelta = LOCK_TTL,
+    commit: bool = True,
 ) -> str | None:
-    """Turn the claim ``lock_token`` into a fresh execution token; None if it is not ours.
+    """Turn the claim ``lock_token`` into a fresh execution token; None if it is not ours
+    (the session is then rolled back). ``commit`` False leaves the commit to the caller, who
+    reads the job's instance in the same transaction.
 
     A claim is dispatched as a message, and a message can be delivered twice (a redelivery after
     the broker's visibility timeout, a retry, a duplicate send). Both deliveries would carry the
@@ -125,7 +128,8 @@ def take_claim(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         return None
-    session.commit()
+    if commit:
+        session.commit()
     return new_token
 
 
@@ -136,8 +140,11 @@ def apply_job_update(
     changes: Mapping[str, Any],
     *,
     release: bool = True,
+    commit: bool = True,
 ) -> None:
     """Write ``changes`` to the job if we still hold its lock; release the lock if asked.
+    ``commit`` False leaves the commit to the caller (more writes of the same transaction
+    follow; they are rolled back with it when the lock was lost).
 
     Raises:
         StaleLockError: the lock token no longer matches; nothing was written.
@@ -154,7 +161,8 @@ def apply_job_update(
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise StaleLockError(f"job {job_id}: lock was taken over; results dropped")
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def release_lock(session: Session, job_id: str, lock_token: str) -> None:

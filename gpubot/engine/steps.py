@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gpubot.db.engine import session_scope
 from gpubot.db.queries import (
@@ -105,22 +106,17 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
     that state's step runs next under the same claim (at most :data:`MAX_CHAINED_STEPS`
     more): every step's result is stored before the next one acts, so a crash in between
     leaves the job exactly where an unchained run would have left it."""
-    with session_scope(deps.sessions) as session:
-        job = session.get(JobRow, job_id)
-        if job is None or job.lock_token != lock_token:
-            return
-        claimed_at = claim_time(job.lock_expires_at, now=deps.clock())
-        # A duplicated message (redelivery, retry) carries the same claim token; without this
-        # exchange two workers would run the same step concurrently (e.g. rent twice).
-        token = take_claim(session, job_id, lock_token, now=deps.clock())
-        if token is None:
-            return
-        lock_token = token
+    loaded = _exchange_claim(deps, job_id, lock_token)
+    if loaded is None:
+        return
+    job, instance, claimed_at = loaded
+    lock_token = job.lock_token or ""
     for chained in range(MAX_CHAINED_STEPS + 1):
-        loaded = _load_claimed(deps, job_id, lock_token)
-        if loaded is None:
-            return
-        job, instance = loaded
+        if chained:
+            reloaded = _load_claimed(deps, job_id, lock_token)
+            if reloaded is None:
+                return
+            job, instance = reloaded
         state = JobState(job.state)
         step = _STEPS.get(state)
         if step is None:
@@ -159,16 +155,42 @@ def advance_job(deps: EngineDeps, job_id: str, lock_token: str) -> None:
             return
 
 
+def _exchange_claim(
+    deps: EngineDeps, job_id: str, lock_token: str
+) -> tuple[JobRow, InstanceRow | None, datetime] | None:
+    """Take the claim ``lock_token`` for this delivery (:func:`gpubot.db.queries.take_claim`)
+    and load what the first step needs, in one transaction: the job (detached, holding the
+    new execution token), its current instance and when the tick claimed it. None when the
+    claim is not ours (any more)."""
+    with session_scope(deps.sessions) as session:
+        job = session.get(JobRow, job_id)
+        if job is None or job.lock_token != lock_token:
+            return None
+        now = deps.clock()
+        claimed_at = claim_time(job.lock_expires_at, now=now)
+        # A duplicated message (redelivery, retry) carries the same claim token; without this
+        # exchange two workers would run the same step concurrently (e.g. rent twice).
+        token = take_claim(session, job_id, lock_token, now=now, commit=False)
+        if token is None:
+            return None
+        # The conditional UPDATE changed only the claim; the row read above is otherwise
+        # what this transaction commits on.
+        set_committed_value(job, "lock_token", token)
+        set_committed_value(job, "lock_expires_at", now + LOCK_TTL)
+        session.expunge(job)
+        instance = current_instance(session, job_id)
+        if instance is not None:
+            session.expunge(instance)
+        return job, instance, claimed_at
+
+
 def _load_claimed(
     deps: EngineDeps, job_id: str, lock_token: str
 ) -> tuple[JobRow, InstanceRow | None] | None:
     """The job (detached, fresh) and its current instance, if ``lock_token`` still holds it."""
     with session_scope(deps.sessions) as session:
         job = session.get(JobRow, job_id)
-        if job is None:
-            return None
-        session.refresh(job)
-        if job.lock_token != lock_token:
+        if job is None or job.lock_token != lock_token:
             return None
         session.expunge(job)
         instance = current_instance(session, job_id)
@@ -316,6 +338,9 @@ def _apply(
             changes["due_at"] = next_turn(claimed_at, now=now, tick_seconds=tick_s)
     if result.immediate:
         changes["due_at"] = now
+    unknown = set(changes) - _JOB_COLUMNS
+    if unknown:
+        raise ValueError(f"step changes name no job column: {sorted(unknown)}")
     with session_scope(deps.sessions) as session:
         for instance_id, instance_changes in result.instance_changes.items():
             row = session.get(InstanceRow, instance_id)
@@ -325,25 +350,36 @@ def _apply(
         if result.new_instance is not None:
             session.add(result.new_instance)
         session.flush()
-        fresh = session.get(JobRow, job.id)
-        assert fresh is not None
-        for key, value in changes.items():
-            setattr(fresh, key, value)
-        for note in result.notes:
-            note(session, fresh)
-        events.refresh_card(session, fresh)
-        # Guarded apply: the whole transaction (instances, outbox, job) commits only if we
-        # still hold the lock.
-        session.flush()
+        # Guarded apply: the job's changes are written only if we still hold the lock, and
+        # the whole transaction (instances, job, outbox) commits only then.
         try:
-            apply_job_update(
-                session, job.id, lock_token, {"updated_at": changes["updated_at"]},
-                release=release,
-            )
+            apply_job_update(session, job.id, lock_token, changes, release=release, commit=False)
         except StaleLockError:
             logger.warning("job %s: lock lost, step result dropped", job.id)
             return False
+        fresh = _attached_after(session, job, changes)
+        for note in result.notes:
+            note(session, fresh)
+        events.refresh_card(
+            session, fresh, state_changed=changes.get("state", job.state) != job.state
+        )
     return True
+
+
+_JOB_COLUMNS = frozenset(JobRow.__table__.columns.keys())
+
+
+def _attached_after(session: Session, job: JobRow, changes: Mapping[str, Any]) -> JobRow:
+    """``job`` with ``changes`` applied, attached to ``session`` as the row it has just
+    written (no read): what notes change on it is flushed as one more UPDATE of those
+    columns. Columns the step did not change are as the step loaded them (the card and the
+    notes read them; nothing writes them back)."""
+    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
+    values.update(changes)
+    row = JobRow(**values)
+    make_transient_to_detached(row)
+    session.add(row)
+    return row
 
 
 def _retry_later(deps: EngineDeps, job: JobRow, exc: BaseException) -> StepResult:

@@ -111,14 +111,16 @@ def job_view(session: Session, job: JobRow) -> JobView:
     )
 
 
-def refresh_card(session: Session, job: JobRow) -> None:
+def refresh_card(session: Session, job: JobRow, *, state_changed: bool = True) -> None:
     """Create or bring up to date the job's live card (no-op when nothing visible changed).
 
     A job of its own: the card is its top-level message, the root of its thread (a job from
     before, with a static parent and a card in the thread, keeps that card). A run of a
     group: the card is a message in the group's thread (``thread_key`` = the job id, which
     the outbox resolves to the group's root). A state the requester's App Home has not shown
-    yet queues its republish (:func:`gpubot.notify.outbox.request_home_refresh`)."""
+    yet queues its republish (:func:`gpubot.notify.outbox.request_home_refresh`);
+    ``state_changed`` False (a step that kept the job's state, which the Home was told of when
+    the job entered it) skips that lookup."""
     view = job_view(session, job)
     outbox.upsert_card(
         session,
@@ -130,7 +132,8 @@ def refresh_card(session: Session, job: JobRow) -> None:
         group_id=job.group_id,
     )
     # A new state also republishes the requester's App Home (coalesced per user).
-    outbox.request_home_refresh(session, user=job.requester, job_id=job.id, state=job.state)
+    if state_changed:
+        outbox.request_home_refresh(session, user=job.requester, job_id=job.id, state=job.state)
 
 
 def note(session: Session, job: JobRow, text: str) -> None:
