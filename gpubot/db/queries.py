@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,6 +98,20 @@ def claim_due_jobs(
     return [(job_id, token) for job_id in candidates if job_id in won]
 
 
+_JOBS = JobRow.__table__
+_TAKE_CLAIM = (
+    update(JobRow)
+    .where(JobRow.id == bindparam("b_id"), JobRow.lock_token == bindparam("b_token"))
+    .values(lock_token=bindparam("b_new_token"), lock_expires_at=bindparam("b_expires"))
+    .execution_options(synchronize_session=False)
+)
+"""The claim exchange of :func:`take_claim`, built once (every step runs it)."""
+_GUARDED_UPDATE = _JOBS.update().where(
+    _JOBS.c.id == bindparam("b_id"), _JOBS.c.lock_token == bindparam("b_token")
+)
+"""The guarded write of :func:`apply_job_update`, built once (every step runs it)."""
+
+
 def take_claim(
     session: Session,
     job_id: str,
@@ -120,10 +134,9 @@ def take_claim(
     """
     new_token = uuid.uuid4().hex
     result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.lock_token == lock_token)
-        .values(lock_token=new_token, lock_expires_at=now + lock_ttl)
-        .execution_options(synchronize_session=False)
+        _TAKE_CLAIM,
+        {"b_id": job_id, "b_token": lock_token, "b_new_token": new_token,
+         "b_expires": now + lock_ttl},
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
@@ -152,12 +165,9 @@ def apply_job_update(
     values = dict(changes)
     if release:
         values.update(lock_token=None, lock_expires_at=None)
-    result = session.execute(
-        update(JobRow)
-        .where(JobRow.id == job_id, JobRow.lock_token == lock_token)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    # A Core UPDATE built once: its SET clause is the parameters' column names (compiled
+    # once per set of names), the WHERE the two bound guards.
+    result = session.execute(_GUARDED_UPDATE, {"b_id": job_id, "b_token": lock_token, **values})
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         raise StaleLockError(f"job {job_id}: lock was taken over; results dropped")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -264,12 +264,17 @@ def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> Step
 
 def current_instance(session: Session, job_id: str) -> InstanceRow | None:
     """The job's newest rental that is not verified destroyed."""
-    return session.scalars(
-        select(InstanceRow)
-        .where(InstanceRow.job_id == job_id, InstanceRow.destroyed_at.is_(None))
-        .where(InstanceRow.destroy_requested_at.is_(None))
-        .order_by(InstanceRow.id.desc())
-    ).first()
+    return session.scalars(_CURRENT_INSTANCE, {"job_id": job_id}).first()
+
+
+_CURRENT_INSTANCE = (
+    select(InstanceRow)
+    .where(InstanceRow.job_id == bindparam("job_id"), InstanceRow.destroyed_at.is_(None))
+    .where(InstanceRow.destroy_requested_at.is_(None))
+    .order_by(InstanceRow.id.desc())
+    .limit(1)
+)
+"""Built once: every step loads its job's current instance."""
 
 
 # -- application ------------------------------------------------------------------------------

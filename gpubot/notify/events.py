@@ -22,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gpubot import costs
@@ -42,12 +42,19 @@ def spent_usd(session: Session, job_id: str) -> Decimal:
     """Money the ledger holds for the job (all its rentals), read from the job's per-day spend
     summaries (kept in the ledger's own transaction, exact to the ledger's 10^-8 USD): a few
     rows per job, however long it ran, instead of one ledger row per tick."""
-    total = session.scalar(
-        select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
-            SpendSummaryRow.scope == "job", SpendSummaryRow.scope_id == job_id
-        )
-    )
-    return from_e8(total)
+    return from_e8(session.scalar(_JOB_SPEND, {"job_id": job_id}))
+
+
+_JOB_SPEND = select(func.sum(SpendSummaryRow.amount_usd_e8)).where(
+    SpendSummaryRow.scope == "job", SpendSummaryRow.scope_id == bindparam("job_id")
+)
+_CARD_INSTANCE = (
+    select(InstanceRow)
+    .where(InstanceRow.job_id == bindparam("job_id"), InstanceRow.provider_id.is_not(None))
+    .order_by(InstanceRow.id.desc())
+    .limit(1)
+)
+"""The card's statements, built once: every step refreshes its job's card."""
 
 
 def charged_per_hour_usd(instance: InstanceRow) -> Decimal:
@@ -61,11 +68,7 @@ def charged_per_hour_usd(instance: InstanceRow) -> Decimal:
 def job_view(session: Session, job: JobRow) -> JobView:
     """The plain data of the job's status card (its newest provider-backed rental, progress,
     ETA, spend)."""
-    instance = session.scalars(
-        select(InstanceRow)
-        .where(InstanceRow.job_id == job.id, InstanceRow.provider_id.is_not(None))
-        .order_by(InstanceRow.id.desc())
-    ).first()
+    instance = session.scalars(_CARD_INSTANCE, {"job_id": job.id}).first()
     progress = job.progress or {}
     first = progress.get("first")
     latest = progress.get("latest")

@@ -29,7 +29,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gpubot.db.tables import JobGroupRow, JobRow, MessageRow, utcnow
@@ -117,6 +117,12 @@ def post_parent(
     session.flush()
 
 
+_CARD_OF_JOB = select(MessageRow).where(
+    MessageRow.job_id == bindparam("job_id"), MessageRow.kind == "card"
+)
+"""Built once: every step refreshes its job's card."""
+
+
 def upsert_card(
     session: Session,
     *,
@@ -134,9 +140,7 @@ def upsert_card(
     then edited in place); else it is a message in that thread. Only a new card takes
     ``thread_key``: an existing card stays where it was posted. A card that failed for good
     (:func:`fail`) takes the new content but stays failed: its channel refused it."""
-    card = session.scalars(
-        select(MessageRow).where(MessageRow.job_id == job_id, MessageRow.kind == "card")
-    ).first()
+    card = session.scalars(_CARD_OF_JOB, {"job_id": job_id}).first()
     text = redact(text)
     if card is None:
         _add(session, channel=channel, kind="card", text=text, blocks=blocks,
