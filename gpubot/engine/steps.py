@@ -912,6 +912,17 @@ def _idle_warning_note(text: str) -> Callable[[Session, JobRow], None]:
 def _step_collecting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:
     if instance is None:
         return _teardown(job, outcome=JobState.FAILED, reason="instance gone before collection")
+    if remote_job.verdict_of(instance) in {InstanceVerdict.LOST, InstanceVerdict.STOPPED}:
+        # Outbid (or lost) after the exit and before the collection: its results are out of
+        # reach (SSH to a stopped instance fails until the retries give up and fail the
+        # job). It is lost work like an outbid mid-run: rent another and run it again from
+        # the newest backed-up checkpoint.
+        result = _interrupted(
+            job, instance,
+            f"{remote_job.loss_reason(instance)} before its results were collected",
+        )
+        result.changes["exit_code"] = None
+        return result
     with remote_job.connect(deps, instance) as session:
         _backup_checkpoints_with(session, deps, job)
         results = session.collect_results(job)

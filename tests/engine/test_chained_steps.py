@@ -184,3 +184,27 @@ def test_a_new_rental_starts_its_idle_clock_afresh(
     job, _ = _state(deps)
     assert job.state == JobState.RUNNING.value
     assert job.idle_since is None and job.idle_warned_at is None
+
+
+def test_an_instance_outbid_before_its_results_were_collected_is_replaced_not_failed(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given a job whose process exited 0 (collecting) on an instance the listing now shows
+    # outbid: SSH to it fails, so collecting it would retry until the job failed
+    provider.offers = [_offer("201")]
+    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        job.state, job.exit_code = JobState.COLLECTING.value, 0
+    # when one step runs
+    _advance_once(deps, clock)
+    # then the lost instance is destroyed and another rented: the job runs again
+    job, rows = _state(deps)
+    assert job.state == JobState.BOOTING.value, (job.state, job.reason, job.phase_detail)
+    assert job.attempts == 2 and job.exit_code is None and job.outcome is None
+    assert "outbid" in (job.reason or "") and "collected" in (job.reason or "")
+    assert provider.destroyed == ["101"]
+    assert [spec.label for _, spec in provider.created] == ["gpubot:j-1:2"]
+    assert rows[0].destroy_requested_at == clock()
+    assert asked == []  # read from the listing, no SSH to the stopped instance
