@@ -241,12 +241,20 @@ MAX_CHAINED_STEPS = 3
 def _job_after(deps: EngineDeps, job: JobRow, changes: Mapping[str, Any]) -> JobRow:
     """A transient copy of ``job`` with ``changes`` applied, as the next step would load it
     (``step_started_at`` now when the state changes)."""
-    columns = JobRow.__table__.columns.keys()
-    values = {name: getattr(job, name) for name in columns}
-    values.update({k: v for k, v in changes.items() if k in values})
+    values = {k: v for k, v in changes.items() if k in _JOB_COLUMNS}
     if changes.get("state", job.state) != job.state:
         values["step_started_at"] = deps.clock()
+    return _row_with(job, values)
+
+
+def _row_with(job: JobRow, changes: Mapping[str, Any]) -> JobRow:
+    """A transient copy of ``job`` with ``changes`` (job columns) applied."""
+    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
+    values.update(changes)
     return JobRow(**values)
+
+
+_JOB_COLUMNS = frozenset(JobRow.__table__.columns.keys())
 
 
 def _with_destroy_now(deps: EngineDeps, job: JobRow, result: StepResult) -> StepResult:
@@ -371,17 +379,12 @@ def _apply(
     return True
 
 
-_JOB_COLUMNS = frozenset(JobRow.__table__.columns.keys())
-
-
 def _attached_after(session: Session, job: JobRow, changes: Mapping[str, Any]) -> JobRow:
     """``job`` with ``changes`` applied, attached to ``session`` as the row it has just
     written (no read): what notes change on it is flushed as one more UPDATE of those
     columns. Columns the step did not change are as the step loaded them (the card and the
     notes read them; nothing writes them back)."""
-    values = {name: getattr(job, name) for name in _JOB_COLUMNS}
-    values.update(changes)
-    row = JobRow(**values)
+    row = _row_with(job, changes)
     make_transient_to_detached(row)
     session.add(row)
     return row
