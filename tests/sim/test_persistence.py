@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vastai import VastAI
@@ -71,3 +72,31 @@ def test_restart_keeps_lingering_rows_quota_and_the_drift(tmp_path: Path) -> Non
         assert second.control.rate_limits()["search_quota"]["used"] == 3
         second.control.advance(300)
         assert vast.show_instance(gone) is None
+
+
+def test_the_state_file_holds_every_instance_as_it_is_now(tmp_path: Path) -> None:
+    """Destroyed instances and the offers are encoded once and their text reused: the file
+    must still say exactly what a full encoding says, after later changes too."""
+    with SimServer(home=tmp_path / "home", seed=3) as sim:
+        engine = sim.engine
+        kept = int(sim.control.create_instance("gpubot:kept"))
+        gone = int(sim.control.create_instance("gpubot:gone"))
+        engine.destroy(gone)
+        sim.control.advance(60)  # saves, with the destroyed row's text cached
+
+        def full_encoding() -> dict[str, object]:
+            return json.loads(json.dumps({
+                "offers": list(engine.offers.values()),
+                "instances": [i.to_json() for i in engine.instances.values()],
+            }))
+
+        def on_file() -> dict[str, object]:
+            data = json.loads(engine.state_path.read_text())
+            return {"offers": data["offers"], "instances": data["instances"]}
+
+        assert on_file() == full_encoding()
+        # a late byte count on the destroyed row, then the live one changes: both on file
+        engine.instances[gone].bytes_up += 5
+        sim.control.advance(60)
+        assert on_file() == full_encoding()
+        assert {i["id"] for i in on_file()["instances"]} == {kept, gone}  # type: ignore[union-attr]
