@@ -171,14 +171,21 @@ def write_nvidia_smi(root: Path) -> None:
 
 def write_gpu_state(root: Path, *, util: float, mem_total_mb: int, name: str, count: int,
                     uuid_prefix: str) -> None:
-    """Write the file nvidia-smi reads (atomically, so a reader never sees half of it)."""
+    """Write the file nvidia-smi reads (atomically, so a reader never sees half of it).
+    Nothing is written for an instance whose files are gone, also when a destroy removes
+    them while this writes (the GPU sample runs outside the engine's lock)."""
     sim_dir = root / ".sim"
     if not sim_dir.is_dir():
         return
     used = int(mem_total_mb * 0.85 * util / 100.0) if util > 0 else 0
     tmp = sim_dir / "gpu_state.tmp"
-    tmp.write_text(f"{int(round(util))}\n{used}\n{mem_total_mb}\n{name}\n{count}\n{uuid_prefix}\n")
-    os.replace(tmp, sim_dir / "gpu_state")
+    try:
+        tmp.write_text(
+            f"{int(round(util))}\n{used}\n{mem_total_mb}\n{name}\n{count}\n{uuid_prefix}\n"
+        )
+        os.replace(tmp, sim_dir / "gpu_state")
+    except FileNotFoundError:
+        return
 
 
 def read_util_override(root: Path) -> float | None:

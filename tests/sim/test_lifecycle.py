@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from vastai import VastAI
 
 from gpubot.sim.server import SimServer
@@ -124,3 +127,25 @@ def test_gpu_util_follows_processes_and_nvidia_smi(sim: SimServer, vast: VastAI,
     finally:
         client.close()
         vast.destroy_instance(instance_id)
+
+
+def test_a_gpu_sample_racing_the_destroy_of_its_instance_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler runs outside the engine's lock; a destroy removes the instance's files
+    between its check and its write (found in a 1000-job month: the simulator's tick failed
+    with FileNotFoundError)."""
+    from gpubot.sim import procs
+
+    root = tmp_path / "root"
+    (root / ".sim").mkdir(parents=True)
+    real_write = Path.write_text
+
+    def destroyed_meanwhile(self: Path, *args: Any, **kwargs: Any) -> int:
+        shutil.rmtree(root)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", destroyed_meanwhile)
+    procs.write_gpu_state(root, util=50.0, mem_total_mb=24000, name="RTX 4090", count=1,
+                          uuid_prefix="GPU-sim")
+    assert not root.exists()
