@@ -508,7 +508,10 @@ def poll_script(
     mtime)`` of the log / progress file at the previous poll. The tail is skipped when the log
     still has that size and mtime *and* the job is running (a stopped job always gets its
     tail: failure reasons quote it); the progress text is skipped (``null``) when the progress
-    file is unchanged. ``dmesg`` is read only when the job is not running. Every job-written
+    file is unchanged and the job is running (a stopped job always gets it: mtimes are whole
+    seconds, and a last report of the same size written within the second of the one before
+    looked unchanged, so a finished job kept its next-to-last step).
+    ``dmesg`` is read only when the job is not running. Every job-written
     file is read with a byte bound on the instance; no caller value reaches the shell except
     the layout's quoted paths, the hex ``nonce`` and the integers above.
 
@@ -548,7 +551,8 @@ def poll_script(
         + _tail_lines(log, tail_lines, tail_max_bytes)
         + "fi\n"
         "prog=null; prog_in=false\n"
-        f'if [ -f {progress} ] && [ "$psize:$pmtime" != {_seen_pair(seen_progress)} ]; then\n'
+        f'if [ -f {progress} ] && {{ [ "$running" != true ] '
+        f'|| [ "$psize:$pmtime" != {_seen_pair(seen_progress)} ]; }}; then\n'
         "  prog_in=true\n"
         f'  prog="\\"$(head -c {PROGRESS_MAX_BYTES} {progress} | {_JSON_STRING_FILTER})\\""\n'
         "fi\n"

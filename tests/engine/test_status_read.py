@@ -177,3 +177,29 @@ def test_poll_script_output_parses_with_hostile_log(tmp_path: Path) -> None:
     assert poll.status.running and poll.status.exit_code is None
     assert poll.tail is not None and len(poll.tail) <= control.LOG_TAIL_MAX_BYTES
     assert poll.checkpoints_sig == "absent" and poll.progress_seen == (0, 0)
+
+
+@pytest.mark.parametrize("exit_code", [None, 0])
+def test_a_stopped_job_always_gets_its_progress(tmp_path: Path, exit_code: int | None) -> None:
+    """mtimes are whole seconds: a last report of the same size written within the second of
+    the one before looks unchanged. A running job reads it on a later poll; a stopped job has
+    no later poll, so it always reads it (a finished job kept its next-to-last step)."""
+    nonce = secrets.token_hex(16)
+    layout = control.remote_layout(str(tmp_path), "j5")
+    job_dir = Path(layout.job_dir)
+    (job_dir / ".control").mkdir(parents=True)
+    (job_dir / ".control" / "pid").write_text(f"{os.getpid()}\n")
+    if exit_code is not None:
+        (job_dir / ".control" / "exit_code").write_text(f"{exit_code}\n")
+    progress = Path(layout.progress_file)
+    progress.write_text('{"step": 120, "total_steps": 120, "metrics": {}}')
+    st = progress.stat()
+    seen = (st.st_size, int(st.st_mtime))  # what the poll of step 119 saw: same size, second
+    script = control.poll_script(layout, nonce=nonce, seen_progress=seen)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    poll = parsing.parse_poll(out, nonce)
+    if exit_code is None:
+        assert poll.status.running and poll.status.progress is None  # skipped while running
+    else:
+        assert poll.status.exit_code == 0
+        assert poll.status.progress is not None and poll.status.progress.step == 120
