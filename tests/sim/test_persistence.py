@@ -76,8 +76,9 @@ def test_restart_keeps_lingering_rows_quota_and_the_drift(tmp_path: Path) -> Non
 
 def test_the_state_file_holds_every_instance_as_it_is_now(tmp_path: Path) -> None:
     """Destroyed instances and the offers are encoded once and their text reused: the file
-    must still say exactly what a full encoding says, after later changes too."""
-    with SimServer(home=tmp_path / "home", seed=3) as sim:
+    must still say exactly what a full encoding says, after later changes too. The clock is
+    frozen (speed 0): a running clock settles the live row between the save and the compare."""
+    with SimServer(home=tmp_path / "home", seed=3, speed=0.0) as sim:
         engine = sim.engine
         kept = int(sim.control.create_instance("gpubot:kept"))
         gone = int(sim.control.create_instance("gpubot:gone"))
