@@ -63,7 +63,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ACTION_RE", "WORKING", "AnswerMode", "command_request_key", "register"]
 
-ACTION_RE = re.compile(r"^job\.(cancel|keep|destroy|approve|reject|extend_budget)$")
+ACTION_RE = re.compile(
+    r"^job\.(cancel|keep|destroy|approve|reject|extend_budget|raise_ceiling)$"
+)
 MENTION_RE = re.compile(r"^\s*<@[A-Z0-9]+>\s*")
 WORKING = "Working on it…"
 """The ack of every ``/gpu``: replaced or deleted once the answer is sent."""

@@ -99,6 +99,16 @@ class NoOfferError(GpubotError):
     """No offer on the market satisfies the requirements."""
 
 
+class AboveCeilingError(NoOfferError):
+    """Offers satisfy the requirements, but only above the job's approved price ceiling.
+    ``cheapest_per_hour_usd`` is the price ($/h) of the one that would be chosen without the
+    ceiling: what a user would have to approve for the job to rent now."""
+
+    def __init__(self, message: str, *, cheapest_per_hour_usd: Decimal) -> None:
+        super().__init__(message)
+        self.cheapest_per_hour_usd = cheapest_per_hour_usd
+
+
 class ProviderError(GpubotError):
     """The GPU marketplace failed or refused."""
 

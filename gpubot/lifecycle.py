@@ -9,7 +9,15 @@ from enum import StrEnum
 from gpubot.models import InstanceObservation, JobState, ProviderStatus
 
 BOOT_DEADLINE = timedelta(minutes=15)
-"""A rental not running with SSH by then is given up (vast: stuck in loading / scheduling)."""
+"""A rental not running with SSH by then is given up (vast: stuck in loading / scheduling).
+Also how long a job that never ran waits for an offer before it fails (nothing bills)."""
+RESUME_OFFER_DEADLINE = timedelta(hours=6)
+"""How long a job that has run before (outbid, or its host lost) waits for a replacement
+offer within its approved price before it fails. Nothing bills while it waits, and failing
+would throw away the spend behind its checkpoints."""
+PRICE_APPROVAL_DEADLINE = timedelta(hours=1)
+"""How long a job that never ran waits when offers exist only above its approved price (its
+thread asks the requester to raise it) before it fails."""
 CONNECT_DEADLINE = timedelta(minutes=5)
 """SSH must accept us within this after the instance reports running."""
 SETUP_DEADLINE = timedelta(hours=1)

@@ -1,6 +1,7 @@
-"""The admin verbs on a launch and its budget: the Approve / Reject buttons of an approval
-request (a job's, or a group's: :func:`approve_group` / :func:`reject_group`), and Extend
-budget on a budget alert.
+"""The admin verbs on a launch, its budget and its price: the Approve / Reject buttons of an
+approval request (a job's, or a group's: :func:`approve_group` / :func:`reject_group`), Extend
+budget on a budget alert, and Raise the price on a "no offer within the approved price"
+prompt (:func:`raise_ceiling`).
 
 Approving queues the job (a worker rents it on the next tick); rejecting finishes it
 (nothing was rented). Each change, its thread reply and its audit entry commit together. A
@@ -11,10 +12,10 @@ job's or group's approve/reject answer carries ``blocks``: what the approval req
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import case, func, or_, update
 
 from gpubot.chat import permissions
 from gpubot.chat.jobs import cancel_unstarted
@@ -22,7 +23,7 @@ from gpubot.chat.reply import Reply, job_or_none, no_job, refusal
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, ProcessedRequestRow
 from gpubot.deps import EngineDeps
-from gpubot.errors import CommandError
+from gpubot.errors import CommandError, PermissionDenied
 from gpubot.models import JobState
 from gpubot.notify import audit, events
 from gpubot.redact import redact
@@ -33,6 +34,16 @@ from gpubot.render import slack as slack_render
 
 MAX_BUDGET_EXTENSION_USD = Decimal(100_000)
 """The most one "Extend budget" click may add."""
+MAX_PRICE_CEILING_PER_HOUR_USD = Decimal(1000)
+"""The highest price ceiling ($/h) a "Raise the price" click may set."""
+PRICE_CEILING_QUANTUM = Decimal("0.00000001")
+"""The scale of ``jobs.price_ceiling_per_hour_usd``: a new ceiling is rounded down to it."""
+_FINISHED = tuple(sorted(s.value for s in JobState.finished_states()))
+_NO_RAISE = (*_FINISHED, JobState.AWAITING_APPROVAL.value)
+"""States whose price ceiling a click never raises: finished, or not yet approved (the
+approver judges the launch with the ceiling it was submitted with)."""
+_PRICE_WAIT = "waiting for a price approval%"
+"""The engine's phase detail while it waits on a price approval (``steps.PRICE_WAIT_PREFIX``)."""
 
 
 def approve(deps: EngineDeps, job_id: str, user: str) -> Reply:
@@ -148,6 +159,102 @@ def extend_budget(
         if claim is not None:
             claim.result = {"text": redact(reply.text)[:4000], "job_id": job_id}
     return reply
+
+
+def raise_ceiling(
+    deps: EngineDeps, job_id: str, user: str, price_text: str, *, request_key: str | None = None
+) -> Reply:
+    """Let a job rent at up to ``price_text`` $/h: the "Pay up to $X/h" button of the prompt
+    the engine posts when offers exist only above the job's approved price ceiling.
+
+    Who: the requester or an admin; when the price is above ``[roles]
+    approval_above_price_per_hour_usd``, an admin other than the requester (the approval a
+    launch at that price needs). A refusal raises :class:`~gpubot.errors.PermissionDenied`
+    (the dispatcher audits it); nothing changes.
+
+    Refused, changing nothing: not a number, not finite, at most 0 (after rounding down to
+    the column's $0.00000001) or above :data:`MAX_PRICE_CEILING_PER_HOUR_USD`; a finished
+    job, or one awaiting approval (its approver judges the ceiling it was launched with). A
+    ceiling already at or above the price: an ok answer saying so; nothing changes and
+    nothing is audited.
+
+    Otherwise one guarded UPDATE (job not finished nor awaiting approval, ceiling NULL or
+    below the price) sets the ceiling and, for a job waiting on a price approval, clears
+    ``phase_detail`` (so the engine prompts again if it still finds nothing) and makes it due
+    now, together with a thread note, the card's refresh and a
+    ``ceiling.raise`` audit event; then the workers are kicked so it rents at once. Setting
+    a value under that guard is idempotent, so ``request_key`` is not claimed here: the
+    dispatcher remembers the answer afterwards.
+    """
+    del request_key  # idempotent: remembered by the dispatcher (not in CLAIMED_IN_EFFECT)
+    now = deps.clock()
+    with session_scope(deps.sessions) as session:
+        job = job_or_none(session, job_id)
+        if job is None:
+            return no_job(job_id)
+        # Whoever may not even act on the job is refused before the price is looked at.
+        permissions.check_owner_or_admin(deps.config, user, job, "raise the price of")
+        price = _price(price_text)
+        if price is None:
+            return refusal(texts.not_a_price(job_id))
+        limit = deps.config.roles.approval_above_price_per_hour_usd
+        if limit is not None and price > limit:
+            try:
+                permissions.check_approver(deps.config, user, job.requester)
+            except PermissionDenied as e:
+                raise PermissionDenied(
+                    str(e), user_message=texts.price_needs_approver(job_id, price, limit)
+                ) from e
+        # Lock the row (PostgreSQL) so the ceiling read here is the one the UPDATE replaces.
+        session.refresh(job, with_for_update=True)
+        if job.state in _NO_RAISE:
+            return refusal(texts.price_of_finished(job_id, job.state))
+        old = job.price_ceiling_per_hour_usd
+        waiting = JobRow.phase_detail.like(_PRICE_WAIT)
+        done = session.execute(
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.state.not_in(_NO_RAISE),
+                or_(
+                    JobRow.price_ceiling_per_hour_usd.is_(None),
+                    JobRow.price_ceiling_per_hour_usd < price,
+                ),
+            )
+            .values(price_ceiling_per_hour_usd=price, updated_at=now,
+                    phase_detail=case((waiting, ""), else_=JobRow.phase_detail),
+                    due_at=case((waiting, now), else_=JobRow.due_at))
+            .execution_options(synchronize_session=False)
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            session.refresh(job)
+            if job.state in _NO_RAISE:  # it finished since it was read
+                return refusal(texts.price_of_finished(job_id, job.state))
+            current = job.price_ceiling_per_hour_usd
+            return Reply(text=texts.ceiling_already(job_id, current), job_id=job_id)
+        session.refresh(job)
+        new = job.price_ceiling_per_hour_usd if job.price_ceiling_per_hour_usd is not None \
+            else price
+        events.note(session, job, thread.ceiling_raised(user=user, old_usd=old, new_usd=new))
+        events.refresh_card(session, job)
+        audit.record(
+            session, user, "ceiling.raise", job_id, "", {"from": str(old), "to": str(new)}
+        )
+    deps.enqueuer.kick()
+    return Reply(text=texts.ceiling_raised(job_id, old, new), job_id=job_id)
+
+
+def _price(text: str) -> Decimal | None:
+    """``text`` as a price ceiling ($/h, rounded down to the column's scale), or None when it
+    is not a number, not finite, not above 0 or above :data:`MAX_PRICE_CEILING_PER_HOUR_USD`."""
+    try:
+        price = Decimal(text)
+    except (InvalidOperation, TypeError, ValueError):
+        return None
+    if not price.is_finite() or price > MAX_PRICE_CEILING_PER_HOUR_USD:
+        return None
+    price = price.quantize(PRICE_CEILING_QUANTUM, rounding=ROUND_DOWN)
+    return price if price > 0 else None
 
 
 def approve_group(deps: EngineDeps, group_id: str, user: str) -> Reply:

@@ -15,9 +15,9 @@ does the same for a button click. Both:
   so of two concurrent deliveries one acts and the other fails on the key and gets the answer.
 
 Where each verb lives: launches and group launches in :mod:`gpubot.chat.launching`; status,
-jobs, logs, cancel and keep in :mod:`gpubot.chat.jobs`; approve, reject and extend budget in
-:mod:`gpubot.chat.approvals`; offers in :mod:`gpubot.chat.market`; budget and cost in
-:mod:`gpubot.chat.spending`; audit in :mod:`gpubot.chat.audit_view`; help here.
+jobs, logs, cancel and keep in :mod:`gpubot.chat.jobs`; approve, reject, extend budget and
+raise the price in :mod:`gpubot.chat.approvals`; offers in :mod:`gpubot.chat.market`; budget
+and cost in :mod:`gpubot.chat.spending`; audit in :mod:`gpubot.chat.audit_view`; help here.
 
 Launches make one provider search (``plan_launch``) and database writes only, so a slash
 command is answered within Slack's 3 s. ``logs`` connects over SSH and ``cost``/``status <job>``
@@ -83,6 +83,7 @@ JOB_ACTIONS = frozenset(
         action_ids.ACTION_APPROVE,
         action_ids.ACTION_REJECT,
         action_ids.ACTION_EXTEND_BUDGET,
+        action_ids.ACTION_RAISE_CEILING,
     }
 )
 """The button action ids :func:`handle_action` accepts; any other is refused."""
@@ -91,7 +92,7 @@ CLAIMED_IN_EFFECT = frozenset({action_ids.ACTION_EXTEND_BUDGET})
 ``processed_requests`` that fails on conflict) in the transaction of the effect, before the
 effect, so concurrent deliveries of one click apply it once. The others are guarded by their
 own conditional updates (approve/reject/cancel act on a state) or repeat harmlessly (keep sets
-a time) and are remembered after the fact."""
+a time, raise the price sets a ceiling under a guard) and are remembered after the fact."""
 
 
 def is_slow(text: str) -> bool:
@@ -163,8 +164,9 @@ def handle_action(
 ) -> Reply:
     """Handle a button click. The clicker's permission is checked again on every click.
 
-    ``value`` is the job id, or ``<job id>:<number>`` for ``job.keep`` (hours) and
-    ``job.extend_budget`` (USD to add; default doubles the cap). ``job.approve`` and
+    ``value`` is the job id, or ``<job id>:<number>`` for ``job.keep`` (hours),
+    ``job.extend_budget`` (USD to add; default doubles the cap) and ``job.raise_ceiling``
+    (the new price ceiling, a decimal in $/h such as ``0.0792``). ``job.approve`` and
     ``job.reject`` also take a group id (``g-…``): the whole group's approval request. A
     ``request_key`` already handled (a replayed click) returns the earlier answer and changes
     nothing.
@@ -279,6 +281,8 @@ def _route_action(
                 return approvals.approve(deps, job_id, user)
             case action_ids.ACTION_REJECT:
                 return approvals.reject(deps, job_id, user)
+            case action_ids.ACTION_RAISE_CEILING:
+                return approvals.raise_ceiling(deps, job_id, user, arg, request_key=request_key)
             case _:
                 return approvals.extend_budget(
                     deps, job_id, user, arg, request_key=request_key

@@ -16,7 +16,7 @@ from gpubot import costs, offers
 from gpubot.commands.types import ResourceOverrides
 from gpubot.config import BotConfig
 from gpubot.db.tables import JobRow
-from gpubot.errors import NoOfferError
+from gpubot.errors import AboveCeilingError, NoOfferError
 from gpubot.models import InterruptibleMode, Offer, OfferRanking, RentalChoice, Requirements
 
 DEFAULT_RENT_IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel"
@@ -239,8 +239,10 @@ def choose_within_ceiling(
     ``price_per_hour_usd`` is therefore never above the ceiling.
 
     Raises:
-        NoOfferError: nothing qualifies. When offers qualify only above the ceiling, the
-            message says so and names the cheapest of them (a "wait for a cheaper offer").
+        NoOfferError: nothing qualifies. When offers qualify only above the ceiling, an
+            :class:`~gpubot.errors.AboveCeilingError`, whose message says so and names the
+            cheapest of them (a "wait for a cheaper offer"), its price in
+            ``cheapest_per_hour_usd``.
     """
     capped = requirements
     if ceiling_usd is not None:
@@ -264,9 +266,10 @@ def choose_within_ceiling(
             raise NoOfferError(
                 f"no offer at or below the approved ceiling ${ceiling_usd}/h"
             ) from None
-        raise NoOfferError(
+        raise AboveCeilingError(
             f"no offer at or below the approved ceiling ${ceiling_usd}/h (the cheapest "
-            f"matching one costs ${above.price_per_hour_usd}/h)"
+            f"matching one costs ${above.price_per_hour_usd}/h)",
+            cheapest_per_hour_usd=above.price_per_hour_usd,
         ) from None
     if ceiling_usd is not None and choice.price_per_hour_usd > ceiling_usd:
         # The core's cap check and RentalChoice's price must agree; never rent above it.

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import ROUND_UP, Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -44,6 +45,7 @@ from gpubot.deps import EngineDeps
 from gpubot.engine import idle, planning, remote_job
 from gpubot.engine.labels import adoptable, rental_label
 from gpubot.errors import (
+    AboveCeilingError,
     GpubotError,
     NoCapacityError,
     NoOfferError,
@@ -59,6 +61,8 @@ from gpubot.lifecycle import (
     CONNECT_DEADLINE,
     DESTROY_RETRY_INTERVAL,
     FAST_STATES,
+    PRICE_APPROVAL_DEADLINE,
+    RESUME_OFFER_DEADLINE,
     SETUP_DEADLINE,
     InstanceVerdict,
 )
@@ -583,10 +587,7 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
             checkpoints=bool(template.resources.checkpoints) if template else False,
         )
     except NoOfferError as exc:
-        waited = deps.clock() - job.step_started_at
-        if waited > BOOT_DEADLINE:
-            return _teardown(job, outcome=JobState.FAILED, reason=f"no offer: {exc}")
-        return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300]})
+        return _wait_for_offer(deps, job, exc)
     # Record the rental BEFORE renting.
     _claim_still_held()
     placeholder = InstanceRow(
@@ -673,6 +674,44 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
         },
         notes=[lambda s, j: events.rented(s, j, choice, provider_id)],
     )
+
+
+PRICE_WAIT_PREFIX = "waiting for a price approval"
+"""How the phase detail of a job waiting on offers above its approved price begins (the
+prompt is posted when a wait begins that way; a raise of the price clears the detail)."""
+
+
+def _wait_for_offer(deps: EngineDeps, job: JobRow, exc: NoOfferError) -> StepResult:
+    """No offer within the job's approved price (nothing is rented; nothing bills).
+
+    A job that has run before (``attempts`` > 0: outbid or its host lost, its checkpoints
+    kept) waits up to :data:`RESUME_OFFER_DEADLINE`; one that never ran waits
+    :data:`PRICE_APPROVAL_DEADLINE` when offers exist above its price, else
+    :data:`BOOT_DEADLINE`; then it fails. When offers exist only above the approved price
+    (:class:`AboveCeilingError`), the wait's first step posts a prompt in the thread with a
+    button that raises the price to the cheapest one's (an approver's click above the
+    approval threshold); the price stays what was approved until someone clicks.
+    """
+    resuming = job.attempts > 0
+    above = isinstance(exc, AboveCeilingError)
+    if resuming:
+        deadline = RESUME_OFFER_DEADLINE
+    else:
+        deadline = PRICE_APPROVAL_DEADLINE if above else BOOT_DEADLINE
+    if deps.clock() - job.step_started_at > deadline:
+        return _teardown(job, outcome=JobState.FAILED, reason=f"no offer: {exc}")
+    ceiling = planning.ceiling_of(job)
+    if not isinstance(exc, AboveCeilingError) or ceiling is None:
+        return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300]})
+    cheapest = exc.cheapest_per_hour_usd.quantize(Decimal("0.0001"), rounding=ROUND_UP)
+    detail = render_limits.price_wait_detail(ceiling_usd=ceiling, cheapest_usd=cheapest)
+    result = StepResult(changes={"phase_detail": detail[:300]})
+    if not (job.phase_detail or "").startswith(PRICE_WAIT_PREFIX):
+        text = render_limits.price_prompt(
+            job_id=job.id, requester=job.requester, ceiling_usd=ceiling, cheapest_usd=cheapest,
+            resuming=resuming, wait_hours=deadline.total_seconds() / 3600)
+        result.notes.append(lambda s, j: events.price_prompt(s, j, text, cheapest))
+    return result
 
 
 def _step_booting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -> StepResult:

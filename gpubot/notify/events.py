@@ -33,7 +33,7 @@ from gpubot.models import RentalChoice
 from gpubot.notify import ops, outbox
 from gpubot.redact import redact_for_chat
 from gpubot.render import events as render
-from gpubot.render.blocks import idle_warning_blocks
+from gpubot.render.blocks import ceiling_prompt_blocks, idle_warning_blocks
 from gpubot.render.text import card_blocks, card_lines
 from gpubot.render.views import JobView
 
@@ -196,6 +196,19 @@ def idle_warning(session: Session, job: JobRow, text: str) -> None:
         thread_key=job.id,
         text=text,
         blocks=idle_warning_blocks(job.id, text),
+        job_id=job.id,
+    )
+
+
+def price_prompt(session: Session, job: JobRow, text: str, price_per_hour_usd: Decimal) -> None:
+    """The "no offer within the approved price" prompt (mrkdwn ``text``) with a button that
+    raises the job's price ceiling to ``price_per_hour_usd`` and a Cancel button."""
+    outbox.reply(
+        session,
+        channel=job.channel,
+        thread_key=job.id,
+        text=text,
+        blocks=ceiling_prompt_blocks(job.id, text, str(price_per_hour_usd)),
         job_id=job.id,
     )
 

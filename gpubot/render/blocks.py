@@ -10,6 +10,7 @@ ACTION_DESTROY = "job.destroy"
 ACTION_EXTEND_BUDGET = "job.extend_budget"
 ACTION_APPROVE = "job.approve"
 ACTION_REJECT = "job.reject"
+ACTION_RAISE_CEILING = "job.raise_ceiling"
 
 
 CONFIRM_TITLE_MAX = 100
@@ -117,6 +118,39 @@ def idle_warning_blocks(job_id: str, text: str) -> list[dict[str, Any]]:
                 button(ACTION_KEEP, "Keep alive 2 h", f"{job_id}:2", "primary"),
                 button(ACTION_DESTROY, "Destroy now", job_id, "danger",
                        confirm=destroy_confirm(job_id)),
+            ],
+        },
+    ]
+
+
+def raise_ceiling_confirm(job_id: str, price_per_hour_usd: str) -> dict[str, Any]:
+    """The dialog of Raise the price: the job may then rent at up to ``price_per_hour_usd``."""
+    return confirm_dialog(
+        f"Let {_short(job_id)} pay ${price_per_hour_usd}/h?",
+        f"{_short(job_id)} may then rent at up to ${price_per_hour_usd} an hour, above the "
+        "price approved at launch. Its budget cap still holds.",
+        "Raise the price",
+        style="primary",
+    )
+
+
+def ceiling_prompt_blocks(
+    job_id: str, text: str, price_per_hour_usd: str
+) -> list[dict[str, Any]]:
+    """The "no offer within the approved price" prompt: ``text`` (mrkdwn), a button raising
+    the job's price ceiling to ``price_per_hour_usd`` (a decimal string, $/h; the button's
+    value is ``<job id>:<price>``) and Cancel. Both ask before they act."""
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "block_id": f"ceiling:{job_id}"[:255],
+            "elements": [
+                button(ACTION_RAISE_CEILING, f"Pay up to ${price_per_hour_usd}/h"[:75],
+                       f"{job_id}:{price_per_hour_usd}", "primary",
+                       confirm=raise_ceiling_confirm(job_id, price_per_hour_usd)),
+                button(ACTION_CANCEL, "Cancel", job_id, "danger",
+                       confirm=cancel_confirm(job_id)),
             ],
         },
     ]

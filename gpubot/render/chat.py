@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from gpubot.render import mrkdwn as md
+from gpubot.render.events import per_hour
 from gpubot.render.text import usd
 
 # -- the dispatcher: usage errors, refusals, redeliveries -------------------------------------
@@ -239,3 +240,34 @@ def no_budget_cap(job_id: str) -> str:
 def budget_extended(job_id: str, old_usd: Decimal | None, new_usd: Decimal) -> str:
     """The job's budget cap was raised."""
     return f"{job_id}: budget raised from {usd(old_usd)} to {usd(new_usd)}."
+
+
+def not_a_price(job_id: str) -> str:
+    """A Raise the price value that is not a usable price per hour."""
+    return f"{job_id}: not a usable price per hour in USD."
+
+
+def price_needs_approver(job_id: str, price_usd: Decimal, limit_usd: Decimal) -> str:
+    """Raise the price above the approval threshold by someone who may not approve it."""
+    return (
+        f"{per_hour(price_usd)} is above the {per_hour(limit_usd)} that needs an admin's "
+        f"approval: only an admin other than the requester can let {job_id} pay it."
+    )
+
+
+def price_of_finished(job_id: str, state: str) -> str:
+    """Raise the price on a job that already ended, or awaits approval."""
+    if state == "awaiting_approval":
+        return (f"{job_id} is waiting for an admin's approval of its launch; its price can "
+                "be raised once it is approved.")
+    return f"{job_id} already {md.inline(state, 24)}; there is no price to raise."
+
+
+def ceiling_already(job_id: str, ceiling_usd: Decimal | None) -> str:
+    """Raise the price to no more than the job may already pay: nothing changed."""
+    return f"{job_id} may already pay up to {per_hour(ceiling_usd)}; nothing changed."
+
+
+def ceiling_raised(job_id: str, old_usd: Decimal | None, new_usd: Decimal) -> str:
+    """The job's price ceiling (its approved price) was raised."""
+    return f"{job_id}: approved price raised from {per_hour(old_usd)} to {per_hour(new_usd)}."

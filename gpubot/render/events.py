@@ -203,6 +203,25 @@ def budget_raised(*, user: str, new_usd: Decimal) -> str:
     return f":moneybag: {md.mention(user)} raised the budget to {usd(new_usd)}."
 
 
+def per_hour(price_usd: Decimal | None) -> str:
+    """A price per hour as the market quotes it, four decimals (``$0.0792/h``); a price below
+    $0.0001 in full, never rounded to zero; ``no limit`` for None (a job without a ceiling)."""
+    if price_usd is None:
+        return "no limit"
+    if Decimal(0) < price_usd < Decimal("0.0001"):
+        return f"${price_usd.normalize():f}/h"
+    return f"${price_usd:.4f}/h"
+
+
+def ceiling_raised(*, user: str, old_usd: Decimal | None, new_usd: Decimal) -> str:
+    """``user`` raised the most the job may pay per hour (its approved price) from
+    ``old_usd`` (None: no limit) to ``new_usd``."""
+    return (
+        f":heavy_dollar_sign: {md.mention(user)} raised the approved price from "
+        f"{per_hour(old_usd)} to {per_hour(new_usd)}."
+    )
+
+
 def approval_requested(job_id: str, reason: str) -> str:
     """Fallback text of the approval request posted in the thread (``reason`` raw)."""
     return f"{job_id} needs an admin's approval: {md.inline(reason, 1000)}"

@@ -24,7 +24,7 @@ from gpubot.db.tables import JobGroupRow, JobRow
 from gpubot.deps import EngineDeps
 from gpubot.render import mrkdwn as md
 from gpubot.render import slack as slack_render
-from gpubot.render.blocks import idle_warning_blocks
+from gpubot.render.blocks import ceiling_prompt_blocks, idle_warning_blocks
 from gpubot.render.text import PHASE_LABELS, card_blocks, card_lines
 from gpubot.render.views import JobView
 from tests.bot.conftest import ALICE, BOT_TOKEN, CHANNEL, make_offer
@@ -167,6 +167,11 @@ def test_plan_approval_idle_and_group_messages_are_valid() -> None:
     joined = assert_valid(approval)
     assert f"<@{ALICE}>" in joined and "<@UADMIN1>" in joined
     assert_valid(idle_warning_blocks("j-1", md.escape(EVIL)))
+    prompt = ceiling_prompt_blocks("j-0123abcd", md.escape(EVIL) * 20, "0.07921234")
+    joined = assert_valid(prompt)
+    assert "$0.07921234/h" in joined
+    [raise_button, _cancel] = prompt[1]["elements"]
+    assert raise_button["value"] == "j-0123abcd:0.07921234"
 
     from gpubot.groups.results import final_text as _final_text
 

@@ -208,3 +208,78 @@ def test_an_instance_outbid_before_its_results_were_collected_is_replaced_not_fa
     assert [spec.label for _, spec in provider.created] == ["gpubot:j-1:2"]
     assert rows[0].destroy_requested_at == clock()
     assert asked == []  # read from the listing, no SSH to the stopped instance
+
+
+def _price_prompts(deps: EngineDeps) -> list[str]:
+    """The values of the Raise-the-price buttons in j-1's thread, oldest first."""
+    from sqlalchemy import select
+
+    from gpubot.db.tables import MessageRow
+
+    with session_scope(deps.sessions) as s:
+        rows = s.scalars(select(MessageRow).where(MessageRow.thread_key == "j-1")
+                         .order_by(MessageRow.id))
+        return [e["value"] for m in rows for b in (m.blocks or {}).get("blocks", [])
+                for e in b.get("elements", []) if e.get("action_id") == "job.raise_ceiling"]
+
+
+def test_an_outbid_job_priced_out_waits_hours_for_an_offer_and_asks_once_to_pay_more(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given a running job outbid when the only matching offer costs more than it may pay
+    provider.offers = [_offer("201")]
+    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        job.price_ceiling_per_hour_usd = Decimal("0.10")
+    # when the step that sees the outbid runs
+    _advance_once(deps, clock)
+    # then nothing is rented; it waits for a price approval, and its thread asks once
+    job, _ = _state(deps)
+    assert provider.created == []
+    assert job.state == JobState.RE_RENTING.value, (job.state, job.reason)
+    assert (job.phase_detail or "").startswith(steps.PRICE_WAIT_PREFIX), job.phase_detail
+    [value] = _price_prompts(deps)
+    job_id, _, price = value.partition(":")
+    assert job_id == "j-1" and Decimal(price) > Decimal("0.10")
+    # and an hour later (four times the wait of a job that never ran) it still waits,
+    # without asking again
+    clock.advance(hours=1)
+    _advance_once(deps, clock)
+    job, _ = _state(deps)
+    assert job.state == JobState.RE_RENTING.value and provider.created == []
+    assert len(_price_prompts(deps)) == 1
+    # and past the resume wait it fails, having rented nothing
+    clock.advance(hours=6)
+    _advance_once(deps, clock)
+    job, _ = _state(deps)
+    assert job.outcome == "failed" or job.state == JobState.FAILED.value, job.state
+    assert "no offer" in (job.reason or "") and provider.created == []
+
+
+def test_a_raised_price_lets_the_waiting_job_rent_on_its_next_step(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given an outbid job waiting for a price approval
+    provider.offers = [_offer("201")]
+    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        job.price_ceiling_per_hour_usd = Decimal("0.10")
+    _advance_once(deps, clock)
+    [value] = _price_prompts(deps)
+    # when the price is raised to the one quoted (what the button's handler stores)
+    with session_scope(deps.sessions) as s:
+        job = s.get(JobRow, "j-1")
+        assert job is not None
+        job.price_ceiling_per_hour_usd = Decimal(value.partition(":")[2])
+        job.phase_detail = ""
+    clock.advance(seconds=10)
+    _advance_once(deps, clock)
+    # then it rents, at no more than the quoted price
+    job, rows = _state(deps)
+    assert job.state == JobState.BOOTING.value, (job.state, job.phase_detail)
+    assert len(provider.created) == 1
+    assert rows[-1].price_per_hour_usd <= Decimal(value.partition(":")[2])

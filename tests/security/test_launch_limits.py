@@ -132,12 +132,27 @@ class TestApprovedHours:
         assert "Stopping: ran" in thread_texts(deps, job_id)
 
 
+def raise_buttons(deps: EngineDeps, job_id: str) -> list[dict[str, object]]:
+    """The Raise-the-price buttons posted in the job's thread, oldest first."""
+    with session_scope(deps.sessions) as session:
+        rows = session.scalars(
+            select(MessageRow).where(MessageRow.thread_key == job_id).order_by(MessageRow.id)
+        )
+        found: list[dict[str, object]] = []
+        for m in rows:
+            for block in (m.blocks or {}).get("blocks", []):
+                for element in block.get("elements", []):
+                    if element.get("action_id") == "job.raise_ceiling":
+                        found.append(element)
+        return found
+
+
 class TestPriceCeiling:
-    def test_only_offers_under_the_ceiling_are_rented_even_when_only_pricier_remain(
-        self, deps: EngineDeps, sim: SimServer
-    ) -> None:
-        # given a job planned on the cheapest matching offer (an RTX 4090, no approval)
-        reply = run(deps, "pricey", "k-price")
+    def _priced_out(self, deps: EngineDeps, sim: SimServer, key: str
+                    ) -> tuple[str, Decimal, dict[str, Decimal]]:
+        """A job planned on the cheapest matching offer, then every offer at or below its
+        ceiling taken by someone else: its id, ceiling and the blockers' prices."""
+        reply = run(deps, "pricey", key)
         assert reply.ok and reply.job_id, reply.text
         job_id = reply.job_id
         job = job_row(deps, job_id)
@@ -146,8 +161,6 @@ class TestPriceCeiling:
         ceiling = min(planned * Decimal("1.2"), Decimal("2.0"))
         assert abs(Decimal(job.price_ceiling_per_hour_usd) - ceiling) < Decimal("0.000001")
         assert job.approved_hours == 0.5
-
-        # and every offer at or below the ceiling is taken by someone else meanwhile
         req = planning.requirements_for(deps.config, "pricey", ResourceOverrides())
         blockers: dict[str, Decimal] = {}
         for _ in range(20):
@@ -160,6 +173,13 @@ class TestPriceCeiling:
                 blockers[pid] = offer.price_per_hour_usd
         market = deps.provider.search_offers(req, interruptible=False)
         assert market and all(o.price_per_hour_usd > ceiling for o in market)
+        return job_id, Decimal(job.price_ceiling_per_hour_usd), blockers
+
+    def test_only_offers_under_the_ceiling_are_rented_even_when_only_pricier_remain(
+        self, deps: EngineDeps, sim: SimServer
+    ) -> None:
+        # given a job whose every offer at or below its ceiling is taken by someone else
+        job_id, ceiling, blockers = self._priced_out(deps, sim, "k-price")
 
         # when the engine tries to rent for a while
         for _ in range(6):
@@ -170,7 +190,13 @@ class TestPriceCeiling:
         job = job_row(deps, job_id)
         assert job.state == "renting", (job.state, job.phase_detail)
         assert [r for r in instances_of(deps, job_id) if r.provider_id] == []
-        assert "approved ceiling" in job.phase_detail
+        assert job.phase_detail.startswith("waiting for a price approval"), job.phase_detail
+        assert "approved" in job.phase_detail
+        # and the thread asked once (not once per tick) to raise it to the cheapest price
+        buttons = raise_buttons(deps, job_id)
+        assert len(buttons) == 1, buttons
+        value = str(buttons[0]["value"])
+        assert value.startswith(f"{job_id}:") and Decimal(value.split(":")[1]) > ceiling
 
         # and once a cheap offer is back, that is what gets rented
         cheapest = min(blockers, key=lambda pid: blockers[pid])
@@ -181,6 +207,54 @@ class TestPriceCeiling:
         assert rented and all(r.price_per_hour_usd <= ceiling for r in rented), [
             (r.gpu_name, r.price_per_hour_usd) for r in rented
         ]
+
+    def test_the_requesters_click_raises_the_price_and_the_job_rents_at_it(
+        self, deps: EngineDeps, sim: SimServer
+    ) -> None:
+        # given a priced-out job whose thread asks to raise the price
+        job_id, ceiling, _ = self._priced_out(deps, sim, "k-raise")
+        drive(deps, job_id, until=lambda j: (j.phase_detail or "").startswith(
+            "waiting for a price approval"), tick=lambda: tick(deps), timeout_s=60)
+        [button] = raise_buttons(deps, job_id)
+        offered = Decimal(str(button["value"]).split(":")[1])
+        assert offered > ceiling
+
+        # when someone else clicks it, nothing changes
+        stranger = handle_action(deps, "job.raise_ceiling", str(button["value"]),
+                                 user="USTRANGER", channel=CHANNEL_ID, request_key="c-0")
+        assert not stranger.ok
+        assert Decimal(job_row(deps, job_id).price_ceiling_per_hour_usd) == ceiling
+
+        # when the requester clicks it
+        reply = handle_action(deps, "job.raise_ceiling", str(button["value"]), user=USER,
+                              channel=CHANNEL_ID, request_key="c-1")
+        assert reply.ok, reply.text
+        assert Decimal(job_row(deps, job_id).price_ceiling_per_hour_usd) == offered
+
+        # then it rents, at no more than the price clicked
+        drive(deps, job_id, until=lambda j: j.state not in {"queued", "renting"},
+              tick=lambda: tick(deps), timeout_s=60)
+        rented = [r for r in instances_of(deps, job_id) if r.provider_id]
+        assert rented and all(ceiling < r.price_per_hour_usd <= offered for r in rented), [
+            (r.gpu_name, r.price_per_hour_usd) for r in rented
+        ]
+
+    def test_a_job_that_never_ran_fails_after_the_price_wait_and_rents_nothing(
+        self, deps: EngineDeps, sim: SimServer
+    ) -> None:
+        # given a priced-out job nobody answers
+        job_id, _, _ = self._priced_out(deps, sim, "k-wait")
+        drive(deps, job_id, until=lambda j: (j.phase_detail or "").startswith(
+            "waiting for a price approval"), tick=lambda: tick(deps), timeout_s=60)
+        assert job_row(deps, job_id).state == "renting"
+        assert len(raise_buttons(deps, job_id)) == 1
+        # when more than the wait (1 h for a job that never ran) has passed
+        sim.control.advance(61 * 60)
+        job = drive(deps, job_id, until=lambda j: j.state in FINISHED,
+                    tick=lambda: tick(deps), timeout_s=60)
+        # then it failed saying why, and nothing was ever rented for it
+        assert job.state == "failed" and "approved ceiling" in (job.reason or ""), job.reason
+        assert [r for r in instances_of(deps, job_id) if r.provider_id] == []
 
 
 class TestGroupQuotas:

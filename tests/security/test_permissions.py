@@ -37,6 +37,7 @@ BUTTONS = (
     "job.approve",
     "job.reject",
     "job.extend_budget",
+    "job.raise_ceiling",
 )
 
 
@@ -50,6 +51,8 @@ def alice_jobs(deps: EngineDeps) -> dict[str, str]:
 
 
 def _value(action_id: str, job_id: str) -> str:
+    if action_id == "job.raise_ceiling":
+        return f"{job_id}:0.5"
     return f"{job_id}:500" if action_id in ("job.keep", "job.extend_budget") else job_id
 
 
