@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def test_exec_returns_output_and_exit_status(sshd: SSHDServer) -> None:
         assert failed.exit_status == 7 and not failed.ok
         big = runner.exec("head -c 300000 /dev/zero | tr '\\0' x")
         assert len(big.stdout) == 300000
+
+
+def test_the_connection_sends_small_packets_at_once(sshd: SSHDServer) -> None:
+    # Nagle's algorithm held each command's second small packet for the server's delayed
+    # ACK: ~45 ms more per exec against OpenSSH on this machine (110 vs 160 ms)
+    with ParamikoRunner(target=sshd.target) as runner:
+        runner.connect()
+        transport = runner._transport()  # noqa: SLF001 - the socket option is the contract
+        assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert runner.exec("echo hi").stdout == "hi\n"
 
 
 def test_exec_timeout_raises_and_connection_stays_usable(sshd: SSHDServer) -> None:
