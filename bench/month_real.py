@@ -496,6 +496,11 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
                         if job is None or info is None or info.get("stalled"):
                             busy = True
                     continue
+                if (row.state in ("renting", "re_renting") and row.lock_token is None
+                        and _epoch(row.due_at) > t + 1e-6):
+                    # waiting for an offer: its searches back off; it acts at its due_at
+                    nxt = min(nxt, _grid_ceil(_epoch(row.due_at), t0, tick_s))
+                    continue
                 if row.state == "booting" and pid is not None:
                     inst = sim.engine.instances.get(int(pid))
                     if inst is not None and inst.phase_until is not None:

@@ -15,6 +15,9 @@ RESUME_OFFER_DEADLINE = timedelta(hours=6)
 """How long a job that has run before (outbid, or its host lost) waits for a replacement
 offer within its approved price before it fails. Nothing bills while it waits, and failing
 would throw away the spend behind its checkpoints."""
+OFFER_RETRY_MAX = timedelta(minutes=5)
+"""The longest pause between two searches of a job waiting for an offer (see
+:func:`offer_retry_after`)."""
 PRICE_APPROVAL_DEADLINE = timedelta(hours=1)
 """How long a job that never ran waits when offers exist only above its approved price (its
 thread asks the requester to raise it) before it fails."""
@@ -89,3 +92,14 @@ def estimate_eta_seconds(
     if steps <= 0 or seconds <= 0:
         return None
     return max(0.0, (total_steps - latest.step) * seconds / steps)
+
+
+def offer_retry_after(waited: timedelta, tick: timedelta) -> timedelta:
+    """How long a job that has waited ``waited`` for an offer pauses before its next search.
+    Pure.
+
+    A tenth of the wait so far, at least one ``tick`` and at most :data:`OFFER_RETRY_MAX`: a
+    market that frees up soon is seen within a tick or two, and a job waiting hours (nothing
+    bills meanwhile) searches every 5 minutes, not every tick (vast rate-limits searches).
+    """
+    return min(max(waited / 10, tick), max(OFFER_RETRY_MAX, tick))

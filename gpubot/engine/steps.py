@@ -65,6 +65,7 @@ from gpubot.lifecycle import (
     RESUME_OFFER_DEADLINE,
     SETUP_DEADLINE,
     InstanceVerdict,
+    offer_retry_after,
 )
 from gpubot.models import JobState, LaunchSpec
 from gpubot.notify import events
@@ -690,7 +691,9 @@ def _wait_for_offer(deps: EngineDeps, job: JobRow, exc: NoOfferError) -> StepRes
     :data:`BOOT_DEADLINE`; then it fails. When offers exist only above the approved price
     (:class:`AboveCeilingError`), the wait's first step posts a prompt in the thread with a
     button that raises the price to the cheapest one's (an approver's click above the
-    approval threshold); the price stays what was approved until someone clicks.
+    approval threshold); the price stays what was approved until someone clicks. Searches
+    back off while it waits (:func:`gpubot.lifecycle.offer_retry_after`: every tick at first,
+    every 5 minutes after 50 minutes); a raise of the price makes the job due at once.
     """
     resuming = job.attempts > 0
     above = isinstance(exc, AboveCeilingError)
@@ -698,14 +701,18 @@ def _wait_for_offer(deps: EngineDeps, job: JobRow, exc: NoOfferError) -> StepRes
         deadline = RESUME_OFFER_DEADLINE
     else:
         deadline = PRICE_APPROVAL_DEADLINE if above else BOOT_DEADLINE
-    if deps.clock() - job.step_started_at > deadline:
+    now = deps.clock()
+    waited = now - job.step_started_at
+    if waited > deadline:
         return _teardown(job, outcome=JobState.FAILED, reason=f"no offer: {exc}")
+    due = now + offer_retry_after(waited, timedelta(seconds=deps.settings.tick_seconds))
     ceiling = planning.ceiling_of(job)
     if not isinstance(exc, AboveCeilingError) or ceiling is None:
-        return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300]})
+        return StepResult(changes={"phase_detail": f"waiting for an offer: {exc}"[:300],
+                                   "due_at": due})
     cheapest = exc.cheapest_per_hour_usd.quantize(Decimal("0.0001"), rounding=ROUND_UP)
     detail = render_limits.price_wait_detail(ceiling_usd=ceiling, cheapest_usd=cheapest)
-    result = StepResult(changes={"phase_detail": detail[:300]})
+    result = StepResult(changes={"phase_detail": detail[:300], "due_at": due})
     if not (job.phase_detail or "").startswith(PRICE_WAIT_PREFIX):
         text = render_limits.price_prompt(
             job_id=job.id, requester=job.requester, ceiling_usd=ceiling, cheapest_usd=cheapest,

@@ -243,13 +243,15 @@ def test_an_outbid_job_priced_out_waits_hours_for_an_offer_and_asks_once_to_pay_
     [value] = _price_prompts(deps)
     job_id, _, price = value.partition(":")
     assert job_id == "j-1" and Decimal(price) > Decimal("0.10")
+    assert job.due_at == clock() + timedelta(seconds=deps.settings.tick_seconds)
     # and an hour later (four times the wait of a job that never ran) it still waits,
-    # without asking again
+    # without asking again, searching every 5 minutes now
     clock.advance(hours=1)
     _advance_once(deps, clock)
     job, _ = _state(deps)
     assert job.state == JobState.RE_RENTING.value and provider.created == []
     assert len(_price_prompts(deps)) == 1
+    assert job.due_at == clock() + timedelta(minutes=5)
     # and past the resume wait it fails, having rented nothing
     clock.advance(hours=6)
     _advance_once(deps, clock)
