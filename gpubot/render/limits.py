@@ -10,6 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from gpubot.render import mrkdwn as md
+from gpubot.render.events import per_hour
 
 
 def _hours(hours: float) -> str:
@@ -70,27 +71,22 @@ def group_rejected(group_id: str, count: int) -> str:
     return f"Rejected {md.inline(group_id, 40)}: {count} runs cancelled; nothing was rented."
 
 
-def _price(price_per_hour_usd: Decimal) -> str:
-    """``$0.0792/h``: four decimals (the market's resolution), never rounded down to zero."""
-    return f"${price_per_hour_usd:.4f}/h" if price_per_hour_usd >= Decimal("0.0001") \
-        else f"${price_per_hour_usd}/h"
-
-
 def price_wait_detail(*, ceiling_usd: Decimal, cheapest_usd: Decimal) -> str:
     """The job's phase detail while offers exist only above its approved price (raw)."""
     return (f"waiting for a price approval: no offer at or below the approved "
-            f"{_price(ceiling_usd)}, the cheapest matching one costs {_price(cheapest_usd)}")
+            f"{per_hour(ceiling_usd)}, the cheapest matching one costs {per_hour(cheapest_usd)}")
 
 
 def price_prompt(*, job_id: str, requester: str, ceiling_usd: Decimal, cheapest_usd: Decimal,
                  resuming: bool, wait_hours: float) -> str:
     """The thread's prompt (mrkdwn) when offers exist only above the job's approved price:
     what the job would pay, that nothing bills while it waits, and until when."""
-    why = "was outbid (its checkpoints are kept)" if resuming else "has not started"
+    why = "lost its rental (outbid, or its host is gone)" \
+        if resuming else "has not started"
     return (
         f":hourglass: {md.mention(requester)} {md.inline(job_id, 80)} {why} and no offer "
-        f"is left at or below its approved {_price(ceiling_usd)}. The cheapest matching one "
-        f"costs {_price(cheapest_usd)}. Nothing bills while it waits; it rents at once if the "
+        f"is left at or below its approved {per_hour(ceiling_usd)}. The cheapest matching one "
+        f"costs {per_hour(cheapest_usd)}. Nothing bills while it waits; it rents at once if the "
         f"price is raised, or when an offer within the approved price appears. It fails "
         f"after {_hours(wait_hours)} of waiting."
     )
