@@ -52,8 +52,9 @@ ANSWER_COMMAND_TASK = "workers.tasks.answer_command_task"
 """Celery task name (``workers.tasks``) answering one :func:`command_request`."""
 ANSWER_ACTION_TASK = "workers.tasks.answer_action_task"
 """Celery task name (``workers.tasks``) answering one :func:`action_request`."""
-DECISIONS = frozenset({"job.approve", "job.reject"})
-"""Clicks whose answer (blocks) replaces the clicked approval request."""
+DECISIONS = frozenset({"job.approve", "job.reject", "job.raise_ceiling"})
+"""Clicks whose answer (blocks) replaces the clicked message: an approval request, a "Pay up
+to" price prompt."""
 LAUNCH_COMMANDS = (LaunchCommand, RentCommand, SweepCommand)
 WEBHOOK_TIMEOUT_SECONDS = 10
 FAILED = "That failed on our side; nothing more was done."

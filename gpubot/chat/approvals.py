@@ -182,7 +182,9 @@ def raise_ceiling(
     below the price) sets the ceiling and, for a job waiting on a price approval, clears
     ``phase_detail`` (so the engine prompts again if it still finds nothing) and makes it due
     now, together with a thread note, the card's refresh and a
-    ``ceiling.raise`` audit event; then the workers are kicked so it rents at once. Setting
+    ``ceiling.raise`` audit event; then the workers are kicked so it rents at once. Both ok
+    answers carry ``blocks``: what the prompt becomes (who raised it to what, when; no
+    buttons), which the Slack front puts in place of the clicked prompt. Setting
     a value under that guard is idempotent, so ``request_key`` is not claimed here: the
     dispatcher remembers the answer afterwards.
     """
@@ -231,7 +233,8 @@ def raise_ceiling(
             if job.state in _NO_RAISE:  # it finished since it was read
                 return refusal(texts.price_of_finished(job_id, job.state))
             current = job.price_ceiling_per_hour_usd
-            return Reply(text=texts.ceiling_already(job_id, current), job_id=job_id)
+            return Reply(text=texts.ceiling_already(job_id, current), job_id=job_id,
+                         blocks=_price_decided(job_id, current, None, now))
         session.refresh(job)
         new = job.price_ceiling_per_hour_usd if job.price_ceiling_per_hour_usd is not None \
             else price
@@ -241,7 +244,17 @@ def raise_ceiling(
             session, user, "ceiling.raise", job_id, "", {"from": str(old), "to": str(new)}
         )
     deps.enqueuer.kick()
-    return Reply(text=texts.ceiling_raised(job_id, old, new), job_id=job_id)
+    return Reply(text=texts.ceiling_raised(job_id, old, new), job_id=job_id,
+                 blocks=_price_decided(job_id, new, user, now))
+
+
+def _price_decided(job_id: str, ceiling_usd: Decimal | None, user: str | None,
+                   now: datetime) -> list[dict[str, Any]]:
+    """The blocks that replace the "Pay up to" prompt once answered (who, when, no buttons)."""
+    return slack_render.price_decision_blocks(
+        job_id, ceiling_usd=thread.per_hour(ceiling_usd), user=user,
+        at_utc=f"{now.astimezone(UTC):%Y-%m-%d %H:%M}",
+    )
 
 
 def _price(text: str) -> Decimal | None:

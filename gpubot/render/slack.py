@@ -130,6 +130,22 @@ def decision_blocks(
     return [section(text), context(f"Decided {md.inline(at_utc, 40)} UTC.")]
 
 
+def price_decision_blocks(
+    job_id: str, *, ceiling_usd: str, user: str | None, at_utc: str
+) -> list[dict[str, Any]]:
+    """What a "Pay up to $X/h" prompt becomes once clicked (no buttons left): ``user``
+    raised the job's approved price to ``ceiling_usd`` (already formatted, e.g.
+    ``$0.0792/h``) at ``at_utc``; with ``user`` None it could already pay that much."""
+    jid = md.inline(job_id, 60)
+    price = md.inline(ceiling_usd, 40)
+    if user is None:
+        text = f":information_source: {jid} may already pay up to {price}; nothing changed."
+    else:
+        text = (f":heavy_dollar_sign: {jid} may now pay up to {price}, raised by "
+                f"{md.mention(user)}; it rents as soon as an offer at that price is free.")
+    return [section(text), context(f"Decided {md.inline(at_utc, 40)} UTC.")]
+
+
 def offers_table(offers: Sequence[Offer]) -> str:
     """A fixed-width table of offers (cheapest first) for a code block. Raw text: pass it to
     :func:`gpubot.render.mrkdwn.code_block` (which escapes) before it becomes mrkdwn."""

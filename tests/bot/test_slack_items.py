@@ -6,6 +6,7 @@ decisions replacing the approval buttons, the health server in Socket Mode, and 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from gpubot.config import BotConfig
 from gpubot.db.engine import session_scope
 from gpubot.db.tables import JobRow, MessageRow
 from gpubot.deps import EngineDeps
+from gpubot.models import JobState
 from gpubot.render import slack as slack_render
 from gpubot.render.blocks import button, confirm_dialog, idle_warning_blocks
 from gpubot.render.budgets import job_alert_blocks
+from gpubot.testing.fakes import seed_job
 from tests.bot.conftest import (
     ADMIN,
     ADMIN2,
@@ -235,3 +238,30 @@ def test_a_decision_replaces_the_approval_buttons_with_who_and_when(
     assert not _buttons(decision["blocks"])  # the buttons are gone
     shown = json.dumps(decision["blocks"])
     assert f"<@{ADMIN2}>" in shown and verb.rstrip("e") + "ed" in shown and "UTC" in shown
+
+
+@pytest.mark.parametrize(("price", "raised"), [("0.0792", True), ("0.05", False)])
+def test_a_price_click_replaces_the_pay_up_to_prompt_with_who_and_what(
+    http: Client, deps: EngineDeps, slack: SlackFake, price: str, raised: bool
+) -> None:
+    # given a job waiting for a price approval, its prompt in the thread
+    with session_scope(deps.sessions) as session:
+        job = seed_job(session, "j-0price01", requester=ALICE, channel=CHANNEL,
+                       state=JobState.RENTING, created_at=deps.clock())
+        job.price_ceiling_per_hour_usd = Decimal("0.066")
+        job.phase_detail = "waiting for a price approval: no offer at or below $0.0660/h"
+    # when its requester clicks "Pay up to" (or a stale prompt at a price already allowed)
+    clicks = _hook(slack, f"price-{price}")
+    payload = action_body("job.raise_ceiling", f"j-0price01:{price}", user=ALICE,
+                          response_url=clicks)
+    assert _post(http, payload) == (200, "")
+    # then the prompt becomes who raised it to what, without buttons
+    decision = _answer(slack, clicks)
+    assert decision["replace_original"] is True
+    assert block_kit_errors(decision["blocks"]) == []
+    assert not _buttons(decision["blocks"])
+    shown = json.dumps(decision["blocks"])
+    if raised:
+        assert f"<@{ALICE}>" in shown and "$0.0792/h" in shown and "UTC" in shown
+    else:
+        assert "already pay up to $0.0660/h" in shown and "<@" not in shown
