@@ -223,16 +223,22 @@ def _price_prompts(deps: EngineDeps) -> list[str]:
                 for e in b.get("elements", []) if e.get("action_id") == "job.raise_ceiling"]
 
 
-def test_an_outbid_job_priced_out_waits_hours_for_an_offer_and_asks_once_to_pay_more(
-    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
-) -> None:
-    # given a running job outbid when the only matching offer costs more than it may pay
+def _seed_priced_out(deps: EngineDeps, provider: FakeProvider, clock: FakeClock) -> None:
+    """j-1 running on an instance the listing shows outbid, the only matching offer ($0.40/h
+    on demand, $0.20 bid) above its approved $0.10/h."""
     provider.offers = [_offer("201")]
     _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
     with session_scope(deps.sessions) as s:
         job = s.get(JobRow, "j-1")
         assert job is not None
         job.price_ceiling_per_hour_usd = Decimal("0.10")
+
+
+def test_an_outbid_job_priced_out_waits_hours_for_an_offer_and_asks_once_to_pay_more(
+    deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
+) -> None:
+    # given a running job outbid when the only matching offer costs more than it may pay
+    _seed_priced_out(deps, provider, clock)
     # when the step that sees the outbid runs
     _advance_once(deps, clock)
     # then nothing is rented; it waits for a price approval, and its thread asks once
@@ -264,12 +270,7 @@ def test_a_raised_price_lets_the_waiting_job_rent_on_its_next_step(
     deps: EngineDeps, provider: FakeProvider, clock: FakeClock, asked: list[str]
 ) -> None:
     # given an outbid job waiting for a price approval
-    provider.offers = [_offer("201")]
-    _seed_running(deps, provider, clock, ProviderStatus.OUTBID)
-    with session_scope(deps.sessions) as s:
-        job = s.get(JobRow, "j-1")
-        assert job is not None
-        job.price_ceiling_per_hour_usd = Decimal("0.10")
+    _seed_priced_out(deps, provider, clock)
     _advance_once(deps, clock)
     [value] = _price_prompts(deps)
     # when the price is raised to the one quoted (what the button's handler stores)

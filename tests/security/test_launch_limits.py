@@ -175,6 +175,10 @@ class TestPriceCeiling:
         assert market and all(o.price_per_hour_usd > ceiling for o in market)
         return job_id, Decimal(job.price_ceiling_per_hour_usd), blockers
 
+    def _until_prompted(self, deps: EngineDeps, job_id: str) -> None:
+        drive(deps, job_id, until=lambda j: (j.phase_detail or "").startswith(
+            "waiting for a price approval"), tick=lambda: tick(deps), timeout_s=60)
+
     def test_only_offers_under_the_ceiling_are_rented_even_when_only_pricier_remain(
         self, deps: EngineDeps, sim: SimServer
     ) -> None:
@@ -213,8 +217,7 @@ class TestPriceCeiling:
     ) -> None:
         # given a priced-out job whose thread asks to raise the price
         job_id, ceiling, _ = self._priced_out(deps, sim, "k-raise")
-        drive(deps, job_id, until=lambda j: (j.phase_detail or "").startswith(
-            "waiting for a price approval"), tick=lambda: tick(deps), timeout_s=60)
+        self._until_prompted(deps, job_id)
         [button] = raise_buttons(deps, job_id)
         offered = Decimal(str(button["value"]).split(":")[1])
         assert offered > ceiling
@@ -244,8 +247,7 @@ class TestPriceCeiling:
     ) -> None:
         # given a priced-out job nobody answers
         job_id, _, _ = self._priced_out(deps, sim, "k-wait")
-        drive(deps, job_id, until=lambda j: (j.phase_detail or "").startswith(
-            "waiting for a price approval"), tick=lambda: tick(deps), timeout_s=60)
+        self._until_prompted(deps, job_id)
         assert job_row(deps, job_id).state == "renting"
         assert len(raise_buttons(deps, job_id)) == 1
         # when more than the wait (1 h for a job that never ran) has passed
