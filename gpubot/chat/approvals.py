@@ -42,8 +42,6 @@ _FINISHED = tuple(sorted(s.value for s in JobState.finished_states()))
 _NO_RAISE = (*_FINISHED, JobState.AWAITING_APPROVAL.value)
 """States whose price ceiling a click never raises: finished, or not yet approved (the
 approver judges the launch with the ceiling it was submitted with)."""
-_PRICE_WAIT = "waiting for a price approval%"
-"""The engine's phase detail while it waits on a price approval (``steps.PRICE_WAIT_PREFIX``)."""
 
 
 def approve(deps: EngineDeps, job_id: str, user: str) -> Reply:
@@ -212,7 +210,7 @@ def raise_ceiling(
         if job.state in _NO_RAISE:
             return refusal(texts.price_of_finished(job_id, job.state))
         old = job.price_ceiling_per_hour_usd
-        waiting = JobRow.phase_detail.like(_PRICE_WAIT)
+        waiting = JobRow.phase_detail.like(f"{render_limits.PRICE_WAIT_PREFIX}%")
         done = session.execute(
             update(JobRow)
             .where(

@@ -677,11 +677,6 @@ def _step_renting(deps: EngineDeps, job: JobRow, instance: InstanceRow | None) -
     )
 
 
-PRICE_WAIT_PREFIX = "waiting for a price approval"
-"""How the phase detail of a job waiting on offers above its approved price begins (the
-prompt is posted when a wait begins that way; a raise of the price clears the detail)."""
-
-
 def _wait_for_offer(deps: EngineDeps, job: JobRow, exc: NoOfferError) -> StepResult:
     """No offer within the job's approved price (nothing is rented; nothing bills).
 
@@ -713,7 +708,7 @@ def _wait_for_offer(deps: EngineDeps, job: JobRow, exc: NoOfferError) -> StepRes
     cheapest = exc.cheapest_per_hour_usd.quantize(Decimal("0.0001"), rounding=ROUND_UP)
     detail = render_limits.price_wait_detail(ceiling_usd=ceiling, cheapest_usd=cheapest)
     result = StepResult(changes={"phase_detail": detail[:300], "due_at": due})
-    if not (job.phase_detail or "").startswith(PRICE_WAIT_PREFIX):
+    if not (job.phase_detail or "").startswith(render_limits.PRICE_WAIT_PREFIX):
         text = render_limits.price_prompt(
             job_id=job.id, requester=job.requester, ceiling_usd=ceiling, cheapest_usd=cheapest,
             resuming=resuming, wait_hours=deadline.total_seconds() / 3600)

@@ -71,9 +71,15 @@ def group_rejected(group_id: str, count: int) -> str:
     return f"Rejected {md.inline(group_id, 40)}: {count} runs cancelled; nothing was rented."
 
 
+PRICE_WAIT_PREFIX = "waiting for a price approval"
+"""How the phase detail of a job waiting on offers above its approved price begins: the
+engine prompts when a wait begins that way, and a raise of the price clears the detail."""
+
+
 def price_wait_detail(*, ceiling_usd: Decimal, cheapest_usd: Decimal) -> str:
-    """The job's phase detail while offers exist only above its approved price (raw)."""
-    return (f"waiting for a price approval: no offer at or below the approved "
+    """The job's phase detail while offers exist only above its approved price (raw); it
+    begins with :data:`PRICE_WAIT_PREFIX`."""
+    return (f"{PRICE_WAIT_PREFIX}: no offer at or below the approved "
             f"{per_hour(ceiling_usd)}, the cheapest matching one costs {per_hour(cheapest_usd)}")
 
 

@@ -28,6 +28,7 @@ from gpubot.deps import EngineDeps
 from gpubot.engine import remote_job, steps
 from gpubot.engine.remote_job import JobStatus
 from gpubot.models import JobState, Offer, ProviderStatus
+from gpubot.render.limits import PRICE_WAIT_PREFIX
 from gpubot.testing.fakes import FakeClock, FakeProvider, observation, seed_instance, seed_job
 
 
@@ -245,7 +246,7 @@ def test_an_outbid_job_priced_out_waits_hours_for_an_offer_and_asks_once_to_pay_
     job, _ = _state(deps)
     assert provider.created == []
     assert job.state == JobState.RE_RENTING.value, (job.state, job.reason)
-    assert (job.phase_detail or "").startswith(steps.PRICE_WAIT_PREFIX), job.phase_detail
+    assert (job.phase_detail or "").startswith(PRICE_WAIT_PREFIX), job.phase_detail
     [value] = _price_prompts(deps)
     job_id, _, price = value.partition(":")
     assert job_id == "j-1" and Decimal(price) > Decimal("0.10")
