@@ -28,8 +28,12 @@ Instance processes. Each job runs ``work.py`` (written by this script into the j
 it paces itself on the simulated clock (a file the driver rewrites after every advance), one
 progress step per simulated minute, a checkpoint every ``checkpoint_s`` of work (resumed with
 ``GPUBOT_RESUME_FROM``), writes ``$GPUBOT_REMOTE_ROOT/.sim/gpu_util`` (95 while working, 0
-when stalled), and exits 0 after ``work_s``. A stuck job stops advancing at ``stall_at_s`` and
-sleeps forever with its GPU idle. A forgotten box is ``rent hours=4`` that nobody uses.
+when stalled), and exits 0 after ``work_s``. Its progress file's mtime is the simulated time of
+the write: the poll skips a progress file whose size and mtime (whole seconds) are unchanged,
+and with real mtimes several simulated minutes of writes fall in one real second, so a
+resumed job looked stalled (two of 300 outbid jobs were stopped as stuck). A stuck job stops
+advancing at ``stall_at_s`` and sleeps forever with its GPU idle. A forgotten box is
+``rent hours=4`` that nobody uses.
 
 Waste (all from the simulator's charges, per instance, between marks taken on its clock):
 - ``exit -> destroy``: from the process's exit to the instance being gone (collect included);
@@ -139,6 +143,7 @@ while True:
     if step != last_step:
         atomic(progress, json.dumps({"epoch": 0, "step": step, "total_steps": total,
                                      "metrics": {"loss": 1.0 / (1 + step)}, "timestamp": t}))
+        os.utime(progress, (t, t))  # written at simulated time t (see the module docstring)
         last_step = step
     atomic(util, "0" if stalled else "95")
     info.update(seen=t, stalled=stalled)
@@ -331,7 +336,7 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
     from gpubot.commands.grammar import parse_command
     from gpubot.config import load_config_text
     from gpubot.db.engine import session_scope
-    from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow
+    from gpubot.db.tables import InstanceRow, JobRow, LedgerEntryRow, MessageRow
     from gpubot.engine.idle import next_decision_at as idle_next_decision_at
     from gpubot.engine.steps import advance_job
     from gpubot.engine.tick import reconcile_tick
@@ -684,6 +689,30 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
             before = [p for p in points_of if p <= when]
             return points_of[max(before)][1] if before else Decimal(0)
 
+        def case_detail(row: JobRow, pids: list[str]) -> str:
+            """What an unexpected job with spend went through (the database is dropped at
+            the end): each rental's simulated times and its process's own state, the job's
+            stored progress, and its thread, all relative to the month's start (s)."""
+            parts = []
+            for pid in pids:
+                inst = sim.engine.instances.get(int(pid))
+                info = state_file(pid) or {}
+                rel = {k: round(float(v) - t0) for k, v in info.items()
+                       if k in ("start", "seen", "exit_at") and v is not None}
+                gone = inst.destroyed_at if inst is not None else None
+                parts.append(
+                    f"rental {pid}: created {round(inst.created_at - t0) if inst else '?'}, "
+                    f"destroyed {round(gone - t0) if gone is not None else '-'}, "
+                    f"process {rel} base {info.get('base')} stalled {info.get('stalled')}")
+            progress = {k: (row.progress or {}).get(k)
+                        for k in ("step", "last_advance_at", "first")}
+            with session_scope(deps.sessions) as s:
+                texts = list(s.scalars(select(MessageRow.text).where(
+                    MessageRow.thread_key == row.id).order_by(MessageRow.id)))
+            thread = " | ".join(t[:90] for t in texts[-6:])
+            return (f"{'; '.join(parts)}; progress {progress}; idle_since {row.idle_since}; "
+                    f"thread: {thread}")
+
         waste = {k: Decimal(0) for k in CATEGORIES}
         outcomes: dict[str, int] = {}
         unexpected: list[str] = []
@@ -701,6 +730,8 @@ def run_month(jobs: list[Job], *, pg_url: str, workdir_root: Path, checkpoint_s:
                 waste["unexpected outcome"] += spent
                 unexpected.append(f"{job.kind} {job.job_id} {state} rentals={len(pids)}: "
                                   f"{row.reason if row is not None else job.error}"[:200])
+                if spent > 0 and row is not None:
+                    unexpected.append("  " + case_detail(row, pids))
                 continue
             if job.kind == "forgotten":
                 waste["forgotten box"] += spent
@@ -775,7 +806,7 @@ def report(r: MonthResult, *, seed: int, days: float) -> str:
         if v:
             lines.append(f"{k}: {len(v)} cases, billed {min(v):.0f} / {sorted(v)[len(v) // 2]:.0f}"
                          f" / {max(v):.0f} s (min / median / max)")
-    for u in r.unexpected[:10]:
+    for u in r.unexpected[:20]:
         lines.append(f"UNEXPECTED: {u}")
     return "\n".join(lines)
 
