@@ -159,9 +159,7 @@ def extend_budget(
     return reply
 
 
-def raise_ceiling(
-    deps: EngineDeps, job_id: str, user: str, price_text: str, *, request_key: str | None = None
-) -> Reply:
+def raise_ceiling(deps: EngineDeps, job_id: str, user: str, price_text: str) -> Reply:
     """Let a job rent at up to ``price_text`` $/h: the "Pay up to $X/h" button of the prompt
     the engine posts when offers exist only above the job's approved price ceiling.
 
@@ -183,10 +181,9 @@ def raise_ceiling(
     ``ceiling.raise`` audit event; then the workers are kicked so it rents at once. Both ok
     answers carry ``blocks``: what the prompt becomes (who raised it to what, when; no
     buttons), which the Slack front puts in place of the clicked prompt. Setting
-    a value under that guard is idempotent, so ``request_key`` is not claimed here: the
+    a value under that guard is idempotent, so no request key is claimed here: the
     dispatcher remembers the answer afterwards.
     """
-    del request_key  # idempotent: remembered by the dispatcher (not in CLAIMED_IN_EFFECT)
     now = deps.clock()
     with session_scope(deps.sessions) as session:
         job = job_or_none(session, job_id)

@@ -282,7 +282,7 @@ def _route_action(
             case action_ids.ACTION_REJECT:
                 return approvals.reject(deps, job_id, user)
             case action_ids.ACTION_RAISE_CEILING:
-                return approvals.raise_ceiling(deps, job_id, user, arg, request_key=request_key)
+                return approvals.raise_ceiling(deps, job_id, user, arg)
             case _:
                 return approvals.extend_budget(
                     deps, job_id, user, arg, request_key=request_key
